@@ -1,0 +1,35 @@
+"""Attacks: one obvious call each. They never change the model's mode or parameter gradients."""
+
+from advtrain.attacks.bn_policy import BN_MODES, BNMode, bn_policy
+from advtrain.attacks.losses import ATTACK_LOSSES, AttackLoss, attack_loss, cw_margin
+from advtrain.attacks.pgd import (
+    Keep,
+    ascent_step,
+    default_step_size,
+    fgsm,
+    input_gradient,
+    pgd,
+    project,
+    random_start,
+)
+from advtrain.attacks.threat import Norm, ThreatModel
+
+__all__ = [
+    "ATTACK_LOSSES",
+    "BN_MODES",
+    "AttackLoss",
+    "BNMode",
+    "Keep",
+    "Norm",
+    "ThreatModel",
+    "ascent_step",
+    "attack_loss",
+    "bn_policy",
+    "cw_margin",
+    "default_step_size",
+    "fgsm",
+    "input_gradient",
+    "pgd",
+    "project",
+    "random_start",
+]

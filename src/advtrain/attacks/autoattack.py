@@ -1,0 +1,151 @@
+"""AutoAttack through the reference implementation (``pyautoattack``), never re-implemented here.
+
+Two presets:
+
+* ``"standard"`` — the standard AutoAttack version (APGD-CE, APGD-T, FAB-T, Square) exactly as
+  ``pyautoattack`` configures it. Only this one gives numbers comparable to published AutoAttack results.
+* ``"apgd"`` — NOT the standard version: only its first two stages, APGD-CE then APGD-T, with the same
+  settings the standard version uses for them. Cheaper, and an upper bound on standard robust accuracy.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from pyautoattack import AutoAttack
+from torch import Tensor, nn
+
+from advtrain.errors import UserError
+
+__all__ = ["AUTOATTACK_PRESETS", "autoattack"]
+
+AUTOATTACK_PRESETS: dict[str, tuple[str, ...]] = {
+    # The attack sequence pyautoattack runs for version="standard" (it owns the settings).
+    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    # Cheaper, NOT standard AutoAttack: the first two stages of the standard version, same settings.
+    "apgd": ("apgd-ce", "apgd-t"),
+}
+
+_NORMS = {"linf": "Linf", "l2": "L2"}
+_LOGGER_NAME = "auto-attack"
+
+
+def autoattack(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    norm: str = "Linf",
+    version: str = "standard",
+    seed: int = 0,
+    batch_size: int = 500,
+    verbose: bool = False,
+) -> Tensor:
+    """Run AutoAttack (preset ``version``) on ``model`` and return the adversarial inputs.
+
+    ``x_adv`` has the shape of ``x`` and is exactly what ``AutoAttack.run_standard_evaluation`` returns
+    (inside the eps ball and [0, 1] by construction; points the attack could not flip stay clean).
+    The model runs in eval mode; every module's training flag and the parameters' ``.grad`` are restored
+    afterwards. pyautoattack's ``auto-attack`` logger is silenced unless ``verbose``.
+    """
+    if version not in AUTOATTACK_PRESETS:
+        raise UserError(
+            f"unknown AutoAttack version {version!r}; use one of {', '.join(map(repr, AUTOATTACK_PRESETS))}"
+        )
+    aa_norm = _NORMS.get(norm.lower()) if isinstance(norm, str) else None
+    if aa_norm is None:
+        raise UserError(f"unsupported AutoAttack norm {norm!r}; use 'Linf' or 'L2'")
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise UserError(f"AutoAttack eps must be a positive number, got {eps!r}; e.g. eps=8/255 for Linf")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"AutoAttack batch_size must be a positive integer, got {batch_size!r}")
+    if x.ndim < 2 or x.shape[0] == 0 or y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise UserError(
+            f"AutoAttack needs a non-empty batch x of shape (N, ...) and labels y of shape (N,), got "
+            f"x {tuple(x.shape)} and y {tuple(y.shape)}; pass matching inputs and integer labels"
+        )
+
+    device = _model_device(model, fallback=x.device)
+    with _quiet_logger(verbose), _eval_mode(model), _grads_preserved(model):
+        adversary = _build(model, eps=float(eps), norm=aa_norm, version=version, seed=seed, device=device)
+        adversary.verbose = verbose
+        x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    return x_adv
+
+
+def _build(
+    model: nn.Module, *, eps: float, norm: str, version: str, seed: int, device: torch.device
+) -> AutoAttack:
+    common = {"eps": eps, "norm": norm, "seed": seed, "device": device}
+    standard = AutoAttack(model, version="standard", **common)
+    if version == "standard":
+        return standard
+    # The preset must equal the first stages of the standard version, so it takes the standard version's
+    # own APGD-CE and APGD-T objects (restarts, target classes, iterations as pyautoattack set them)
+    # rather than copying those numbers here, where they could drift from the library.
+    custom = AutoAttack(model, version="custom", attacks=list(AUTOATTACK_PRESETS[version]), **common)
+    custom.apgd = standard.apgd
+    custom.apgd_targeted = standard.apgd_targeted
+    return custom
+
+
+def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    # pyautoattack moves each batch to this device; it must be where the weights live.
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return fallback
+
+
+@contextmanager
+def _quiet_logger(verbose: bool) -> Iterator[None]:
+    logger = logging.getLogger(_LOGGER_NAME)
+    previous_level = logger.level
+    handler: logging.Handler | None = None
+    if verbose:
+        # pyautoattack reports progress at DEBUG level; show it, on stderr if the app set up no logging.
+        logger.setLevel(logging.DEBUG)
+        if not logger.hasHandlers():
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+            logger.addHandler(handler)
+    else:
+        # Its sanity-check warnings would otherwise reach stderr through logging's last-resort handler.
+        logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous_level)
+        if handler is not None:
+            logger.removeHandler(handler)
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    # Per-module flags, so a model with deliberately frozen (eval) submodules comes back exactly as it was.
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+@contextmanager
+def _grads_preserved(model: nn.Module) -> Iterator[None]:
+    # FAB computes its input gradients with .backward(), which also accumulates into the parameters'
+    # .grad; park the caller's gradients and put them back so an evaluation mid-training changes nothing.
+    params = list(model.parameters())
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        yield
+    finally:
+        for p, grad in zip(params, saved, strict=True):
+            p.grad = grad

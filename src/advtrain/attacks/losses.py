@@ -1,0 +1,41 @@
+"""Per-example losses that attacks ascend (METHODS.md §1)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, get_args
+
+import torch.nn.functional as F
+from torch import Tensor
+
+AttackLoss = Literal["ce", "cw", "kl"]
+ATTACK_LOSSES: tuple[str, ...] = get_args(AttackLoss)
+
+
+def cw_margin(logits: Tensor, y: Tensor, kappa: float = math.inf) -> Tensor:
+    """max_{j≠y} z_j − z_y, capped at κ (Carlini–Wagner confidence); positive means misclassified."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -math.inf)
+    return (others.amax(1) - true).clamp(max=kappa)
+
+
+def attack_loss(
+    logits: Tensor,
+    y: Tensor,
+    loss: AttackLoss = "ce",
+    *,
+    clean_logits: Tensor | None = None,
+    kappa: float = math.inf,
+) -> Tensor:
+    """Per-example loss (shape N), computed in fp32 whatever the autocast dtype."""
+    logits = logits.float()
+    if loss == "ce":
+        return F.cross_entropy(logits, y, reduction="none")
+    if loss == "cw":
+        return cw_margin(logits, y, kappa)
+    if loss == "kl":
+        if clean_logits is None:
+            raise ValueError("the 'kl' attack loss needs clean_logits (TRADES: KL(p(x) ‖ p(x')))")
+        target = F.softmax(clean_logits.float(), dim=1)
+        return F.kl_div(F.log_softmax(logits, dim=1), target, reduction="none").sum(1)
+    raise ValueError(f"attack loss must be one of {ATTACK_LOSSES}, got {loss!r}")

@@ -1,0 +1,153 @@
+"""The contract between a training method and the trainer.
+
+The trainer knows nothing about any particular method. For every batch it does exactly::
+
+    out = method.loss(model, batch, ctx)      # under autocast; may attack, run several forwards, ...
+    optimizer.zero_grad(); out.loss.backward(); optimizer.step()
+    if out.after_step is not None:
+        out.after_step()                      # e.g. remove a weight perturbation
+
+and around that it calls `on_epoch_start` before each epoch, optimises and checkpoints the modules of
+`extra_modules()` with the model, and saves `state_dict()` with every checkpoint.
+
+How each method of METHODS.md §2–6 plugs in, with no special case in the trainer:
+
+- Several forward passes (TRADES, MART, ISEAT, AR-AT): `loss` calls the model as often as it needs;
+  the trainer only sees the final scalar.
+- Double backprop (IGD, GradAlign): inside `loss`, `torch.autograd.grad(..., create_graph=True)` on
+  an input gradient; the trainer's single `backward` then differentiates through it.
+- Weight perturbation around the optimizer step (AWP, ISEAT §4.3): `loss` computes the ascent
+  direction v, adds γ·v to the weights, returns the loss at θ+γv and an `after_step` that subtracts
+  γ·v once the optimizer has stepped. AWP wraps another method through `AdversarialMethod`'s split
+  into `perturb` (craft x') and `objective` (the loss given x'), so the ascent direction is the
+  wrapped method's own loss.
+- Split BatchNorm routing (AR-AT): `loss` runs the clean pass under a routing context on the model
+  (clean BN) and the adversarial pass under the default (adv BN); models' forward signatures stay.
+- Extra trainable modules (AR-AT predictors): returned by `extra_modules()`; the trainer adds their
+  parameters to the optimizer with the same LR and weight decay and checkpoints them; they are
+  discarded when the model is exported.
+- Per-epoch hooks (AR-AT auto-balance α_e/β_e, ISEAT's λ per LR stage, AWP warm-up): in
+  `on_epoch_start`, from `EpochContext` (epoch, lr and base lr, a sampler of augmented training
+  batches); anything they compute lives in `state_dict()` so a resumed run continues exactly.
+- One concatenated forward over several adversarial variants (SAT-R1/R2/R3): `loss` crafts the
+  variants in eval mode, concatenates them, runs one train-mode forward and splits the logits.
+- A frozen teacher (IGD): held by the method, in eval mode, not in `extra_modules()` (so neither
+  optimised nor checkpointed); its source path goes into `metadata()`.
+- A method-specific validation attack or selection metric (SAT-R: I-FGSM-3; `standard`: clean
+  accuracy): the class attribute `selection_metric`.
+
+Randomness: every random draw inside `loss` comes from `ctx.generator`, which the trainer seeds from
+(run seed, epoch, batch index), so a resumed or replayed step draws the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from advtrain.attacks import ThreatModel
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's options; subclasses add fields with the paper defaults."""
+
+    name: str = ""
+
+
+@dataclass
+class Batch:
+    """One training batch on the device: inputs in [0, 1], labels, and dataset indices."""
+
+    x: Tensor
+    y: Tensor
+    index: Tensor | None = None
+
+
+@dataclass
+class StepContext:
+    """What a method may know about the current step."""
+
+    epoch: int  # 0-based
+    step: int  # global step, 0-based
+    generator: torch.Generator  # on the batch's device, seeded from (seed, epoch, batch index)
+
+
+@dataclass
+class EpochContext:
+    """What a method may know at the start of an epoch."""
+
+    epoch: int  # 0-based
+    epochs: int
+    lr: float  # learning rate at the start of this epoch
+    base_lr: float  # the configured initial learning rate
+    sample_train: Callable[[int], tuple[Tensor, Tensor]]  # n augmented training examples (x, y)
+    generator: torch.Generator
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor
+    # Detached scalars averaged over the epoch by the trainer; read from the device once per log
+    # line, never with .item() in the step. "acc" is the accuracy on the examples the loss trains on.
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+    after_step: Callable[[], None] | None = None
+
+
+class Method(ABC):
+    """A training method: only its math. See the module docstring for the contract."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]]
+    # Validation metric the best checkpoint is selected on (always measured on the validation split).
+    selection_metric: ClassVar[str] = "val_pgd_acc"
+
+    def __init__(self, config: MethodConfig, threat: ThreatModel) -> None:
+        self.config = config
+        self.threat = threat
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    def on_epoch_start(self, model: nn.Module, ctx: EpochContext) -> None:  # noqa: B027 (optional hook)
+        pass
+
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 (stateless by default)
+        pass
+
+    def metadata(self) -> dict[str, Any]:
+        """Every option of this method, recorded in the run metadata (METHODS.md preamble)."""
+        return dataclasses.asdict(self.config)
+
+
+class AdversarialMethod(Method):
+    """A method whose loss is `objective(model, x, x', y)` at an adversarial input x' = `perturb(...)`.
+
+    The split lets a wrapper (AWP) re-evaluate the same objective at perturbed weights.
+    """
+
+    @abstractmethod
+    def perturb(self, model: nn.Module, batch: Batch, ctx: StepContext) -> Tensor: ...
+
+    @abstractmethod
+    def objective(self, model: nn.Module, batch: Batch, x_adv: Tensor) -> StepOutput: ...
+
+    def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
+        x_adv = self.perturb(model, batch, ctx)
+        return self.objective(model, batch, x_adv)
+
+
+def accuracy(logits: Tensor, y: Tensor) -> Tensor:
+    return (logits.detach().argmax(1) == y).float().mean()
