@@ -249,7 +249,7 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
 
 def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise UserError(f"config file {path} not found: pass an existing YAML file such as configs/digits_pgd_at.yaml")
+        raise UserError(f"config file {path} not found: pass an existing YAML file, e.g. configs/digits.yaml")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:

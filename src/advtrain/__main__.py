@@ -1,0 +1,5 @@
+import sys
+
+from advtrain.cli import main
+
+sys.exit(main())

@@ -1,0 +1,131 @@
+"""`advtrain train | eval | quickstart`: parse arguments, call one function, turn bad input into exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from advtrain.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, no usage dump: the message names the problem, --help shows the rest.
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _eps_list(text: str) -> list[float]:
+    from advtrain.config import parse_number
+
+    return [parse_number(part, "--eps") for part in text.split(",") if part.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="advtrain", description="Adversarial training and robustness evaluation.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train a model from a YAML config, then evaluate it and write a report")
+    p.add_argument("--config", type=Path, help="YAML config (see configs/); omitted: built-in defaults")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=10 --set threat.eps=8/255")
+    p.add_argument("--out", type=Path, required=True, help="new run directory")
+    p.add_argument("--quiet", action="store_true", help="no progress bar: one line per epoch")
+
+    p = sub.add_parser("eval", help="evaluate a run directory or a weights file under attacks")
+    p.add_argument("run_dir", nargs="?", type=Path, help="a run directory made by `advtrain train`")
+    p.add_argument("--model", help="model name, for --weights files without a sidecar (e.g. resnet18)")
+    p.add_argument("--weights", type=Path, help=".safetensors (with its .json sidecar) or a plain .pt state_dict")
+    p.add_argument("--normalize", choices=["none", "dataset"], default="none",
+                   help="with --model: normalise inputs with the dataset's mean/std inside the model")
+    p.add_argument("--data", help="dataset name (digits, cifar10, cifar100, svhn, npz, synthetic)")
+    p.add_argument("--data-root", help="dataset folder or file")
+    p.add_argument("--attacks", help="comma-separated: clean,fgsm,pgd,cw,aa,apgd (default: the run's, or clean,pgd)")
+    p.add_argument("--eps", type=_eps_list, help="comma-separated ε list, fractions allowed: 8/255,16/255")
+    p.add_argument("--norm", choices=["linf", "l2"], help="threat model norm (default: the run's, or linf)")
+    p.add_argument("--steps", type=int, help="PGD/CW steps (default 20)")
+    p.add_argument("--restarts", type=int, help="PGD/CW restarts (default 1)")
+    p.add_argument("--step-size", type=lambda s: _eps_list(s)[0], help="PGD/CW step size (default 2.5·ε/steps)")
+    p.add_argument("--n", type=int, help="evaluate the first N test images (default: all)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint of a run")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="eval JSON path (default: RUN_DIR/eval.json; none for --weights)")
+
+    p = sub.add_parser("quickstart", help="train standard and PGD-AT CNNs on digits and compare them (2–3 min)")
+    p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="folder for the two run directories")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: configs/digits.yaml)")
+    return parser
+
+
+def _train(args: argparse.Namespace) -> None:
+    from advtrain.config import load_config
+    from advtrain.workflow import train_and_evaluate
+
+    overrides = [*args.overrides, *(["train.progress=quiet"] if args.quiet else [])]
+    config = load_config(args.config, overrides)
+    train_and_evaluate(config, args.out)
+    print(f"done: {args.out}/report.md, {args.out}/eval.json")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from advtrain.checkpoint import atomic_write_text
+    from advtrain.config import EvalConfig
+    from advtrain.eval import evaluate_loaded, load_for_eval
+    from advtrain.eval.checkpoints import read_run_config
+    from advtrain.report import write_run_report
+    from advtrain.report.tables import eval_rows, text_table
+
+    loaded, data = load_for_eval(
+        run_dir=args.run_dir, weights=args.weights, model_name=args.model, data_name=args.data,
+        data_root=args.data_root, checkpoint=args.checkpoint, normalize=args.normalize,
+    )
+    # Unset options fall back to the run's own eval/threat settings, then to the defaults.
+    run = read_run_config(args.run_dir) if args.run_dir is not None else {}
+    defaults = EvalConfig()
+    run_eval, threat = run.get("eval") or {}, run.get("threat") or {}
+    attacks = args.attacks.split(",") if args.attacks else run_eval.get("attacks", defaults.attacks)
+    eps = args.eps or run_eval.get("eps") or [threat.get("eps", 8 / 255)]
+    report, _ = evaluate_loaded(
+        loaded, data, attacks=[a.strip() for a in attacks if a.strip()], eps=eps,
+        norm=args.norm or threat.get("norm", "linf"), steps=args.steps or run_eval.get("steps", defaults.steps),
+        restarts=args.restarts or run_eval.get("restarts", defaults.restarts), step_size=args.step_size,
+        n=args.n, batch_size=args.batch_size, device=args.device, precision=args.precision, seed=args.seed,
+        checkpoint=args.checkpoint if args.run_dir is not None else None,
+        on_result=lambda r: print(f"  {r.spec.attack:<10} eps {r.spec.eps:.4f}  accuracy {100 * r.accuracy:.2f}%",
+                                  file=sys.stderr),
+    )
+    print(text_table(["attack", "eps", "accuracy %"], eval_rows(report)))
+    out = args.out or (args.run_dir / "eval.json" if args.run_dir is not None else None)
+    if out is not None:
+        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}")
+        if args.run_dir is not None and out == args.run_dir / "eval.json":
+            write_run_report(args.run_dir)
+
+
+def _quickstart(args: argparse.Namespace) -> None:
+    from advtrain.quickstart import quickstart
+
+    quickstart(args.out, epochs=args.epochs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        {"train": _train, "eval": _eval, "quickstart": _quickstart}[args.command](args)
+    except UserError as e:
+        print(f"advtrain: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("advtrain: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

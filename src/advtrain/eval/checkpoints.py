@@ -1,0 +1,51 @@
+"""Find and load the model to evaluate: a run directory's checkpoint, or a weights file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import nn
+
+from advtrain.checkpoint import load_state_into, load_weights
+from advtrain.errors import UserError
+from advtrain.models.spec import ModelSpec
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    spec: ModelSpec
+    source: Path
+    metadata: dict[str, Any]
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml): pass a folder made by `advtrain train`")
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} is not a valid run config: it must be a YAML mapping")
+    return raw
+
+
+def checkpoint_path(run_dir: Path, which: str) -> Path:
+    path = run_dir / "checkpoints" / f"{which}.safetensors"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no {which} checkpoint ({path} missing): pass --checkpoint last")
+    return path
+
+
+def load_checkpoint_model(path: Path, spec: ModelSpec | None = None) -> LoadedModel:
+    """Build the model (from `spec`, else from the checkpoint's sidecar) and load the weights strictly."""
+    state, metadata = load_weights(path)
+    if spec is None:
+        if "model" not in metadata:
+            raise UserError(f"{path} has no sidecar describing its model: pass --model NAME")
+        spec = ModelSpec.from_dict(metadata["model"], str(path))
+    model = spec.build()
+    load_state_into(model, state, str(path))
+    return LoadedModel(model.eval(), spec, path, metadata)

@@ -1,0 +1,155 @@
+"""Robust accuracy under a list of attacks and ε (METHODS.md §7.1), always in eval mode."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advtrain.attacks import Norm, bn_policy, default_step_size, fgsm, pgd
+from advtrain.attacks.autoattack import autoattack
+from advtrain.errors import UserError
+
+# Names accepted on the command line → (attack, AutoAttack version).
+ATTACK_ALIASES: dict[str, tuple[str, str | None]] = {
+    "clean": ("clean", None),
+    "fgsm": ("fgsm", None),
+    "pgd": ("pgd", None),
+    "cw": ("cw", None),
+    "aa": ("autoattack", "standard"),
+    "autoattack": ("autoattack", "standard"),
+    "apgd": ("autoattack", "apgd"),
+}
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    attack: str  # clean | fgsm | pgd | cw | autoattack
+    eps: float = 0.0
+    norm: Norm = "linf"
+    steps: int = 0
+    restarts: int = 1
+    step_size: float | None = None
+    version: str | None = None  # AutoAttack version: standard | apgd
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON fields of this attack (the eval.json row without the accuracy)."""
+        row: dict[str, Any] = {"attack": self.attack, "eps": self.eps}
+        if self.attack != "clean":
+            row["norm"] = self.norm
+        if self.attack in ("pgd", "cw"):
+            row |= {"steps": self.steps, "restarts": self.restarts, "step_size": self.step_size}
+        if self.attack == "autoattack":
+            row["version"] = self.version
+        return row
+
+
+@dataclass
+class AttackResult:
+    spec: AttackSpec
+    correct: Tensor  # bool per example, on the CPU
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.float().mean()) if self.correct.numel() else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.spec.describe() | {"accuracy": self.accuracy}
+
+
+def attack_specs(
+    names: Sequence[str],
+    eps_list: Sequence[float],
+    *,
+    norm: Norm = "linf",
+    steps: int = 20,
+    restarts: int = 1,
+    step_size: float | None = None,
+) -> list[AttackSpec]:
+    """Expand attack names × ε into specs; `clean` appears once, first."""
+    specs: list[AttackSpec] = []
+    for name in names:
+        if name not in ATTACK_ALIASES:
+            raise UserError(f"unknown attack {name!r}: choose from {', '.join(ATTACK_ALIASES)}")
+    if "clean" in names:
+        specs.append(AttackSpec("clean"))
+    for eps in eps_list:
+        for name in names:
+            attack, version = ATTACK_ALIASES[name]
+            if attack == "clean":
+                continue
+            if attack in ("pgd", "cw"):
+                size = default_step_size(eps, steps) if step_size is None else step_size
+                specs.append(AttackSpec(attack, eps, norm, steps, restarts, size))
+            elif attack == "fgsm":
+                specs.append(AttackSpec(attack, eps, norm, steps=1, step_size=eps))
+            else:
+                specs.append(AttackSpec(attack, eps, norm, version=version))
+    return specs
+
+
+def run_attack(
+    model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, *, seed: int, batch_size: int
+) -> Tensor:
+    """Adversarial inputs for one batch (or, for AutoAttack, the whole set it batches itself)."""
+    if spec.attack == "clean":
+        return x
+    if spec.attack == "fgsm":
+        return fgsm(model, x, y, eps=spec.eps, norm=spec.norm, keep="first_fooling")
+    if spec.attack in ("pgd", "cw"):
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+        return pgd(
+            model, x, y, eps=spec.eps, steps=spec.steps, step_size=spec.step_size, norm=spec.norm,
+            loss="ce" if spec.attack == "pgd" else "cw", restarts=spec.restarts, keep="first_fooling",
+            generator=generator,
+        )
+    if spec.attack == "autoattack":
+        return autoattack(
+            model, x, y, eps=spec.eps, norm=spec.norm, version=spec.version or "standard",
+            seed=seed, batch_size=batch_size,
+        )
+    raise UserError(f"unknown attack {spec.attack!r}")
+
+
+def evaluate(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    specs: Sequence[AttackSpec],
+    *,
+    batch_size: int = 256,
+    seed: int = 0,
+    autocast_dtype: torch.dtype | None = None,
+    on_result: Callable[[AttackResult], None] | None = None,
+) -> list[AttackResult]:
+    """Per-example correctness under each attack, with the model in eval mode.
+
+    `x`, `y` must be on the model's device. PGD/CW count an example as broken as soon as any
+    iterate fools the model (keep="first_fooling"); AutoAttack runs on the whole set at once.
+    """
+    results = []
+    autocast = (
+        torch.autocast(x.device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    with bn_policy(model, "eval"), autocast:
+        for spec in specs:
+            if spec.attack == "autoattack":
+                chunks = [(x, y)]
+            else:
+                chunks = list(zip(x.split(batch_size), y.split(batch_size), strict=True))
+            correct = []
+            for i, (xb, yb) in enumerate(chunks):
+                x_adv = run_attack(model, xb, yb, spec, seed=seed + i, batch_size=batch_size)
+                with torch.no_grad():
+                    correct.append((model(x_adv).argmax(1) == yb).cpu())
+            result = AttackResult(spec, torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool))
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+    return results

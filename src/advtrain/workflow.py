@@ -1,0 +1,36 @@
+"""Train → evaluate the selected checkpoint on the test split → write eval.json and report.md."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from advtrain.checkpoint import atomic_write_text
+from advtrain.config import RunConfig
+from advtrain.eval import evaluate_loaded
+from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
+from advtrain.report import write_run_report
+from advtrain.runtime import resolve_device
+from advtrain.train import load_run_data, train
+
+
+def train_and_evaluate(config: RunConfig, run_dir: Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The whole `advtrain train` command; returns the eval JSON it wrote."""
+    data = load_run_data(config)
+    result = train(config, run_dir, data=data, log=log)
+    e = config.eval
+    which = e.checkpoint
+    log(f"evaluating the {which} checkpoint on {min(e.n or len(data.y_test), len(data.y_test))} test images")
+    loaded = load_checkpoint_model(checkpoint_path(result.run_dir, which))
+    report, _ = evaluate_loaded(
+        loaded, data, attacks=e.attacks, eps=e.eps if e.eps is not None else [config.threat.eps],
+        norm=config.threat.norm, steps=e.steps, restarts=e.restarts, step_size=e.step_size, n=e.n,
+        batch_size=e.batch_size, device=str(resolve_device(config.train.device)), precision="fp32",
+        seed=config.seed, checkpoint=which,
+        on_result=lambda r: log(f"  {r.spec.attack:<10} eps {r.spec.eps:.4f}  accuracy {100 * r.accuracy:.2f}%"),
+    )
+    atomic_write_text(result.run_dir / "eval.json", json.dumps(report, indent=2) + "\n")
+    write_run_report(result.run_dir)
+    return report
