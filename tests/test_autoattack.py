@@ -63,7 +63,7 @@ def test_apgd_preset_equals_custom_reference_with_standard_settings(model, data)
     ours = autoattack(model, x, y, eps=EPS_MIXED, version="apgd", seed=0)
 
     reference = AutoAttack(
-        model, attacks=["apgd-ce", "apgd-t"], eps=EPS_MIXED, norm="Linf", version="custom", seed=0, device="cpu"
+        model, attacks=["apgd-ce", "apgd-t"], eps=EPS_MIXED, norm="Linf", version="custom", seed=0
     )
     # What pyautoattack's _set_version('standard') sets for these two attacks under Linf/L2.
     reference.apgd.n_restarts = 1

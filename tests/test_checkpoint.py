@@ -103,7 +103,7 @@ def test_tampered_weights_are_refused(tmp_path, trained_model):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0x01  # one flipped bit in the last tensor
     path.write_bytes(bytes(data))
-    with pytest.raises(UserError, match="model.safetensors") as info:
+    with pytest.raises(UserError, match=r"model\.safetensors") as info:
         load_weights(path)
     assert "sha256" in str(info.value)
 
@@ -120,7 +120,7 @@ def test_truncated_weights_are_refused_without_sidecar(tmp_path, trained_model):
 def test_truncated_weights_are_refused_with_sidecar(tmp_path, trained_model):
     path = saved(tmp_path, trained_model)
     path.write_bytes(path.read_bytes()[:50])
-    with pytest.raises(UserError, match="model.safetensors"):
+    with pytest.raises(UserError, match=r"model\.safetensors"):
         load_weights(path)
 
 
@@ -241,7 +241,8 @@ def test_wrong_model_names_keys(trained_model):
 
 
 def test_shape_mismatch_named(trained_model):
-    with pytest.raises(UserError, match=r"2 shape mismatches \(5\.weight: file \[10, 32\] vs model \[3, 32\]"):
+    expected = r"2 shape mismatches \(5\.weight: file \[10, 32\] vs model \[3, 32\]"
+    with pytest.raises(UserError, match=expected):
         load_state_into(conv_model(n_classes=3), trained_model.state_dict(), source="w.safetensors")
 
 

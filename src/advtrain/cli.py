@@ -20,7 +20,10 @@ class _Parser(argparse.ArgumentParser):
 def _eps_list(text: str) -> list[float]:
     from advtrain.config import parse_number
 
-    return [parse_number(part, "--eps") for part in text.split(",") if part.strip()]
+    try:
+        return [parse_number(part, "value") for part in text.split(",") if part.strip()]
+    except UserError as e:  # argparse turns this into its one-line usage error, exit 2
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

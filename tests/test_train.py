@@ -1,0 +1,126 @@
+import copy
+import json
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+
+from advtrain.attacks import ThreatModel
+from advtrain.checkpoint import load_weights
+from advtrain.config import load_config
+from advtrain.methods import Batch, Method, MethodConfig, StepContext, StepOutput, build_method
+from advtrain.methods.registry import register_method
+from advtrain.train import train
+from tests.helpers import digits_tensors
+
+FAST = ["train.epochs=2", "train.batch_size=128", "train.val_steps=2", "train.progress=quiet",
+        "method.steps=2", "data.val_size=200", "threat.eps=0.2"]
+
+
+def test_a_run_writes_the_run_directory_contract(tmp_path):
+    config = load_config(None, FAST)
+    result = train(config, tmp_path / "run", log=lambda _: None)
+    run = result.run_dir
+    assert yaml.safe_load((run / "config.yaml").read_text()) == config.to_dict()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row in rows:
+        for key in ("lr", "train_loss", "train_acc", "val_clean_acc", "val_pgd_acc", "seconds", "images_per_s"):
+            assert row[key] is not None
+        assert 0 <= row["val_pgd_acc"] <= row["val_clean_acc"] <= 1
+    best = max(rows, key=lambda r: r["val_pgd_acc"])
+    _, meta = load_weights(run / "checkpoints" / "best.safetensors")
+    assert meta["epoch"] == best["epoch"] and meta["metric"] == "val_pgd_acc"
+    assert meta["value"] == best["val_pgd_acc"] and meta["config_hash"] == config.digest()
+    assert meta["model"]["name"] == "small_cnn" and meta["method"]["name"] == "pgd_at"
+    _, last = load_weights(run / "checkpoints" / "last.safetensors")
+    assert last["epoch"] == 2
+
+
+def test_same_seed_same_weights_and_other_seed_other_weights(tmp_path):
+    def weights(seed: int, name: str) -> dict:
+        config = load_config(None, [*FAST, "train.epochs=1", f"seed={seed}"])
+        train(config, tmp_path / name, log=lambda _: None)
+        return load_weights(tmp_path / name / "checkpoints" / "last.safetensors")[0]
+
+    a, b, c = weights(0, "a"), weights(0, "b"), weights(1, "c")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+@dataclass
+class ProbeConfig(MethodConfig):
+    name: str = "test_probe"
+
+
+@register_method
+class Probe(Method):
+    """A method using every hook of the contract, to show the trainer needs no special case."""
+
+    name = "test_probe"
+    config_class = ProbeConfig
+    calls: ClassVar[list[str]] = []
+
+    def __init__(self, config, threat):
+        super().__init__(config, threat)
+        self.head = nn.Linear(10, 10)
+        self.epochs_seen = 0
+
+    def extra_modules(self):
+        return {"head": self.head}
+
+    def on_epoch_start(self, model, ctx):
+        x, _ = ctx.sample_train(32)
+        assert x.shape[0] == 32 and float(x.min()) >= 0 and float(x.max()) <= 1
+        self.epochs_seen += 1
+        Probe.calls.append(f"epoch{ctx.epoch}")
+
+    def loss(self, model, batch, ctx):
+        logits = self.head(model(batch.x))
+        saved = [p.detach().clone() for p in model.parameters()]
+
+        def after():
+            Probe.calls.append("after")
+            assert any(not torch.equal(p, s) for p, s in zip(model.parameters(), saved, strict=True))
+
+        return StepOutput(F.cross_entropy(logits, batch.y), {"acc": (logits.argmax(1) == batch.y).float().mean()},
+                          after_step=after)
+
+    def state_dict(self):
+        return {"epochs_seen": self.epochs_seen}
+
+
+def test_the_trainer_honours_every_hook_of_the_method_contract(tmp_path):
+    Probe.calls = []
+    config = load_config(None, [o for o in FAST if not o.startswith("method.")] + ["method.name=test_probe"])
+    torch.manual_seed(0)
+    result = train(config, tmp_path / "run", log=lambda _: None)
+    steps_per_epoch = -(-(1437 - 200) // 128)
+    assert Probe.calls.count("after") == 2 * steps_per_epoch
+    assert Probe.calls[0] == "epoch0" and Probe.calls[steps_per_epoch + 1] == "epoch1"
+    assert result.last["train_loss"] < 2.5
+
+
+def test_pgd_at_loss_equals_the_hand_written_formula_in_fp64():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(3 * 8 * 8, 10)).double().train()
+    reference = copy.deepcopy(model)
+    x, y = digits_tensors()[0][:16].double(), digits_tensors()[1][:16]
+    eps, alpha = 0.2, 0.05
+    method = build_method(load_config(None, ["method.steps=3"]).method, ThreatModel("linf", eps))
+    out = method.loss(model, Batch(x, y), StepContext(0, 0, torch.Generator().manual_seed(5)))
+
+    # Independent: Madry's PGD in train mode (BN batch statistics, running stats updated), then CE.
+    delta = torch.empty_like(x).uniform_(-eps, eps, generator=torch.Generator().manual_seed(5))
+    x_adv = (x + delta).clamp(0, 1)
+    for _ in range(3):
+        x_adv = x_adv.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(reference(x_adv), y), x_adv)
+        x_adv = torch.min(torch.max(x_adv + alpha * g.sign(), x - eps), x + eps).clamp(0, 1)
+    expected = F.cross_entropy(reference(x_adv.detach()), y)
+    assert abs(out.loss.item() - expected.item()) < 1e-6
+    assert torch.allclose(model[1].running_mean, reference[1].running_mean)
