@@ -24,6 +24,14 @@ def test_method_section_becomes_the_methods_typed_config():
         load_config(None, ["method.name=standard", "method.steps=3"])
 
 
+def test_switching_method_drops_the_other_methods_options(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: {name: pgd_at, steps: 7}\n")
+    assert load_config(path, ["method.name=standard"]).method.name == "standard"
+    assert load_config(path, ["method.name=pgd_at"]).method.steps == 7
+    assert load_config(path, ["method.name=standard", "method.name=pgd_at"]).method.steps == 10
+
+
 def test_resolved_config_round_trips_through_yaml():
     config = load_config(None, ["threat.eps=0.2", "data.val_size=100", "schedule.milestones=[5, 8]"])
     again = config_from_dict(yaml.safe_load(dump_yaml(config)))

@@ -228,7 +228,10 @@ def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key.path=value` strings (values parsed as YAML) to a raw config mapping."""
+    """Apply `key.path=value` strings (values parsed as YAML) to a raw config mapping, in order.
+
+    Setting `method.name` to another method drops the options of the method it replaces.
+    """
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
@@ -237,7 +240,13 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
-        _set_path(raw, key.strip(), value)
+        key = key.strip()
+        method = raw.get("method")
+        if key == "method.name" and isinstance(method, dict) and method.get("name", value) != value:
+            # Switching method starts the new one from its own defaults: the file's options belong
+            # to the method it named (e.g. `--set method.name=standard` on a pgd_at config).
+            raw["method"] = {}
+        _set_path(raw, key, value)
     return raw
 
 

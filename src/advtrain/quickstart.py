@@ -23,6 +23,11 @@ def summary(standard: dict[str, Any], robust: dict[str, Any], eps: float) -> str
     s_aa, r_aa = _accuracy(standard, "autoattack"), _accuracy(robust, "autoattack")
     s_pgd, r_pgd = _accuracy(standard, "pgd"), _accuracy(robust, "pgd")
     gain = 100 * (r_aa - s_aa)
+    consistency = (
+        "AutoAttack, the stronger attack, finds at least as many errors as PGD-20 for both models, as it should."
+        if s_aa <= s_pgd and r_aa <= r_pgd
+        else "Warning: AutoAttack found fewer errors than PGD-20 for a model, which points to a problem."
+    )
     verdict = (
         "Adversarial training bought real robustness"
         if gain >= 30
@@ -32,9 +37,8 @@ def summary(standard: dict[str, Any], robust: dict[str, Any], eps: float) -> str
         f"{verdict}: under the reference AutoAttack at ε = {eps:g}, the standard model keeps "
         f"{fmt_acc(s_aa)}% of {standard['n']} test digits and the PGD-AT model {fmt_acc(r_aa)}% "
         f"({gain:+.1f} points); PGD-20 tells the same story ({fmt_acc(s_pgd)}% → {fmt_acc(r_pgd)}%). "
-        f"Clean accuracy moves from {fmt_acc(s_clean)}% to {fmt_acc(r_clean)}%, the usual price of robustness. "
-        f"AutoAttack is at most PGD-20 for both models (it is the stronger attack), and both checkpoints were "
-        f"selected on a validation split held out from the training set, never on the test set."
+        f"Clean accuracy moves from {fmt_acc(s_clean)}% to {fmt_acc(r_clean)}%. {consistency} Both checkpoints "
+        f"were selected on a validation split held out from the training set, never on the test set."
     )
 
 

@@ -33,8 +33,10 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def derive_seed(*parts: int | str) -> int:
     """A 63-bit seed from several parts, stable across runs, processes and platforms."""
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    # Normalise numpy integers etc. first: their repr differs from a plain int's.
+    key = repr(tuple(p if isinstance(p, str) else int(p) for p in parts))
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 def make_generator(device: torch.device, *parts: int | str) -> torch.Generator:

@@ -7,13 +7,13 @@ numbers: a run resumed at any batch sees exactly the batches an uninterrupted ru
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from advtrain.errors import UserError
+from advtrain.runtime import derive_seed
 
 
 @dataclass(frozen=True)
@@ -32,14 +32,6 @@ class Augment:
     def active(self) -> bool:
         """Whether this augmentation changes anything."""
         return self.crop_padding > 0 or bool(self.flip)
-
-
-def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed from a tuple of ints/strings, the same on every platform and Python version."""
-    # Normalise numpy integers etc. first: their repr differs from a plain int's.
-    key = repr(tuple(p if isinstance(p, str) else int(p) for p in parts))
-    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 def to_float(x_uint8: torch.Tensor, pixel_max: int) -> torch.Tensor:

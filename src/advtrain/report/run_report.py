@@ -140,9 +140,10 @@ def _settings(config: Mapping[str, Any], n_epochs_done: int) -> list[str]:
         ("ε (perturbation budget)", "threat.eps"),
         ("threat norm", "threat.norm"),
         ("batch size", "train.batch_size"),
-        ("optimizer", "train.optimizer"),
-        ("learning rate", "train.lr"),
-        ("weight decay", "train.weight_decay"),
+        ("optimizer", "optim.name"),
+        ("learning rate", "optim.lr"),
+        ("weight decay", "optim.weight_decay"),
+        ("LR schedule", "schedule.name"),
         ("seed", "seed"),
     ]
     lines = []
@@ -153,6 +154,10 @@ def _settings(config: Mapping[str, Any], n_epochs_done: int) -> list[str]:
         if isinstance(value, Mapping):  # e.g. an optimizer section: show its name if it has one
             value = value.get("name", "…")
         lines.append(f"- {label}: {fmt_eps(value) if key == 'threat.eps' else value}")
+    method = _get(config, "method")
+    if isinstance(method, Mapping) and len(method) > 1:  # every method option, as recorded (METHODS.md)
+        options = ", ".join(f"{k}={v}" for k, v in method.items() if k != "name")
+        lines.append(f"- method options: {options}")
     epochs = _get(config, "train.epochs")
     lines.append(f"- epochs: {n_epochs_done} completed of {epochs if epochs is not None else '?'} planned")
     return lines
