@@ -124,3 +124,26 @@ def test_pgd_at_loss_equals_the_hand_written_formula_in_fp64():
     expected = F.cross_entropy(reference(x_adv.detach()), y)
     assert abs(out.loss.item() - expected.item()) < 1e-6
     assert torch.allclose(model[1].running_mean, reference[1].running_mean)
+
+
+def test_every_shipped_config_loads_with_its_paper_recipe():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+    assert {p.name for p in configs} >= {"digits.yaml", "cifar10_preact_resnet18_pgd_at.yaml",
+                                         "cifar10_wrn34_10_pgd_at.yaml"}
+    for path in configs:
+        config = load_config(path)
+        if config.data.name == "cifar10":
+            assert config.threat.eps == 8 / 255 and config.method.step_size == 2 / 255
+            assert config.method.steps == 10 and config.train.epochs == 200
+            assert config.schedule.milestones == [100, 150] and config.optim.weight_decay == 5e-4
+
+
+def test_bf16_autocast_and_channels_last_train_on_any_device(tmp_path):
+    # The CUDA defaults (bf16 autocast, channels_last) are forced here so the same code path runs on CPU.
+    config = load_config(None, [*FAST, "train.epochs=1", "train.precision=bf16", "train.channels_last=true"])
+    result = train(config, tmp_path / "run", log=lambda _: None)
+    assert result.last["train_loss"] < 2.4 and 0 <= result.last["val_pgd_acc"] <= 1
+    state, _ = load_weights(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    assert all(t.dtype == torch.float32 for t in state.values() if t.is_floating_point())  # fp32 master weights

@@ -78,7 +78,7 @@ class TrainConfig:
     batch_size: int = 128
     device: str = "auto"  # auto: cuda when available, else cpu
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    channels_last: Literal["auto", "on", "off"] = "auto"  # auto: on for CUDA
+    channels_last: bool | None = None  # None: on for CUDA, off for CPU
     val_steps: int = 10  # validation PGD steps (step ε/4, random start)
     val_max: int | None = None  # validate on at most this many validation images
     select_metric: str = "auto"  # auto: the method's (val_pgd_acc, or val_clean_acc for standard)

@@ -97,7 +97,7 @@ def train(
     seed_everything(config.seed)
     device = resolve_device(t.device)
     amp = autocast_dtype(t.precision, device)
-    channels_last = t.channels_last == "on" or (t.channels_last == "auto" and device.type == "cuda")
+    channels_last = device.type == "cuda" if t.channels_last is None else t.channels_last
 
     # Data: the validation split is carved from the training set, never from the test set.
     data = load_run_data(config) if data is None else data
