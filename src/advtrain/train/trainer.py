@@ -151,10 +151,11 @@ def train(
     best_value, best_epoch, row = -math.inf, 0, {}
     for epoch in range(t.epochs):
         start = time.perf_counter()
+        epoch_lr = schedule.lr_at(epoch)
         epoch_gen = make_generator(device, config.seed, "epoch", epoch)
         method.on_epoch_start(
             model,
-            EpochContext(epoch, t.epochs, schedule.lr_at(epoch), config.optim.lr,
+            EpochContext(epoch, t.epochs, epoch_lr, config.optim.lr,
                          lambda n, g=epoch_gen: sample_train(n, g), epoch_gen),
         )
         model.train()
@@ -191,7 +192,7 @@ def train(
         val_clean, val_pgd = validate(model, x_val, y_val, config, amp, config.seed)
         schedule.end_epoch(averages["loss"])
         row = {
-            "epoch": epoch + 1, "lr": schedule.lr_at(epoch) if config.schedule.name != "plateau" else lr,
+            "epoch": epoch + 1, "lr": epoch_lr,
             "train_loss": averages.pop("loss"), "train_acc": averages.pop("acc", None),
             "val_clean_acc": val_clean, "val_pgd_acc": val_pgd,
             "seconds": time.perf_counter() - start, "images_per_s": seen / train_seconds,
