@@ -8,16 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from advtrain import checkpoint
+from advtrain import fileio
 from advtrain.checkpoint import (
-    atomic_write_bytes,
-    atomic_write_text,
     load_state_into,
     load_weights,
     save_weights,
     sha256_file,
 )
 from advtrain.errors import UserError
+from advtrain.fileio import atomic_write_bytes, atomic_write_text
 
 
 def conv_model(n_classes: int = 10) -> nn.Module:
@@ -262,7 +261,7 @@ def test_failed_replace_keeps_previous_file_and_no_temp(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint.os, "replace", broken_replace)
+    monkeypatch.setattr(fileio.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         atomic_write_bytes(path, b"new content")
     assert path.read_bytes() == b"old content"
@@ -280,7 +279,7 @@ def test_failed_write_midway_keeps_previous_weights(tmp_path, monkeypatch, train
         real_fsync(fd)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint.os, "fsync", crash_after_partial_write)
+    monkeypatch.setattr(fileio.os, "fsync", crash_after_partial_write)
     with pytest.raises(KeyboardInterrupt):
         save_weights(path, conv_model().state_dict(), {"epoch": 99})
     monkeypatch.undo()

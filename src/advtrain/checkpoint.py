@@ -6,12 +6,9 @@ through ``torch.load(..., weights_only=True)``, so opening a checkpoint never ru
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import pickle
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -23,6 +20,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from advtrain.errors import UserError
+from advtrain.fileio import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "atomic_write_bytes",
@@ -43,38 +41,6 @@ _NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")
 _DATA_PARALLEL_PREFIX = "module."
 # How many offending keys an error message names before it says "...".
 _KEYS_SHOWN = 3
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the complete new one.
-
-    The bytes go to a temporary file in the same directory (``os.replace`` is only atomic within one
-    file system), are fsynced, and the temporary file is renamed over ``path``; the directory is then
-    fsynced so the rename itself survives a crash. On failure the temporary file is removed and the
-    previous ``path`` is left untouched. Missing parent directories are created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # O_EXCL: never write through a file (or symlink) someone else put there; mode 0o666 lets the umask
-    # decide the final permissions like a plain open() would (mkstemp would force 0o600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` as UTF-8 to ``path`` atomically (see :func:`atomic_write_bytes`)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def sha256_file(path: Path) -> str:
@@ -173,17 +139,6 @@ def load_state_into(model: nn.Module, state_dict: Mapping[str, Tensor], source: 
 
 
 # --- helpers -------------------------------------------------------------------------------------------
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Persist the rename itself. Directories cannot be opened for fsync on Windows; skip there.
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _tensors_for_safetensors(state_dict: Mapping[str, Tensor], path: Path) -> dict[str, Tensor]:

@@ -76,10 +76,10 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    from advtrain.checkpoint import atomic_write_text
     from advtrain.config import EvalConfig
     from advtrain.eval import evaluate_loaded, load_for_eval
     from advtrain.eval.checkpoints import read_run_config
+    from advtrain.fileio import atomic_write_text
     from advtrain.report import write_run_report
     from advtrain.report.tables import eval_rows, text_table
 

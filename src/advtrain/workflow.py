@@ -7,10 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from advtrain.checkpoint import atomic_write_text
 from advtrain.config import RunConfig
 from advtrain.eval import evaluate_loaded
 from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
+from advtrain.fileio import atomic_write_text
 from advtrain.report import write_run_report
 from advtrain.runtime import resolve_device
 from advtrain.train import load_run_data, train

@@ -7,12 +7,13 @@ is drawn, which keeps ``import advtrain.report`` light.
 
 from __future__ import annotations
 
+import io
 import math
-import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from advtrain.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -102,31 +103,13 @@ def training_curves(metrics: Sequence[Mapping[str, object]]) -> Figure:
     return fig
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it over ``path`` in one step.
-
-    Readers never see a half-written file; on failure the temporary file is removed and ``path`` is
-    left as it was. Parent folders are created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report should be as readable as any other file
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_figure(fig: Figure, path: Path, dpi: int = 120) -> Path:
     """Save ``fig`` as a PNG at ``path`` (atomically, tight bounding box), close it, and return ``path``."""
     try:
-        return write_atomically(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight"))
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+        atomic_write_bytes(Path(path), buffer.getvalue())
+        return Path(path)
     finally:
         if getattr(fig.canvas, "manager", None) is not None:  # created through pyplot: release it there
             import matplotlib.pyplot as plt

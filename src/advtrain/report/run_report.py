@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 
 from advtrain.errors import UserError
-from advtrain.report.figures import save_figure, training_curves, write_atomically
+from advtrain.fileio import atomic_write_text
+from advtrain.report.figures import save_figure, training_curves
 from advtrain.report.tables import MISSING, eval_rows, fmt_acc, fmt_eps, fmt_float, markdown_table
 
 FIGURE_NAME = "training_curves.png"
@@ -246,5 +247,5 @@ def write_run_report(run_dir: Path | str) -> Path:
     save_figure(training_curves(metrics), run_dir / "figures" / FIGURE_NAME)
     text = render_run_report(config, metrics, ev, best, last)
     report = run_dir / "report.md"
-    write_atomically(report, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write_text(report, text)
     return report

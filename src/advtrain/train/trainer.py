@@ -17,11 +17,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 import advtrain
-from advtrain.checkpoint import atomic_write_text, save_weights
+from advtrain.checkpoint import save_weights
 from advtrain.config import RunConfig, dump_yaml
 from advtrain.data import Augment, Dataset, DeviceBatcher, augment_batch, load_dataset, split_validation, to_float
 from advtrain.errors import UserError
 from advtrain.eval.robustness import AttackSpec, evaluate
+from advtrain.fileio import atomic_write_text
 from advtrain.methods import Batch, EpochContext, StepContext, build_method
 from advtrain.models.spec import ModelSpec
 from advtrain.runtime import autocast_dtype, make_generator, resolve_device, seed_everything
