@@ -19,6 +19,7 @@ import torch
 from pyautoattack import AutoAttack
 from torch import Tensor, nn
 
+from advtrain.attacks.bn_policy import bn_policy
 from advtrain.errors import UserError
 
 __all__ = ["AUTOATTACK_PRESETS", "autoattack"]
@@ -71,7 +72,7 @@ def autoattack(
         )
 
     device = _model_device(model, fallback=x.device)
-    with _quiet_logger(verbose), _eval_mode(model), _grads_preserved(model):
+    with _quiet_logger(verbose), bn_policy(model, "eval"), _grads_preserved(model):
         adversary = _build(model, eps=float(eps), norm=aa_norm, version=version, seed=seed, device=device)
         adversary.verbose = verbose
         x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
@@ -122,18 +123,6 @@ def _quiet_logger(verbose: bool) -> Iterator[None]:
         logger.setLevel(previous_level)
         if handler is not None:
             logger.removeHandler(handler)
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    # Per-module flags, so a model with deliberately frozen (eval) submodules comes back exactly as it was.
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.training = training
 
 
 @contextmanager
