@@ -88,3 +88,12 @@ def test_an_existing_run_is_never_overwritten(run_dir):
 def test_unknown_attack_is_refused_before_any_work(run_dir):
     result = _run_cli("eval", str(run_dir), "--attacks", "clean,pgdd")
     assert result.returncode == 2 and "unknown attack 'pgdd'" in result.stderr
+
+
+def test_a_damaged_run_config_is_a_one_line_error(run_dir, tmp_path):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "config.yaml").write_text("data: [unclosed\n")
+    result = _run_cli("eval", str(damaged))
+    assert result.returncode == 2 and "not valid YAML" in result.stderr and "Traceback" not in result.stderr
+    assert (damaged / "config.yaml").read_text() == "data: [unclosed\n"

@@ -78,17 +78,17 @@ def _train(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     from advtrain.config import EvalConfig
     from advtrain.eval import evaluate_loaded, load_for_eval
-    from advtrain.eval.checkpoints import read_run_config
     from advtrain.fileio import atomic_write_text
     from advtrain.report import write_run_report
     from advtrain.report.tables import eval_rows, text_table
+    from advtrain.rundir import read_config
 
     loaded, data = load_for_eval(
         run_dir=args.run_dir, weights=args.weights, model_name=args.model, data_name=args.data,
         data_root=args.data_root, checkpoint=args.checkpoint, normalize=args.normalize,
     )
     # Unset options fall back to the run's own eval/threat settings, then to the defaults.
-    run = read_run_config(args.run_dir) if args.run_dir is not None else {}
+    run = read_config(args.run_dir) if args.run_dir is not None else {}
     defaults = EvalConfig()
     run_eval, threat = run.get("eval") or {}, run.get("threat") or {}
     attacks = args.attacks.split(",") if args.attacks else run_eval.get("attacks", defaults.attacks)

@@ -11,9 +11,10 @@ import torch
 from advtrain.attacks import Norm
 from advtrain.data import Dataset, load_dataset, to_float
 from advtrain.errors import UserError
-from advtrain.eval.checkpoints import LoadedModel, checkpoint_path, load_checkpoint_model, read_run_config
+from advtrain.eval.checkpoints import LoadedModel, checkpoint_path, load_checkpoint_model
 from advtrain.eval.robustness import AttackResult, attack_specs, evaluate
 from advtrain.models.spec import ModelSpec
+from advtrain.rundir import read_config
 from advtrain.runtime import autocast_dtype, resolve_device
 
 
@@ -37,7 +38,7 @@ def load_for_eval(
     if run_dir is not None:
         if weights is not None or model_name is not None:
             raise UserError("pass either a RUN_DIR or --weights (with --model), not both")
-        raw = read_run_config(run_dir)
+        raw = read_config(run_dir)
         data_cfg = raw.get("data") or {}
         data = load_dataset(
             data_name or data_cfg.get("name", "digits"),

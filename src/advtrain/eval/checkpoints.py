@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from torch import nn
 
 from advtrain.checkpoint import load_state_into, load_weights
@@ -20,16 +19,6 @@ class LoadedModel:
     spec: ModelSpec
     source: Path
     metadata: dict[str, Any]
-
-
-def read_run_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.yaml): pass a folder made by `advtrain train`")
-    raw = yaml.safe_load(path.read_text())
-    if not isinstance(raw, dict):
-        raise UserError(f"{path} is not a valid run config: it must be a YAML mapping")
-    return raw
 
 
 def checkpoint_path(run_dir: Path, which: str) -> Path:

@@ -7,21 +7,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from advtrain.errors import UserError
 from advtrain.fileio import atomic_write_text
 from advtrain.report.figures import save_figure, training_curves
 from advtrain.report.tables import MISSING, eval_rows, fmt_acc, fmt_eps, fmt_float, markdown_table
+from advtrain.rundir import read_config, run_dir_path
 
 FIGURE_NAME = "training_curves.png"
-
-
-def _run_dir(run_dir: Path | str) -> Path:
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise UserError(f"run directory not found: {path} (pass the folder the trainer wrote)")
-    return path
 
 
 def _read_json_file(path: Path) -> dict[str, Any]:
@@ -34,27 +26,12 @@ def _read_json_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_config(run_dir: Path | str) -> dict[str, Any]:
-    """The resolved config of a run (RUN_DIR/config.yaml) as a dict."""
-    path = _run_dir(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise UserError(f"{path} not found: is this a run directory written by the trainer?")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        reason = " ".join(str(e).split())
-        raise UserError(f"{path}: not valid YAML ({reason})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a YAML mapping at the top level")
-    return data
-
-
 def read_metrics(run_dir: Path | str) -> list[dict[str, Any]]:
     """Per-epoch metrics from RUN_DIR/metrics.jsonl, in file order; blank lines are skipped.
 
     A line that is not a JSON object raises UserError naming the file and the 1-based line number.
     """
-    path = _run_dir(run_dir) / "metrics.jsonl"
+    path = run_dir_path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"{path} not found: has the run finished at least one epoch?")
     rows: list[dict[str, Any]] = []
@@ -74,13 +51,13 @@ def read_metrics(run_dir: Path | str) -> list[dict[str, Any]]:
 
 def read_eval(run_dir: Path | str) -> dict[str, Any] | None:
     """RUN_DIR/eval.json as a dict, or None when the run has not been evaluated."""
-    path = _run_dir(run_dir) / "eval.json"
+    path = run_dir_path(run_dir) / "eval.json"
     return _read_json_file(path) if path.is_file() else None
 
 
 def read_checkpoint_info(run_dir: Path | str, which: str) -> dict[str, Any] | None:
     """The sidecar RUN_DIR/checkpoints/<which>.json (e.g. "best", "last"), or None when absent."""
-    path = _run_dir(run_dir) / "checkpoints" / f"{which}.json"
+    path = run_dir_path(run_dir) / "checkpoints" / f"{which}.json"
     return _read_json_file(path) if path.is_file() else None
 
 
@@ -237,7 +214,7 @@ def render_run_report(
 
 def write_run_report(run_dir: Path | str) -> Path:
     """Write RUN_DIR/figures/training_curves.png and RUN_DIR/report.md; return the report's path."""
-    run_dir = _run_dir(run_dir)
+    run_dir = run_dir_path(run_dir)
     config = read_config(run_dir)
     metrics = read_metrics(run_dir)
     ev = read_eval(run_dir)
