@@ -18,12 +18,6 @@ from advtrain.rundir import read_config
 from advtrain.runtime import autocast_dtype, resolve_device
 
 
-def spec_for_data(model_name: str, data: Dataset, normalize: str = "none") -> ModelSpec:
-    c, h, _ = data.shape
-    norm = (tuple(data.mean), tuple(data.std)) if normalize == "dataset" else None
-    return ModelSpec(model_name, data.num_classes, c, h, norm)
-
-
 def load_for_eval(
     *,
     run_dir: Path | None,
@@ -51,7 +45,7 @@ def load_for_eval(
     if data_name is None:
         raise UserError("--weights needs --data NAME (and --data-root PATH for on-disk datasets)")
     data = load_dataset(data_name, data_root)
-    spec = spec_for_data(model_name, data, normalize) if model_name is not None else None
+    spec = ModelSpec.for_dataset(model_name, data, normalize) if model_name is not None else None
     return load_checkpoint_model(weights, spec), data
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from advtrain.errors import UserError
 from advtrain.models.registry import build_model
+
+if TYPE_CHECKING:
+    from advtrain.data import Dataset
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,29 @@ class ModelSpec:
     input_size: int
     normalize: tuple[tuple[float, ...], tuple[float, ...]] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_dataset(
+        cls,
+        name: str,
+        data: Dataset,
+        normalize: str | list[list[float]] = "none",
+        options: dict[str, Any] | None = None,
+    ) -> ModelSpec:
+        """The spec of model `name` for `data`'s image shape and classes.
+
+        `normalize`: "none", "dataset" (the training images' per-channel mean/std) or [[means], [stds]].
+        """
+        c, h, w = data.shape
+        if h != w:
+            raise UserError(f"{data.name} images are {h}×{w}: advtrain models expect square inputs")
+        if normalize == "dataset":
+            norm: tuple[tuple[float, ...], tuple[float, ...]] | None = (tuple(data.mean), tuple(data.std))
+        elif normalize == "none":
+            norm = None
+        else:
+            norm = (tuple(normalize[0]), tuple(normalize[1]))
+        return cls(name, data.num_classes, c, h, norm, dict(options or {}))
 
     def build(self) -> nn.Module:
         return build_model(

@@ -42,20 +42,6 @@ def load_run_data(config: RunConfig) -> Dataset:
     return load_dataset(config.data.name, config.data.root, **config.data.options)
 
 
-def model_spec(config: RunConfig, data: Dataset) -> ModelSpec:
-    c, h, w = data.x_train.shape[1:]
-    if h != w:
-        raise UserError(f"{config.data.name} images are {h}×{w}: advtrain models expect square inputs")
-    normalize = config.model.normalize
-    if normalize == "dataset":
-        norm: tuple[tuple[float, ...], tuple[float, ...]] | None = (tuple(data.mean), tuple(data.std))
-    elif normalize == "none":
-        norm = None
-    else:
-        norm = (tuple(normalize[0]), tuple(normalize[1]))
-    return ModelSpec(config.model.name, data.num_classes, int(c), int(h), norm, dict(config.model.options))
-
-
 def prepare_run_dir(run_dir: Path) -> Path:
     """A new or empty folder; an existing run is never overwritten."""
     if (run_dir / "config.yaml").exists() or (run_dir / "metrics.jsonl").exists():
@@ -118,7 +104,7 @@ def train(
     x_val, y_val = x_val.to(device), y_val.to(device)
 
     # Model, method and optimizer. Extra method modules (AR-AT predictors) train with the model.
-    spec = model_spec(config, data)
+    spec = ModelSpec.for_dataset(config.model.name, data, config.model.normalize, config.model.options)
     model = spec.build().to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
