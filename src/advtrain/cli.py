@@ -99,8 +99,7 @@ def _eval(args: argparse.Namespace) -> None:
         restarts=args.restarts or run_eval.get("restarts", defaults.restarts), step_size=args.step_size,
         n=args.n, batch_size=args.batch_size, device=args.device, precision=args.precision, seed=args.seed,
         checkpoint=args.checkpoint if args.run_dir is not None else None,
-        on_result=lambda r: print(f"  {r.spec.attack:<10} eps {r.spec.eps:.4f}  accuracy {100 * r.accuracy:.2f}%",
-                                  file=sys.stderr),
+        on_result=lambda r: print(r.summary(), file=sys.stderr),
     )
     print(text_table(["attack", "eps", "accuracy %"], eval_rows(report)))
     out = args.out or (args.run_dir / "eval.json" if args.run_dir is not None else None)

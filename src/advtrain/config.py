@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from advtrain.attacks import BNMode, Norm, ThreatModel
+from advtrain.attacks import Norm, ThreatModel
 from advtrain.errors import UserError
 from advtrain.methods import MethodConfig, method_class
 
@@ -305,7 +305,6 @@ def dump_yaml(config: RunConfig) -> str:
 
 
 __all__ = [
-    "BNMode",
     "DataConfig",
     "EvalConfig",
     "ModelConfig",

@@ -29,7 +29,7 @@ def train_and_evaluate(config: RunConfig, run_dir: Path, *, log: Callable[[str],
         norm=config.threat.norm, steps=e.steps, restarts=e.restarts, step_size=e.step_size, n=e.n,
         batch_size=e.batch_size, device=str(resolve_device(config.train.device)), precision="fp32",
         seed=config.seed, checkpoint=which,
-        on_result=lambda r: log(f"  {r.spec.attack:<10} eps {r.spec.eps:.4f}  accuracy {100 * r.accuracy:.2f}%"),
+        on_result=lambda r: log(r.summary()),
     )
     atomic_write_text(result.run_dir / "eval.json", json.dumps(report, indent=2) + "\n")
     write_run_report(result.run_dir)

@@ -80,9 +80,10 @@ def evaluate_loaded(
             f"{data.name} images are {c}×{h}×{h} but the model expects "
             f"{loaded.spec.in_channels}×{loaded.spec.input_size}×{loaded.spec.input_size}: pass the matching --data"
         )
+    amp = autocast_dtype(precision, dev)
     specs = attack_specs(attacks, eps, norm=norm, steps=steps, restarts=restarts, step_size=step_size)
     results = evaluate(
-        model, x, y, specs, batch_size=batch_size, seed=seed, autocast_dtype=autocast_dtype(precision, dev),
+        model, x, y, specs, batch_size=batch_size, seed=seed, autocast_dtype=amp,
         on_result=on_result,
     )
     report = {
@@ -93,7 +94,7 @@ def evaluate_loaded(
         "checkpoint": checkpoint,
         "epoch": loaded.metadata.get("epoch"),
         "seed": seed,
-        "precision": "bf16" if autocast_dtype(precision, dev) is not None else "fp32",
+        "precision": "bf16" if amp is not None else "fp32",
         "device": str(dev),
         "torch_version": torch.__version__,
         "results": [r.as_dict() for r in results],

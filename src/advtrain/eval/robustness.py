@@ -60,6 +60,10 @@ class AttackResult:
     def as_dict(self) -> dict[str, Any]:
         return self.spec.describe() | {"accuracy": self.accuracy}
 
+    def summary(self) -> str:
+        """One progress line, e.g. `  pgd        eps 0.0314  accuracy 47.20%`."""
+        return f"  {self.spec.attack:<10} eps {self.spec.eps:.4f}  accuracy {100 * self.accuracy:.2f}%"
+
 
 def attack_specs(
     names: Sequence[str],

@@ -189,13 +189,12 @@ def train(
         append_jsonl(run_dir / "metrics.jsonl", row)
 
         value = row.get(select_metric)
-        save_weights(run_dir / "checkpoints" / "last.safetensors", model.state_dict(),
-                     sidecar | {"epoch": epoch + 1, "metric": select_metric, "value": value})
+        checkpoint_meta = sidecar | {"epoch": epoch + 1, "metric": select_metric, "value": value}
+        save_weights(run_dir / "checkpoints" / "last.safetensors", model.state_dict(), checkpoint_meta)
         # Without a validation split there is nothing to select on: best is then the last epoch.
         if value is None or value > best_value:
             best_value, best_epoch = (value if value is not None else -math.inf), epoch + 1
-            save_weights(run_dir / "checkpoints" / "best.safetensors", model.state_dict(),
-                         sidecar | {"epoch": epoch + 1, "metric": select_metric, "value": value})
+            save_weights(run_dir / "checkpoints" / "best.safetensors", model.state_dict(), checkpoint_meta)
         log(
             f"epoch {epoch + 1:>3}/{t.epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
             f"acc {_pct(row['train_acc'])}  val clean {_pct(val_clean)}  val PGD-{t.val_steps} {_pct(val_pgd)}  "
