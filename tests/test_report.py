@@ -8,6 +8,7 @@ import yaml
 
 from advtrain.errors import UserError
 from advtrain.report import (
+    attack_label,
     comparison_table,
     comparison_text,
     eval_rows,
@@ -207,7 +208,7 @@ def test_eval_rows_labels() -> None:
             {"attack": "autoattack", "version": "standard", "eps": 0.2, "accuracy": 0.55},
             {"attack": "autoattack", "version": "apgd", "eps": 0.2, "accuracy": 0.56},
             {"attack": "fgsm", "eps": 0.2, "accuracy": 0.7},
-            {"attack": "cw_pgd", "eps": 0.2, "steps": 20, "accuracy": 0.58},
+            {"attack": "cw", "eps": 0.2, "steps": 20, "accuracy": 0.58},
             {"attack": "square", "eps": 0.2, "accuracy": None},
         ]
     }
@@ -257,3 +258,11 @@ def test_training_curves_edge_cases(tmp_path: Path, n: int) -> None:
     path = save_figure(training_curves(metrics), tmp_path / "deep" / "dir" / "curves.png")
     assert path.is_file()
     assert_png_not_blank(path)
+
+
+def test_every_attack_the_eval_package_writes_gets_its_label() -> None:
+    from advtrain.eval import ATTACK_ALIASES, attack_specs
+
+    labels = [attack_label(s.describe() | {"accuracy": 0.5}) for s in attack_specs(list(ATTACK_ALIASES), [0.1])]
+    assert labels == ["clean", "FGSM", "PGD-20 ×1 (step 0.0125)", "CW-PGD-20", "AutoAttack (standard)",
+                      "AutoAttack (standard)", "AutoAttack (apgd: APGD-CE + APGD-T only)"]

@@ -12,9 +12,8 @@ from typing import TypeGuard
 
 MISSING = "–"
 
-# eval.json "version" values of AutoAttack that run only the two APGD attacks.
-_APGD_ONLY_VERSIONS = {"apgd", "apgd-ce+apgd-t", "fast", "cheap"}
-_CW_NAMES = {"cw", "cw-pgd", "pgd-cw", "cwpgd", "cw-linf"}
+# The AutoAttack preset that runs only the two APGD attacks (advtrain.attacks.autoattack).
+_APGD_ONLY_VERSION = "apgd"
 
 
 def _is_number(x: object) -> TypeGuard[int | float]:
@@ -132,13 +131,13 @@ def attack_label(result: Mapping[str, object]) -> str:
         if _is_number(step_size):
             label += f" (step {float(step_size):.4f})"
         return label
-    if name in _CW_NAMES:
+    if name == "cw":
         return f"CW-PGD-{steps}" if steps is not None else "CW-PGD"
     if name == "autoattack":
         version = result.get("version")
         if version is None:
             return "AutoAttack"
-        if _norm_name(version) in _APGD_ONLY_VERSIONS:
+        if _norm_name(version) == _APGD_ONLY_VERSION:
             return f"AutoAttack ({version}: APGD-CE + APGD-T only)"
         return f"AutoAttack ({version})"
     return str(raw)
