@@ -81,7 +81,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, fragment):
 def test_an_existing_run_is_never_overwritten(run_dir):
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     result = _run_cli("train", *FAST, "--out", str(run_dir))
-    assert result.returncode == 2 and "already holds a run" in result.stderr
+    assert result.returncode == 2 and "is not empty: continue that run with --resume" in result.stderr
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from advtrain.errors import UserError
+from advtrain.errors import TrainingStopped, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,16 +28,26 @@ def _eps_list(text: str) -> list[float]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="advtrain", description="Adversarial training and robustness evaluation.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("train", help="train a model from a YAML config, then evaluate it and write a report")
+    # --debug is accepted before or after the command; SUPPRESS keeps a subcommand from resetting it.
+    debug = _Parser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("train", parents=[debug],
+                       help="train a model from a YAML config, then evaluate it and write a report")
     p.add_argument("--config", type=Path, help="YAML config (see configs/); omitted: built-in defaults")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=10 --set threat.eps=8/255")
-    p.add_argument("--out", type=Path, required=True, help="new run directory")
+    p.add_argument("--out", type=Path, help="new run directory")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue a stopped run from its newest intact checkpoint (bit-identical on CPU)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    p.add_argument("--deterministic", action="store_true", help="use deterministic kernels only")
     p.add_argument("--quiet", action="store_true", help="no progress bar: one line per epoch")
 
-    p = sub.add_parser("eval", help="evaluate a run directory or a weights file under attacks")
+    p = sub.add_parser("eval", parents=[debug], help="evaluate a run directory or a weights file under attacks")
     p.add_argument("run_dir", nargs="?", type=Path, help="a run directory made by `advtrain train`")
     p.add_argument("--model", help="model name, for --weights files without a sidecar (e.g. resnet18)")
     p.add_argument("--weights", type=Path, help=".safetensors (with its .json sidecar) or a plain .pt state_dict")
@@ -59,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="eval JSON path (default: RUN_DIR/eval.json; none for --weights)")
 
-    p = sub.add_parser("quickstart", help="train standard and PGD-AT CNNs on digits and compare them (2–3 min)")
+    p = sub.add_parser("quickstart", parents=[debug],
+                       help="train standard and PGD-AT CNNs on digits and compare them (2–3 min)")
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="folder for the two run directories")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: configs/digits.yaml)")
     return parser
@@ -67,12 +78,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args: argparse.Namespace) -> None:
     from advtrain.config import load_config
-    from advtrain.workflow import train_and_evaluate
+    from advtrain.workflow import resume_and_evaluate, train_and_evaluate
 
-    overrides = [*args.overrides, *(["train.progress=quiet"] if args.quiet else [])]
-    config = load_config(args.config, overrides)
-    train_and_evaluate(config, args.out)
-    print(f"done: {args.out}/report.md, {args.out}/eval.json")
+    if args.resume is not None:
+        given = [flag for flag, value in (("--config", args.config), ("--set", args.overrides), ("--out", args.out),
+                                          ("--overwrite", args.overwrite), ("--deterministic", args.deterministic))
+                 if value]
+        if given:
+            raise UserError(f"--resume continues a run with its own config.yaml: drop {', '.join(given)}")
+        resume_and_evaluate(args.resume, quiet=args.quiet)
+        out = args.resume
+    else:
+        if args.out is None:
+            raise UserError("train needs --out NEW_RUN_DIR (or --resume RUN_DIR to continue a run)")
+        flags = [("train.progress=quiet", args.quiet), ("train.deterministic=true", args.deterministic)]
+        config = load_config(args.config, [*args.overrides, *(o for o, on in flags if on)])
+        train_and_evaluate(config, args.out, overwrite=args.overwrite)
+        out = args.out
+    print(f"done: {out}/report.md, {out}/eval.json")
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -117,15 +140,35 @@ def _quickstart(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 1 internal error (a bug: rerun with --debug), 2 bad input, 3 training diverged,
+    128+N stopped by signal N (a checkpoint was saved)."""
     args = build_parser().parse_args(argv)
     try:
         {"train": _train, "eval": _eval, "quickstart": _quickstart}[args.command](args)
-    except UserError as e:
-        print(f"advtrain: error: {e}", file=sys.stderr)
-        return 2
+    except (UserError, TrainingStopped) as e:
+        if args.debug:
+            raise
+        prefix = "error: " if isinstance(e, UserError) else ""
+        print(f"advtrain: {prefix}{e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
+        if args.debug:
+            raise
         print("advtrain: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        # Disk full, read-only folder, permission denied: the user's environment, not a bug.
+        if args.debug:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"advtrain: error: cannot access{where}: {e.strerror or e}; free space or fix the path", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"advtrain: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
+              "(rerun with --debug for the traceback and please report it)", file=sys.stderr)
+        return 1
     return 0
 
 

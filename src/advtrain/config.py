@@ -1,7 +1,9 @@
 """Typed run configuration: dataclasses, YAML files, `--set key=value` overrides, validation.
 
 Every option has a named field with its default; unknown keys and bad values raise a one-line
-`UserError` with a suggestion. Numbers accept fractions such as `8/255`.
+`UserError` with a suggestion. Numbers accept fractions such as `8/255`. Single-field ranges are declared on
+the fields themselves (`Annotated[int, Ge(1)]`, see `advtrain.bounds`) and checked while the config is built;
+`validate()` holds only the checks that involve several fields or a registry of names.
 """
 
 from __future__ import annotations
@@ -10,25 +12,33 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
+import torch
 import yaml
 
-from advtrain.attacks import Norm, ThreatModel
+from advtrain.attacks import MAX_DISTANCE, Norm, ThreatModel
+from advtrain.bounds import Bound, Ge, Gt, Le, Lt
+from advtrain.data.sources import check_dataset_args
 from advtrain.errors import UserError
+from advtrain.eval.robustness import check_attack_names
 from advtrain.methods import MethodConfig, method_class
+from advtrain.models.registry import check_model_args
+from advtrain.runtime import SEED_LIMIT
 
 
 @dataclass
 class DataConfig:
     name: str = "digits"
     root: str | None = None  # folder or file for on-disk datasets (cifar10, cifar100, svhn, npz)
-    val_size: float = 0.1  # a fraction (< 1) or a count of training images held out for validation
-    crop_padding: int = 0  # random crop with this much zero padding (4 for CIFAR); 0 = off
+    # A fraction (< 1) or a count of training images held out for validation.
+    val_size: Annotated[float, Ge(0, "a fraction < 1 or a count of images")] = 0.1
+    crop_padding: Annotated[int, Ge(0)] = 0  # random crop with this much zero padding (4 for CIFAR); 0 = off
     flip: bool = False  # random horizontal flip
     options: dict[str, Any] = field(default_factory=dict)  # source options, e.g. synthetic `shape`
 
@@ -45,17 +55,18 @@ class ModelConfig:
 @dataclass
 class ThreatConfig:
     norm: Norm = "linf"
-    eps: float = 8 / 255
+    eps: Annotated[float, Ge(0), Le(MAX_DISTANCE)] = 8 / 255  # in [0, 1] pixel units
 
 
 @dataclass
 class OptimConfig:
     name: Literal["sgd", "adam"] = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: Annotated[float, Gt(0)] = 0.1
+    momentum: Annotated[float, Ge(0)] = 0.9
+    weight_decay: Annotated[float, Ge(0)] = 5e-4
     nesterov: bool = False
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    # Adam's (β1, β2); torch refuses values outside [0, 1).
+    betas: list[Annotated[float, Ge(0), Lt(1)]] = field(default_factory=lambda: [0.9, 0.999])
 
 
 @dataclass
@@ -64,43 +75,49 @@ class ScheduleConfig:
     # peak_epoch_fraction of the run → 0 (Wong et al. 2020); plateau: ×factor after `patience` epochs
     # without relative improvement > threshold of the training loss (IGD code); constant.
     name: Literal["multistep", "cosine", "cyclic", "plateau", "constant"] = "multistep"
-    milestones: list[float] = field(default_factory=lambda: [100.0, 150.0])
-    gamma: float = 0.1
-    peak_epoch_fraction: float = 0.5
-    patience: int = 10
-    threshold: float = 1e-2
-    factor: float = 0.1
+    milestones: list[Annotated[float, Ge(0)]] = field(default_factory=lambda: [100.0, 150.0])
+    gamma: Annotated[float, Gt(0)] = 0.1
+    peak_epoch_fraction: Annotated[float, Gt(0), Lt(1)] = 0.5
+    patience: Annotated[int, Ge(0)] = 10
+    threshold: Annotated[float, Ge(0)] = 1e-2
+    factor: Annotated[float, Gt(0)] = 0.1
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 200
-    batch_size: int = 128
+    epochs: Annotated[int, Ge(1)] = 200
+    batch_size: Annotated[int, Ge(1)] = 128
     device: str = "auto"  # auto: cuda when available, else cpu
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool | None = None  # None: on for CUDA, off for CPU
-    val_steps: int = 10  # validation PGD steps (step ε/4, random start)
-    val_max: int | None = None  # validate on at most this many validation images
-    select_metric: str = "auto"  # auto: the method's (val_pgd_acc, or val_clean_acc for standard)
+    val_steps: Annotated[int, Ge(0)] = 10  # validation PGD steps (step ε/4, random start); 0: clean only
+    val_max: Annotated[int, Ge(1)] | None = None  # validate on at most this many validation images
+    # auto: the method's (val_pgd_acc, or val_clean_acc for standard). Only the validation accuracies the
+    # trainer records can select a checkpoint; any other name would silently never select one.
+    select_metric: Literal["auto", "val_clean_acc", "val_pgd_acc"] = "auto"
     progress: Literal["bar", "quiet"] = "bar"
-    threads: int | None = None  # torch CPU threads; None = torch's default
+    # torch CPU threads; None = torch's default. Capped: torch would try to start every thread asked for.
+    threads: Annotated[int, Ge(1), Le(1024)] | None = None
+    # A resumable state is written at every epoch end; this adds one every N optimizer steps.
+    checkpoint_every: Annotated[int, Ge(1)] | None = None  # 0 would divide by zero in the step counter
+    deterministic: bool = False  # refuse non-deterministic kernels (torch.use_deterministic_algorithms)
 
 
 @dataclass
 class EvalConfig:
-    attacks: list[str] = field(default_factory=lambda: ["clean", "pgd"])
-    eps: list[float] | None = None  # None: the threat model's ε
-    steps: int = 20
-    restarts: int = 1
-    step_size: float | None = None  # None: 2.5·ε/steps
-    n: int | None = None  # first n test images; None = all
+    attacks: list[str] = field(default_factory=lambda: ["clean", "pgd"])  # names: see eval.ATTACK_ALIASES
+    eps: list[Annotated[float, Ge(0), Le(MAX_DISTANCE)]] | None = None  # None: the threat model's ε
+    steps: Annotated[int, Ge(1)] = 20
+    restarts: Annotated[int, Ge(1)] = 1
+    step_size: Annotated[float, Gt(0), Le(MAX_DISTANCE)] | None = None  # None: 2.5·ε/steps
+    n: Annotated[int, Ge(1)] | None = None  # first n test images; None = all
     checkpoint: Literal["best", "last"] = "best"
-    batch_size: int = 256
+    batch_size: Annotated[int, Ge(1)] = 256
 
 
 @dataclass
 class RunConfig:
-    seed: int = 0
+    seed: Annotated[int, Ge(0), Lt(SEED_LIMIT)] = 0  # see runtime.SEED_LIMIT
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     threat: ThreatConfig = field(default_factory=ThreatConfig)
@@ -117,8 +134,14 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def digest(self) -> str:
-        """A short hash of the resolved config, recorded with every checkpoint."""
-        text = json.dumps(self.to_dict(), sort_keys=True)
+        """A short hash of the resolved config, recorded with every checkpoint.
+
+        `train.progress` is left out: it changes what is printed, not what is trained, so a run started
+        with a progress bar may be resumed with --quiet.
+        """
+        settings = self.to_dict()
+        del settings["train"]["progress"]
+        text = json.dumps(settings, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -126,22 +149,78 @@ def parse_number(value: Any, where: str) -> float:
     """A float from a number or a string such as '8/255' or '0.03'."""
     if isinstance(value, bool):
         raise UserError(f"{where}: expected a number, got {value!r}")
+    number: float | None = None
     if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float range, e.g. 10**400
+            number = math.inf
+    elif isinstance(value, str):
         text = value.strip()
         try:
             if "/" in text:
                 num, den = text.split("/", 1)
-                return float(num) / float(den)
-            return float(text)
-        except (ValueError, ZeroDivisionError):
+                number = float(num) / float(den)
+            else:
+                number = float(text)
+        except (ValueError, ZeroDivisionError, OverflowError):
             pass
-    raise UserError(f"{where}: expected a number such as 0.03 or 8/255, got {value!r}")
+    if number is None:
+        raise UserError(f"{where}: expected a number such as 0.03 or 8/255, got {value!r}")
+    # No option means anything at inf or nan: they would only surface later as a diverging loss or an empty
+    # attack, after files were written.
+    if not math.isfinite(number):
+        raise UserError(f"{where}: expected a finite number such as 0.03 or 8/255, got {value!r}")
+    return number
+
+
+def _show(name: str) -> str:
+    """`name` as typed, or its repr if it holds a line break or another unprintable character.
+
+    Error messages are one line; a key such as 'a\\nb' from a YAML file must not break that.
+    """
+    return name if name.isprintable() else repr(name)
+
+
+_MAX_DEPTH = 16  # of lists and mappings inside an option value
+
+
+def _plain(value: Any, where: str, depth: int = 0) -> Any:
+    """`value` if it is made of YAML/JSON scalars, lists and string-keyed mappings, else a UserError.
+
+    Free-form options (`data.options`, `model.options`) end up as keyword arguments and in the JSON
+    checkpoint sidecar, so dates, binary blobs, non-string keys and non-finite floats are refused up front.
+    The depth limit also stops YAML anchors that make a value contain itself (`&a [*a]`).
+    """
+    if depth > _MAX_DEPTH:
+        option = where.partition("[")[0]  # the option's own name, without the list indices that led here
+        raise UserError(f"{option}: nested more than {_MAX_DEPTH} levels deep (or contains itself): simplify it")
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise UserError(f"{where}: expected a finite number, got {value!r}")
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise UserError(f"{where}: option names must be strings, got {key!r}")
+        return {k: _plain(v, f"{where}.{_show(k)}", depth + 1) for k, v in value.items()}
+    raise UserError(f"{where}: expected a number, string, list or mapping, got {value!r}")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = get_origin(tp)
+    if origin is Annotated:
+        # Annotated[T, Ge(1), ...]: coerce to T, then check each bound (None, an unset option, passes).
+        base, *extras = get_args(tp)
+        value = _coerce(value, base, where)
+        for extra in extras:
+            if isinstance(extra, Bound):
+                extra.check(value, where)
+        return value
     if origin in (typing.Union, types.UnionType):
         options = get_args(tp)
         if value is None and type(None) in options:
@@ -169,7 +248,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise UserError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        # Option mappings become keyword arguments of a loader or model builder, so their names are identifiers.
+        for key in value:
+            if not (isinstance(key, str) and key.isidentifier()):
+                raise UserError(f"{where}: option names are identifiers (letters, digits, _), got {key!r}")
+        return _plain(value, where)
     if tp is float:
         return parse_number(value, where)
     if tp is bool:
@@ -179,13 +262,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"{where}: expected an integer, got {value!r}")
+        if not -(2**63) <= value < 2**63:  # torch takes sizes, counts and seeds as 64-bit integers
+            raise UserError(f"{where}: {value} does not fit in a 64-bit integer")
         return value
     if tp is str:
         if not isinstance(value, str):
             raise UserError(f"{where}: expected a string, got {value!r}")
         return value
     if tp is Any:
-        return value
+        return _plain(value, where)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, where)
     raise TypeError(f"unsupported config type {tp!r} at {where}")
@@ -201,7 +286,7 @@ def _build(cls: type, raw: Any, where: str) -> Any:
         if not isinstance(name, str):
             raise UserError(f"{where}.name: expected a method name, got {name!r}")
         cls = method_class(name).config_class
-    hints = get_type_hints(cls)
+    hints = get_type_hints(cls, include_extras=True)  # include_extras keeps the Annotated bounds
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = [k for k in raw if k not in fields]
     if unknown:
@@ -222,7 +307,7 @@ def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
     for key in keys[:-1]:
         child = node.setdefault(key, {})
         if not isinstance(child, dict):
-            raise UserError(f"--set {dotted}: {key!r} is not a section")
+            raise UserError(f"--set {_show(dotted)}: {key!r} is not a section")
         node = child
     node[keys[-1]] = value
 
@@ -260,7 +345,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file {path} not found: pass an existing YAML file, e.g. configs/digits.yaml")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:  # e.g. --config pointing at a weights file
+        raise UserError(f"config file {path} is not UTF-8 text: pass a YAML config, e.g. configs/digits.yaml") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -278,26 +367,40 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> RunCon
 
 
 def validate(config: RunConfig) -> None:
-    """Checks across fields that types alone cannot express."""
-    checks = [
-        (config.train.epochs >= 1, "train.epochs must be >= 1"),
-        (config.train.batch_size >= 1, "train.batch_size must be >= 1"),
-        (config.optim.lr > 0, "optim.lr must be > 0"),
-        (config.threat.eps >= 0, "threat.eps must be >= 0"),
-        (config.data.val_size >= 0, "data.val_size must be >= 0 (a fraction < 1 or a count)"),
-        (config.data.crop_padding >= 0, "data.crop_padding must be >= 0"),
-        (config.train.val_steps >= 0, "train.val_steps must be >= 0"),
-        (config.eval.steps >= 1 and config.eval.restarts >= 1, "eval.steps and eval.restarts must be >= 1"),
-        (0 < config.schedule.peak_epoch_fraction < 1, "schedule.peak_epoch_fraction must be in (0, 1)"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+    """Checks across fields, and of names against the registries, that the field types cannot express.
+
+    Everything here runs at load time, so a bad config fails before the trainer creates or writes anything.
+    """
+    # Names first: they are the likeliest typos, and the registries suggest the closest valid name.
+    check_dataset_args(config.data.name, config.data.options)
+    check_model_args(config.model.name, config.model.options)
+    check_attack_names(config.eval.attacks, "eval.attacks")
+    if not config.eval.attacks:
+        raise UserError("eval.attacks is empty: name at least one attack, e.g. [clean, pgd]")
+    device = config.train.device
+    if device != "auto":
+        try:
+            torch.device(device)
+        except RuntimeError:
+            raise UserError(f"train.device: unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    val_size = config.data.val_size
+    if val_size >= 1 and not val_size.is_integer():
+        raise UserError(
+            f"data.val_size {val_size:g} is neither a fraction < 1 nor a whole count of images: "
+            f"use e.g. 0.1 or {math.floor(val_size)}"
+        )
+    if config.optim.name == "adam" and len(config.optim.betas) != 2:
+        raise UserError(f"optim.betas must be two numbers [beta1, beta2] for adam, got {config.optim.betas}")
+    if config.optim.name == "sgd" and config.optim.nesterov and config.optim.momentum == 0:
+        raise UserError("optim.nesterov needs optim.momentum > 0: set a momentum such as 0.9 or drop nesterov")
     normalize = config.model.normalize
     if isinstance(normalize, str) and normalize not in ("none", "dataset"):
         raise UserError("model.normalize must be 'none', 'dataset' or [[means], [stds]]")
-    if isinstance(normalize, list) and (len(normalize) != 2 or len(normalize[0]) != len(normalize[1])):
-        raise UserError("model.normalize as a list must be [[means...], [stds...]] of equal length")
+    if isinstance(normalize, list):
+        if len(normalize) != 2 or len(normalize[0]) != len(normalize[1]) or not normalize[0]:
+            raise UserError("model.normalize as a list must be [[means...], [stds...]] of equal, non-zero length")
+        if not all(std > 0 for std in normalize[1]):
+            raise UserError(f"model.normalize stds must all be > 0, got {normalize[1]}")
 
 
 def dump_yaml(config: RunConfig) -> str:

@@ -1,4 +1,4 @@
-"""The one exception type that the command line turns into a one-line message and exit code 2."""
+"""The exceptions the command line turns into a one-line message and an exit code, never a traceback."""
 
 
 class UserError(Exception):
@@ -7,3 +7,17 @@ class UserError(Exception):
     The message must be one line that names the problem and the fix. The CLI prints it without a
     traceback and exits with code 2; library callers can catch it like any other exception.
     """
+
+    exit_code = 2
+
+
+class TrainingStopped(Exception):
+    """Training ended before its last epoch, on purpose (a signal) or by a guard (a non-finite loss).
+
+    The message is one line that says where training stopped and what was kept; the CLI exits with
+    ``exit_code``.
+    """
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -27,6 +27,8 @@ def read_config(run_dir: Path | str) -> dict[str, Any]:
     except yaml.YAMLError as e:
         reason = " ".join(str(e).split())
         raise UserError(f"{path}: not valid YAML ({reason})") from None
+    except UnicodeDecodeError:  # a damaged or foreign file where the run's YAML should be
+        raise UserError(f"{path}: not UTF-8 text, so not the config.yaml advtrain train writes") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a YAML mapping at the top level")
     return data

@@ -31,6 +31,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
 
+# Seeds are in [0, 2**63): torch generators refuse seeds >= 2**64 and derived seeds are 63-bit, and a negative
+# seed would map to different streams in numpy (which takes it mod 2**32) and torch.
+SEED_LIMIT = 2**63
+
+
 def derive_seed(*parts: int | str) -> int:
     """A 63-bit seed from several parts, stable across runs, processes and platforms."""
     # Normalise numpy integers etc. first: their repr differs from a plain int's.

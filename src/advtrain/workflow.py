@@ -7,19 +7,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from advtrain.config import RunConfig
+from advtrain.config import RunConfig, config_from_dict
 from advtrain.eval import evaluate_loaded
 from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
 from advtrain.fileio import atomic_write_text
 from advtrain.report import write_run_report
+from advtrain.rundir import read_config
 from advtrain.runtime import resolve_device
 from advtrain.train import load_run_data, train
 
 
-def train_and_evaluate(config: RunConfig, run_dir: Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+def train_and_evaluate(
+    config: RunConfig, run_dir: Path, *, log: Callable[[str], None] = print, resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """The whole `advtrain train` command; returns the eval JSON it wrote."""
     data = load_run_data(config)
-    result = train(config, run_dir, data=data, log=log)
+    result = train(config, run_dir, data=data, log=log, resume=resume, overwrite=overwrite)
     e = config.eval
     which = e.checkpoint
     log(f"evaluating the {which} checkpoint on {min(e.n or len(data.y_test), len(data.y_test))} test images")
@@ -34,3 +38,12 @@ def train_and_evaluate(config: RunConfig, run_dir: Path, *, log: Callable[[str],
     atomic_write_text(result.run_dir / "eval.json", json.dumps(report, indent=2) + "\n")
     write_run_report(result.run_dir)
     return report
+
+
+def resume_and_evaluate(run_dir: Path, *, quiet: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """`advtrain train --resume RUN_DIR`: finish training from the newest intact checkpoint, then evaluate."""
+    config = config_from_dict(read_config(run_dir))
+    if quiet:
+        # Presentation only: the progress bar is not part of the math, so the config digest ignores it.
+        config.train.progress = "quiet"
+    return train_and_evaluate(config, run_dir, log=log, resume=True)

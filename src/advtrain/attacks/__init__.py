@@ -12,11 +12,12 @@ from advtrain.attacks.pgd import (
     project,
     random_start,
 )
-from advtrain.attacks.threat import Norm, ThreatModel
+from advtrain.attacks.threat import MAX_DISTANCE, Norm, ThreatModel
 
 __all__ = [
     "ATTACK_LOSSES",
     "BN_MODES",
+    "MAX_DISTANCE",
     "AttackLoss",
     "BNMode",
     "Keep",

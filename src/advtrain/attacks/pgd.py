@@ -33,7 +33,11 @@ def _flat_norm(t: Tensor) -> Tensor:
 def random_start(x: Tensor, eps: float, norm: Norm, generator: torch.Generator | None) -> Tensor:
     """A random point of the ε-ball around x, clamped to [0, 1]."""
     if norm == "linf":
-        delta = torch.empty_like(x).uniform_(-eps, eps, generator=generator)
+        # For ε >= 1 the L∞ ball already covers all of [0, 1] around any x; the cap keeps the draw inside the
+        # ball and keeps uniform_ from failing on a huge ε (2ε beyond the float32 range), and changes nothing
+        # for ε <= 1.
+        bound = min(eps, 1.0)
+        delta = torch.empty_like(x).uniform_(-bound, bound, generator=generator)
     else:
         direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         radius = torch.rand((x.shape[0],), generator=generator, device=x.device, dtype=x.dtype)

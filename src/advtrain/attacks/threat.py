@@ -7,6 +7,11 @@ from typing import Literal
 
 Norm = Literal["linf", "l2"]
 
+# The largest ε or step size accepted from users, in [0, 1] pixel units. No two images of up to 10**6 values
+# are farther apart than sqrt(10**6) = 1000 in L2 (or 1 in L∞), so a larger value changes no attack, while
+# values near the float32 range overflow inside the attack arithmetic.
+MAX_DISTANCE = 1000.0
+
 
 @dataclass(frozen=True)
 class ThreatModel:

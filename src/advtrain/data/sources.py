@@ -11,7 +11,7 @@ import difflib
 import importlib
 import math
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
@@ -458,6 +458,10 @@ def _load_npz(root: str | Path | None, num_classes: int | None = None) -> Datase
     return _from_npz(path, "npz", _NPZ_LAYOUT, num_classes, ())
 
 
+# The most pixel values of one generated part (prototypes, train or test split): 8 GiB of float64.
+_SYNTHETIC_MAX_VALUES = 2**30
+
+
 def _load_synthetic(
     root: str | Path | None,
     shape: tuple[int, int, int] | list[int] = (3, 32, 32),
@@ -469,16 +473,26 @@ def _load_synthetic(
 ) -> Dataset:
     """Each class is a fixed random prototype image; a sample is its prototype plus Gaussian noise."""
     _no_root(root, "synthetic")
+    if not isinstance(shape, list | tuple):  # tuple() of a string or a number would fail or mislead
+        raise UserError(f"synthetic: shape must be three positive integers (C, H, W), got {shape!r}")
     shape = tuple(shape)
     if len(shape) != 3 or not all(_is_int(s) and s > 0 for s in shape):
         raise UserError(f"synthetic: shape must be three positive integers (C, H, W), got {shape!r}")
     for opt, value, low in (("num_classes", num_classes, 2), ("n_train", n_train, 1), ("n_test", n_test, 1)):
         if not _is_int(value) or value < low:
             raise UserError(f"synthetic: {opt} must be an integer >= {low}, got {value!r}")
-    if not _is_int(seed):
-        raise UserError(f"synthetic: seed must be an integer, got {seed!r}")
+    if not _is_int(seed) or seed < 0:  # numpy's seed sequences refuse negative entries
+        raise UserError(f"synthetic: seed must be an integer >= 0, got {seed!r}")
     if not (isinstance(noise, int | float) and 0 <= noise < math.inf):
         raise UserError(f"synthetic: noise must be a number >= 0 (std in [0, 1] pixel units), got {noise!r}")
+    # Generation holds float64 temporaries of every image: refuse sizes that could never fit rather than fail
+    # with a MemoryError (or be killed) halfway.
+    values = max(num_classes, n_train, n_test) * math.prod(shape)
+    if values > _SYNTHETIC_MAX_VALUES:
+        raise UserError(
+            f"synthetic: {max(num_classes, n_train, n_test)} images of shape {shape} need {values * 8 / 2**30:.3g} GiB "
+            f"while generated (at most {_SYNTHETIC_MAX_VALUES * 8 / 2**30:g} GiB): lower n_train, n_test or shape"
+        )
 
     # Separate streams per part, so changing n_test does not change the training images.
     protos = np.random.default_rng([seed, 0]).uniform(0.0, 1.0, size=(num_classes, *shape))
@@ -519,15 +533,29 @@ def list_datasets() -> list[str]:
     return sorted(_SOURCES)
 
 
-def load_dataset(name: str, root: str | Path | None = None, **options: Any) -> Dataset:
-    """Load dataset ``name`` (see :func:`list_datasets`) from ``root``; raise UserError on any bad input."""
-    source = _SOURCES.get(name)
+def _source(name: str, options: Mapping[str, Any]) -> _Source:
+    source = _SOURCES.get(name) if isinstance(name, str) else None
     if source is None:
         close = difflib.get_close_matches(str(name), _SOURCES, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise UserError(f"unknown dataset {name!r}{hint}; choose one of {', '.join(list_datasets())}")
-    unknown = sorted(set(options) - set(source.options))
+    # str(): sorting names of mixed types (from a hand-written YAML mapping) would fail; repr() keeps the message
+    # on one line when a name holds a line break.
+    unknown = sorted({str(o) if str(o).isprintable() else repr(o) for o in options} - set(source.options))
     if unknown:
         valid = ", ".join(source.options) if source.options else "none"
         raise UserError(f"dataset {name} does not take option {', '.join(unknown)}; valid options: {valid}")
-    return source.loader(root, **options)
+    return source
+
+
+def check_dataset_args(name: str, options: Mapping[str, Any] | None = None) -> None:
+    """Raise UserError if ``name`` or an option name is unknown, without loading anything.
+
+    The config loader calls this so that a typo fails at load time rather than when training starts.
+    """
+    _source(name, options or {})
+
+
+def load_dataset(name: str, root: str | Path | None = None, **options: Any) -> Dataset:
+    """Load dataset ``name`` (see :func:`list_datasets`) from ``root``; raise UserError on any bad input."""
+    return _source(name, options).loader(root, **options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,19 @@ class AttackResult:
         return f"  {self.spec.attack:<10} eps {self.spec.eps:.4f}  accuracy {100 * self.accuracy:.2f}%"
 
 
+def check_attack_names(names: Sequence[str], where: str = "") -> None:
+    """Raise a one-line UserError, suggesting the closest valid name, for the first unknown attack name.
+
+    `where` (e.g. "eval.attacks") prefixes the message when the names come from a config file.
+    """
+    for name in names:
+        if name not in ATTACK_ALIASES:
+            close = difflib.get_close_matches(str(name), ATTACK_ALIASES, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            prefix = f"{where}: " if where else ""
+            raise UserError(f"{prefix}unknown attack {name!r}: {hint}choose from {', '.join(ATTACK_ALIASES)}")
+
+
 def attack_specs(
     names: Sequence[str],
     eps_list: Sequence[float],
@@ -75,10 +89,8 @@ def attack_specs(
     step_size: float | None = None,
 ) -> list[AttackSpec]:
     """Expand attack names × ε into specs; `clean` appears once, first."""
+    check_attack_names(names)
     specs: list[AttackSpec] = []
-    for name in names:
-        if name not in ATTACK_ALIASES:
-            raise UserError(f"unknown attack {name!r}: choose from {', '.join(ATTACK_ALIASES)}")
     if "clean" in names:
         specs.append(AttackSpec("clean"))
     for eps in eps_list:

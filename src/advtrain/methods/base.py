@@ -56,7 +56,17 @@ from advtrain.attacks import ThreatModel
 
 @dataclass
 class MethodConfig:
-    """Base of every method's options; subclasses add fields with the paper defaults."""
+    """Base of every method's options; subclasses add fields with the paper defaults.
+
+    Numeric options declare their valid range on the field with the markers of `advtrain.bounds`, and the
+    config loader refuses an out-of-range value at load time with a one-line error naming the field, e.g.::
+
+        steps: Annotated[int, Ge(1)] = 10
+        step_size: Annotated[float, Gt(0)] | None = None
+        beta: Annotated[float, Ge(0)] = 6.0  # loss weights (λ, β, ...) are Ge(0)
+
+    Import the markers from `advtrain.bounds`, never from `advtrain.config` (which imports the methods).
+    """
 
     name: str = ""
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks import AttackLoss, BNMode, bn_policy, pgd
+from advtrain.attacks import MAX_DISTANCE, AttackLoss, BNMode, bn_policy, pgd
+from advtrain.bounds import Ge, Gt, Le
 from advtrain.methods.base import AdversarialMethod, Batch, MethodConfig, StepContext, StepOutput, accuracy
 from advtrain.methods.registry import register_method
 
@@ -15,8 +17,8 @@ from advtrain.methods.registry import register_method
 @dataclass
 class PGDATConfig(MethodConfig):
     name: str = "pgd_at"
-    steps: int = 10
-    step_size: float | None = None  # None: ε/4, i.e. 2/255 at ε = 8/255
+    steps: Annotated[int, Ge(1)] = 10
+    step_size: Annotated[float, Gt(0), Le(MAX_DISTANCE)] | None = None  # None: ε/4, i.e. 2/255 at ε = 8/255
     random_start: bool = True
     attack_loss: AttackLoss = "ce"
     # Madry, Rice et al., ISEAT and AR-AT code attack in train mode; the IGD paper's baseline used eval.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 from torch import nn
@@ -46,6 +46,29 @@ def _builder_options(builder: Builder) -> list[str]:
     return [p for p in params if p not in _COMMON_ARGS]
 
 
+def check_model_args(name: str, options: Mapping[str, object] | None = None) -> Builder:
+    """The builder of model ``name``; a one-line UserError if the name or an option name is unknown.
+
+    Used by the config loader too, so a typo in ``model.name`` fails before a run directory is created.
+    """
+    builder = _REGISTRY.get(name)
+    if builder is None:
+        valid = ", ".join(list_models())
+        close = difflib.get_close_matches(str(name), list_models(), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UserError(f"unknown model {name!r}; {hint}valid models: {valid}")
+    known = _builder_options(builder)
+    # str(): option names from a hand-edited sidecar need not be strings, and sorting mixed types fails;
+    # repr() keeps the message on one line when a name holds a line break.
+    unknown = sorted({str(o) if str(o).isprintable() else repr(o) for o in options or {}} - set(known))
+    if unknown:
+        valid_opts = ", ".join(known) if known else "none"
+        raise UserError(
+            f"model {name!r} has no option(s) {', '.join(unknown)}; its options are: {valid_opts}"
+        )
+    return builder
+
+
 def build_model(
     name: str,
     *,
@@ -60,19 +83,7 @@ def build_model(
     ``normalize=(mean, std)`` makes per-channel normalisation the model's first layer without changing
     its state_dict keys. ``options`` are passed to the builder (e.g. ``sub_block1=True`` for WRNs).
     """
-    builder = _REGISTRY.get(name)
-    if builder is None:
-        valid = ", ".join(list_models())
-        close = difflib.get_close_matches(name, list_models(), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise UserError(f"unknown model {name!r}; {hint}valid models: {valid}")
-    known = _builder_options(builder)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        valid_opts = ", ".join(known) if known else "none"
-        raise UserError(
-            f"model {name!r} has no option(s) {', '.join(unknown)}; its options are: {valid_opts}"
-        )
+    builder = check_model_args(name, options)
     for arg, value in (
         ("num_classes", num_classes),
         ("in_channels", in_channels),
@@ -94,7 +105,9 @@ def check_input_size(name: str, input_size: int, low: int, high: int | None = No
     """Raise UserError if ``input_size`` is outside what model ``name`` is meant for."""
     if input_size < low or (high is not None and input_size > high):
         limit = f"{low}..{high}" if high is not None else f">= {low}"
-        raise UserError(f"model {name!r} supports input sizes {limit}; got {input_size}")
+        raise UserError(
+            f"model {name!r} supports input sizes {limit}; got {input_size}: resize the images or pick another model"
+        )
 
 
 def init_weights(model: nn.Module) -> None:

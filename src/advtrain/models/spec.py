@@ -37,7 +37,7 @@ class ModelSpec:
         """
         c, h, w = data.shape
         if h != w:
-            raise UserError(f"{data.name} images are {h}×{w}: advtrain models expect square inputs")
+            raise UserError(f"{data.name} images are {h}×{w}: advtrain models expect square inputs; crop or resize")
         if normalize == "dataset":
             norm: tuple[tuple[float, ...], tuple[float, ...]] | None = (tuple(data.mean), tuple(data.std))
         elif normalize == "none":

@@ -1,14 +1,25 @@
-"""The training loop, top to bottom. It knows the `Method` contract and nothing about any method."""
+"""The training loop, top to bottom. It knows the `Method` contract and nothing about any method.
+
+Reliability (issue 3): the loop writes a resumable state (model, optimizer, schedule, method state,
+loop counters, RNG states) at every epoch end and optionally every N steps; `train(..., resume=True)`
+continues from the newest intact one bit-identically, because every random draw of the loop is a pure
+function of (seed, epoch, batch). SIGINT/SIGTERM save a state at the next step boundary and stop; a
+non-finite loss or weight stops training before anything non-finite is saved.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +28,31 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 import advtrain
-from advtrain.checkpoint import save_weights
+from advtrain.checkpoint import load_state_into, save_weights
 from advtrain.config import RunConfig, dump_yaml
 from advtrain.data import Augment, Dataset, DeviceBatcher, augment_batch, load_dataset, split_validation, to_float
-from advtrain.errors import UserError
+from advtrain.errors import TrainingStopped, UserError
 from advtrain.eval.robustness import AttackSpec, evaluate
 from advtrain.fileio import atomic_write_text
 from advtrain.methods import Batch, EpochContext, StepContext, build_method
 from advtrain.models.spec import ModelSpec
 from advtrain.runtime import autocast_dtype, make_generator, resolve_device, seed_everything
 from advtrain.train.schedule import LRSchedule, build_optimizer
+from advtrain.train.state import (
+    Position,
+    capture_rng,
+    list_states,
+    load_newest_state,
+    remove_incomplete_writes,
+    restore_rng,
+    save_state,
+)
+
+# Losses are checked for NaN/Inf in one device sync every this many steps (and before every save), so
+# the check costs no per-step synchronisation; the message still names the first bad step exactly.
+FINITE_CHECK_EVERY = 10
+EXIT_DIVERGED = 3
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "eval.json", "report.md", "figures")
 
 
 @dataclass
@@ -38,18 +64,59 @@ class TrainResult:
     last: dict[str, Any]
 
 
+@dataclass
+class Progress:
+    """The loop's own counters, saved with every state."""
+
+    epoch: int = 0  # 0-based epoch in progress (== epochs when training is complete)
+    batch: int = 0  # next batch of that epoch
+    sums: dict[str, Tensor] = field(default_factory=dict)  # per-epoch metric sums so far (on the device)
+    seen: int = 0  # training examples seen this epoch
+    seconds: float = 0.0  # training time spent in this epoch before the current process started it
+    best_value: float = -math.inf
+    best_epoch: int = 0
+    rows: int = 0  # rows of metrics.jsonl that belong to this state
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
 def load_run_data(config: RunConfig) -> Dataset:
     return load_dataset(config.data.name, config.data.root, **config.data.options)
 
 
-def prepare_run_dir(run_dir: Path) -> Path:
-    """A new or empty folder; an existing run is never overwritten."""
-    if (run_dir / "config.yaml").exists() or (run_dir / "metrics.jsonl").exists():
-        raise UserError(f"{run_dir} already holds a run: choose a new --out folder (nothing was changed)")
+def check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse an --out that holds anything, unless --overwrite names a run; writes nothing."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} exists and is not a folder: choose a new --out folder")
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    return run_dir
+    # Temporary files of a writer killed before config.yaml existed do not make a folder a run.
+    if not run_dir.is_dir() or all(p.name.endswith(".tmp") for p in run_dir.iterdir()):
+        return
+    if not overwrite:
+        raise UserError(
+            f"{run_dir} is not empty: continue that run with --resume {run_dir}, replace it with --overwrite, "
+            "or choose a new --out folder (nothing was changed)"
+        )
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(
+            f"{run_dir} is not empty and holds no advtrain run (no config.yaml), so --overwrite will not delete "
+            "it: choose a new --out folder"
+        )
+
+
+def create_run_dir(run_dir: Path, config: RunConfig, overwrite: bool) -> None:
+    """The run folder with its config.yaml, written first: from then on the folder can be resumed."""
+    if overwrite:
+        # Only the files a run writes are removed, so a mistyped --out loses nothing else.
+        for name in RUN_FILES:
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(config))
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
@@ -57,6 +124,13 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def keep_metrics_rows(path: Path, rows: int) -> None:
+    """Cut metrics.jsonl to the rows a resumed state knows (a killed run may have written more)."""
+    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+    if len(lines) != rows or (lines and not lines[-1].endswith("\n")):
+        atomic_write_text(path, "".join(lines[:rows]))
 
 
 def validate(
@@ -73,12 +147,109 @@ def validate(
     return results[0].accuracy, (results[1].accuracy if steps > 0 else None)
 
 
+class StopSignals:
+    """SIGINT/SIGTERM set `signum`; the loop saves a state at the next step boundary and stops.
+
+    A second signal interrupts at once (KeyboardInterrupt). Handlers are only installed in the main thread,
+    the only one Python delivers signals to.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[StopSignals]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """`--deterministic`: refuse non-deterministic kernels, no cuDNN autotuning; restored afterwards."""
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible GEMMs
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0])
+        torch.backends.cudnn.benchmark = previous[1]
+
+
+@contextlib.contextmanager
+def disk_errors(advice: str) -> Iterator[None]:
+    """A full disk or a read-only folder becomes a one-line UserError that says what to do next."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"cannot write {e.filename or 'the run directory'}: {e.strerror or e}; {advice}") from None
+
+
+def first_nonfinite(losses: list[tuple[int, Tensor]]) -> tuple[int, float] | None:
+    """(batch index, value) of the first non-finite loss among `losses`, with one device sync."""
+    if not losses:
+        return None
+    values = torch.stack([loss.float() for _, loss in losses])
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad) == 0:
+        return None
+    k = int(bad[0, 0])
+    return losses[k][0], float(values[k])
+
+
+def all_finite(modules: list[nn.Module]) -> bool:
+    return bool(torch.stack([p.detach().isfinite().all() for m in modules for p in m.parameters()]).all())
+
+
 def train(
-    config: RunConfig, run_dir: Path, *, data: Dataset | None = None, log: Callable[[str], None] = print
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    data: Dataset | None = None,
+    log: Callable[[str], None] = print,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> TrainResult:
-    """Train `config` into `run_dir` (which must not hold a run yet); `data` skips a second load."""
-    run_dir = prepare_run_dir(Path(run_dir))
+    """Train `config` into `run_dir`; `resume` continues the run there, `overwrite` replaces it.
+
+    A fresh run needs an empty or new `run_dir` (or `overwrite`); `data` skips a second load.
+    """
+    run_dir = Path(run_dir)
+    checkpoints = run_dir / "checkpoints"
     t = config.train
+    resume_hint = f"continue with: advtrain train --resume {run_dir}"
+    state: dict[str, Any] | None = None
+    if resume:
+        with disk_errors("fix the folder's permissions and resume again"):
+            checkpoints.mkdir(exist_ok=True)  # missing when the run was killed right after config.yaml
+            remove_incomplete_writes(checkpoints)
+        if list_states(checkpoints):
+            state, meta = load_newest_state(checkpoints, log)
+            if meta.get("config_hash") != config.digest():
+                raise UserError(
+                    f"{run_dir}/config.yaml no longer matches the config its checkpoints were trained with: "
+                    "restore it, or start a new run"
+                )
+        else:
+            log(f"{run_dir} was stopped before its first checkpoint: training it from the start")
+    else:
+        check_run_dir(run_dir, overwrite)
     if t.threads is not None:
         torch.set_num_threads(t.threads)
     seed_everything(config.seed)
@@ -114,17 +285,42 @@ def train(
     optimizer = build_optimizer(params, config.optim)
     schedule = LRSchedule(config.schedule, config.optim.lr, t.epochs)
     select_metric = method.selection_metric if t.select_metric == "auto" else t.select_metric
+    steps_per_epoch = len(batcher)
 
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(config))
+    progress = Progress()
+    if state is not None:
+        # Everything is built as for a fresh run, then overwritten from the state, RNG states last.
+        load_state_into(model, state["model"], f"checkpoint in {checkpoints}")
+        for name, module in extras.items():
+            load_state_into(module, state["extras"][name], f"checkpoint in {checkpoints} ({name})")
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        method.load_state_dict(state["method"])
+        progress = Progress(**state["progress"])
+        progress.sums = {k: v.to(device) for k, v in progress.sums.items()}
+        if progress.batch > steps_per_epoch:
+            raise UserError(f"checkpoint in {checkpoints} is at batch {progress.batch} of an epoch of "
+                            f"{steps_per_epoch}: restore the run's config.yaml")
+        restore_rng(state["rng"])
+        if progress.epoch == t.epochs:
+            log(f"{run_dir} had finished training: nothing left to train")
+        else:
+            log(f"resuming {run_dir} at epoch {progress.epoch + 1}, batch {progress.batch + 1} of {steps_per_epoch}")
+    if resume:
+        with disk_errors(f"fix the folder, then {resume_hint}"):
+            keep_metrics_rows(run_dir / "metrics.jsonl", progress.rows)
+    else:
+        with disk_errors("choose an --out folder on a writable disk with free space"):
+            create_run_dir(run_dir, config, overwrite)
+        log(
+            f"training {config.method.name} on {data.name} ({len(train_idx)} train / {len(y_val)} val images) "
+            f"with {spec.name} on {device} ({'bf16' if amp else 'fp32'}) for {t.epochs} epochs → {run_dir}"
+        )
     sidecar = {
         "config_hash": config.digest(), "model": spec.to_dict(), "method": method.metadata(),
         "data": config.data.name, "threat": {"norm": config.threat.norm, "eps": config.threat.eps},
         "advtrain_version": advtrain.__version__, "torch_version": torch.__version__,
     }
-    log(
-        f"training {config.method.name} on {data.name} ({len(train_idx)} train / {len(y_val)} val images) "
-        f"with {spec.name} on {device} ({'bf16' if amp else 'fp32'}) for {t.epochs} epochs → {run_dir}"
-    )
 
     def sample_train(n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         idx = torch.randperm(len(batcher.y), generator=generator, device=device)[:n]
@@ -133,74 +329,147 @@ def train(
             x = augment_batch(x, augment, generator)
         return to_float(x, data.pixel_max), batcher.y[idx]
 
-    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else nullcontext
-    steps_per_epoch = len(batcher)
-    best_value, best_epoch, row = -math.inf, 0, {}
-    for epoch in range(t.epochs):
-        start = time.perf_counter()
-        epoch_lr = schedule.lr_at(epoch)
-        epoch_gen = make_generator(device, config.seed, "epoch", epoch)
-        method.on_epoch_start(
-            model,
-            EpochContext(epoch, t.epochs, epoch_lr, config.optim.lr,
-                         lambda n, g=epoch_gen: sample_train(n, g), epoch_gen),
-        )
-        model.train()
-        sums: dict[str, Tensor] = {}
-        seen = 0
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False,
-                   disable=True if t.progress != "bar" else None, dynamic_ncols=True)  # None: off when not a TTY
-        for i, (x, y) in enumerate(batcher.epoch(epoch)):
-            lr = schedule.lr_at(epoch + i / steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            ctx = StepContext(epoch, epoch * steps_per_epoch + i, make_generator(device, config.seed, "step", epoch, i))
-            with autocast():
-                out = method.loss(model, Batch(x, y), ctx)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
-            if out.after_step is not None:
-                out.after_step()
-            # Metrics stay on the device; they are read once per progress refresh and per epoch.
-            for key, value in {"loss": out.loss.detach(), **out.metrics}.items():
-                sums[key] = sums.get(key, 0) + value.float() * len(y)
-            seen += len(y)
-            bar.update(1)
-            if t.progress == "bar" and (i % 10 == 0 or i == steps_per_epoch - 1):
-                elapsed = time.perf_counter() - start
-                bar.set_postfix(loss=f"{float(sums['loss']) / seen:.3f}",
-                                acc=f"{float(sums.get('acc', 0)) / seen:.3f}", img_s=f"{seen / elapsed:.0f}")
-        bar.close()
-        train_seconds = time.perf_counter() - start
-        averages = {key: float(value) / seen for key, value in sums.items()}
-        val_clean, val_pgd = validate(model, x_val, y_val, config, amp, config.seed)
-        schedule.end_epoch(averages["loss"])
-        row = {
-            "epoch": epoch + 1, "lr": epoch_lr,
-            "train_loss": averages.pop("loss"), "train_acc": averages.pop("acc", None),
-            "val_clean_acc": val_clean, "val_pgd_acc": val_pgd,
-            "seconds": time.perf_counter() - start, "images_per_s": seen / train_seconds,
-        } | {f"train_{key}": value for key, value in averages.items()}
-        if not math.isfinite(row["train_loss"]):
-            raise UserError(f"training loss became {row['train_loss']} in epoch {epoch + 1}: lower optim.lr")
-        append_jsonl(run_dir / "metrics.jsonl", row)
+    def check_weights() -> None:
+        if not all_finite([model, *extras.values()]):
+            raise TrainingStopped(
+                f"the weights became NaN/Inf in epoch {progress.epoch + 1} by batch {progress.batch} of "
+                f"{steps_per_epoch}; nothing was saved, the last good checkpoint is kept ({newest_state()}); "
+                "lower optim.lr",
+                EXIT_DIVERGED,
+            )
 
-        value = row.get(select_metric)
-        checkpoint_meta = sidecar | {"epoch": epoch + 1, "metric": select_metric, "value": value}
-        save_weights(run_dir / "checkpoints" / "last.safetensors", model.state_dict(), checkpoint_meta)
-        # Without a validation split there is nothing to select on: best is then the last epoch.
-        if value is None or value > best_value:
-            best_value, best_epoch = (value if value is not None else -math.inf), epoch + 1
-            save_weights(run_dir / "checkpoints" / "best.safetensors", model.state_dict(), checkpoint_meta)
-        log(
-            f"epoch {epoch + 1:>3}/{t.epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
-            f"acc {_pct(row['train_acc'])}  val clean {_pct(val_clean)}  val PGD-{t.val_steps} {_pct(val_pgd)}  "
-            f"{row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s"
+    def save_train_state() -> Path:
+        """Write a resumable state at `progress`; a non-finite model is never saved."""
+        check_weights()
+        tree = {
+            "model": model.state_dict(), "extras": {n: m.state_dict() for n, m in extras.items()},
+            "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "method": method.state_dict(),
+            "progress": progress.to_dict(), "rng": capture_rng(),
+        }
+        with disk_errors(f"the previous checkpoint is intact: free space or fix the folder, then {resume_hint}"):
+            return save_state(checkpoints, Position(progress.epoch, progress.batch), tree, sidecar)
+
+    def newest_state() -> str:
+        states = list_states(checkpoints)
+        return str(states[0][1]) if states else "none was written yet"
+
+    def check_losses(pending: list[tuple[int, Tensor]], epoch: int) -> None:
+        bad = first_nonfinite(pending)
+        pending.clear()
+        if bad is not None:
+            batch, value = bad
+            raise TrainingStopped(
+                f"the training loss became {value} in epoch {epoch + 1}, batch {batch + 1} of {steps_per_epoch} "
+                f"(step {epoch * steps_per_epoch + batch + 1}); nothing after it was saved, the last good checkpoint "
+                f"is kept ({newest_state()}); lower optim.lr or check the data",
+                EXIT_DIVERGED,
+            )
+
+    def stop_for_signal(signum: int) -> TrainingStopped:
+        done = progress.epoch * steps_per_epoch + progress.batch
+        where = (f"epoch {progress.epoch + 1}, batch {progress.batch} of {steps_per_epoch}" if progress.batch
+                 else f"the end of epoch {progress.epoch}")
+        return TrainingStopped(
+            f"stopped by {signal.Signals(signum).name} after step {done} of {t.epochs * steps_per_epoch} ({where}); "
+            f"saved {newest_state()}; {resume_hint}",
+            128 + signum,
         )
-    return TrainResult(run_dir, best_epoch, None if best_value == -math.inf else best_value, select_metric, row)
+
+    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else nullcontext
+    every = t.checkpoint_every
+    row: dict[str, Any] = {}
+    with StopSignals().installed() as stop, deterministic_algorithms(t.deterministic):
+        for epoch in range(progress.epoch, t.epochs):
+            epoch_lr = schedule.lr_at(epoch)
+            if progress.batch == 0:
+                progress.sums, progress.seen, progress.seconds = {}, 0, 0.0
+                epoch_gen = make_generator(device, config.seed, "epoch", epoch)
+                method.on_epoch_start(
+                    model,
+                    EpochContext(epoch, t.epochs, epoch_lr, config.optim.lr,
+                                 lambda n, g=epoch_gen: sample_train(n, g), epoch_gen),
+                )
+            start = time.perf_counter()
+            model.train()
+            sums = progress.sums
+            pending: list[tuple[int, Tensor]] = []  # losses not yet checked for NaN/Inf
+            bar = tqdm(total=steps_per_epoch, initial=progress.batch, desc=f"epoch {epoch + 1}/{t.epochs}",
+                       leave=False, disable=True if t.progress != "bar" else None,  # None: off when not a TTY
+                       dynamic_ncols=True)
+            for i, (x, y) in enumerate(batcher.epoch(epoch, progress.batch), start=progress.batch):
+                lr = schedule.lr_at(epoch + i / steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                step = epoch * steps_per_epoch + i
+                ctx = StepContext(epoch, step, make_generator(device, config.seed, "step", epoch, i))
+                with autocast():
+                    out = method.loss(model, Batch(x, y), ctx)
+                optimizer.zero_grad(set_to_none=True)
+                out.loss.backward()
+                optimizer.step()
+                if out.after_step is not None:
+                    out.after_step()
+                # Metrics stay on the device; they are read once per progress refresh and per epoch.
+                pending.append((i, out.loss.detach()))
+                for key, value in {"loss": out.loss.detach(), **out.metrics}.items():
+                    sums[key] = sums.get(key, 0) + value.float() * len(y)
+                progress.seen += len(y)
+                progress.batch = i + 1
+                bar.update(1)
+                save_now = stop.signum is not None or (every is not None and (step + 1) % every == 0)
+                if len(pending) >= FINITE_CHECK_EVERY or save_now:
+                    check_losses(pending, epoch)
+                if save_now and progress.batch < steps_per_epoch:  # the epoch end saves anyway
+                    progress.seconds += time.perf_counter() - start
+                    start = time.perf_counter()
+                    save_train_state()
+                    if stop.signum is not None:
+                        raise stop_for_signal(stop.signum)
+                if t.progress == "bar" and (i % 10 == 0 or i == steps_per_epoch - 1):
+                    elapsed = progress.seconds + time.perf_counter() - start
+                    bar.set_postfix(loss=f"{float(sums['loss']) / progress.seen:.3f}",
+                                    acc=f"{float(sums.get('acc', 0)) / progress.seen:.3f}",
+                                    img_s=f"{progress.seen / max(elapsed, 1e-9):.0f}")
+            bar.close()
+            check_losses(pending, epoch)
+            train_seconds = progress.seconds + time.perf_counter() - start
+            averages = {key: float(value) / progress.seen for key, value in sums.items()}
+            val_clean, val_pgd = validate(model, x_val, y_val, config, amp, config.seed)
+            schedule.end_epoch(averages["loss"])
+            row = {
+                "epoch": epoch + 1, "lr": epoch_lr,
+                "train_loss": averages.pop("loss"), "train_acc": averages.pop("acc", None),
+                "val_clean_acc": val_clean, "val_pgd_acc": val_pgd,
+                "seconds": progress.seconds + time.perf_counter() - start,
+                "images_per_s": progress.seen / max(train_seconds, 1e-9),
+            } | {f"train_{key}": value for key, value in averages.items()}
+            check_weights()
+            value = row.get(select_metric)
+            checkpoint_meta = sidecar | {"epoch": epoch + 1, "metric": select_metric, "value": value}
+            with disk_errors(f"the previous checkpoint is intact: free space or fix the folder, then {resume_hint}"):
+                append_jsonl(run_dir / "metrics.jsonl", row)
+                save_weights(checkpoints / "last.safetensors", model.state_dict(), checkpoint_meta)
+                # Without a validation split there is nothing to select on: best is then the last epoch.
+                if value is None or value > progress.best_value:
+                    progress.best_value = value if value is not None else -math.inf
+                    progress.best_epoch = epoch + 1
+                    save_weights(checkpoints / "best.safetensors", model.state_dict(), checkpoint_meta)
+            progress.epoch, progress.batch, progress.rows = epoch + 1, 0, progress.rows + 1
+            save_train_state()
+            log(
+                f"epoch {epoch + 1:>3}/{t.epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
+                f"acc {_pct(row['train_acc'])}  val clean {_pct(val_clean)}  val PGD-{t.val_steps} {_pct(val_pgd)}  "
+                f"{row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s"
+            )
+            if stop.signum is not None:
+                raise stop_for_signal(stop.signum)
+    if not row:  # resumed a run whose training had already finished
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        row = json.loads(lines[-1]) if lines else {}
+    best = None if progress.best_value == -math.inf else progress.best_value
+    return TrainResult(run_dir, progress.best_epoch, best, select_metric, row)
 
 
 def _pct(x: float | None) -> str:
