@@ -197,12 +197,8 @@ def test_out_of_range_values(ws, capsys, argv, fragment):
         (_eval_weights("--data", "digits", weights="{ws}/missing.safetensors"),
          "{ws}/missing.safetensors does not exist"),
         (["eval", "{ws}/no_run"], "run directory not found: {ws}/no_run"),
-        pytest.param(
-            _eval_run("--out="), "--out",
-            # `--out ""` is Path("."): cli.py only tries to write it after the whole evaluation, and fileio.py's
-            # atomic write then fails with ValueError (an internal error, exit 1). Remove the mark once fixed.
-            marks=pytest.mark.xfail(raises=AssertionError, strict=True, reason="known cli.py/fileio.py bug"),
-        ),
+        (_eval_run("--out="), "--out . is a folder: give a file name such as eval.json"),
+        (_eval_run("--out", "{ws}"), "is a folder: give a file name such as eval.json"),
     ],
 )
 def test_missing_paths(ws, capsys, argv, fragment):
@@ -266,12 +262,10 @@ def test_labels_out_of_range(ws, capsys, argv, fragment):
         (["eval", "{ws}/run", "--checkpoint", "worst"], "argument --checkpoint: invalid choice: 'worst'"),
         (["train", "--out", "{ws}/new_run", "--epochs", "3"], "unrecognized arguments: --epochs 3"),
         (["evaluate", "{ws}/run"], "invalid choice: 'evaluate'"),
-        pytest.param(
-            _eval_weights("--data", "digits", "--step-size="), "argument --step-size",
-            # cli.py's `type=lambda s: _eps_list(s)[0]` raises IndexError on an empty value, which argparse does
-            # not turn into a usage error: a traceback escapes main(). Remove this mark once cli.py is fixed.
-            marks=pytest.mark.xfail(raises=IndexError, strict=True, reason="known cli.py bug: --step-size="),
-        ),
+        (_eval_weights("--data", "digits", "--step-size="), "argument --step-size: expected numbers"),
+        (_eval_weights("--data", "digits", "--step-size", "1,2"), "argument --step-size: expected one number"),
+        (_eval_weights("--data", "digits", "--steps", "0"), "--steps must be >= 1, got 0"),
+        (["train", "\n"], "unrecognized arguments: \\n"),
     ],
 )
 def test_command_line_syntax_errors(ws, capsys, argv, fragment):

@@ -56,7 +56,7 @@ CONFIG_KEYS = st.sampled_from([
 OVERRIDE = st.one_of(st.tuples(CONFIG_KEYS, VALUE).map("=".join), GARBAGE)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(st.lists(OVERRIDE, max_size=4))
 def test_config_values_load_or_fail_in_one_line(overrides: list[str]) -> None:
     try:
@@ -231,7 +231,7 @@ def _assert_clean(code: int, err: str, allowed: tuple[int, ...]) -> None:
         assert any(line.startswith("advtrain") and "error" in line for line in err.split("\n")), err
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_eval_command_lines_end_in_success_or_a_clean_error(data, files, capsys) -> None:
     code, err = _call(data.draw(_eval_argv(files)), capsys)
@@ -241,7 +241,7 @@ def test_eval_command_lines_end_in_success_or_a_clean_error(data, files, capsys)
 _fresh = itertools.count()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_train_command_lines_end_in_success_or_a_clean_error(data, files, capsys) -> None:
     overrides = data.draw(st.lists(TRAIN_OVERRIDE, max_size=4))

@@ -1,10 +1,15 @@
 import math
+import types
+import typing
+from typing import Annotated, get_args, get_origin, get_type_hints
 
 import pytest
 import yaml
 
+from advtrain.bounds import Bound, Ge, Gt, Le, Lt
 from advtrain.config import RunConfig, ScheduleConfig, config_from_dict, dump_yaml, load_config, parse_number
 from advtrain.errors import UserError
+from advtrain.methods import list_methods, method_class
 from advtrain.train.schedule import LRSchedule
 
 
@@ -96,3 +101,78 @@ def test_plateau_reduces_after_patience_epochs_without_relative_improvement():
     other = LRSchedule(ScheduleConfig("plateau", patience=2, threshold=0.01, factor=0.1), 0.1, 50)
     other.load_state_dict(state)
     assert other.lr_at(5) == s.lr_at(5) and other.best == 0.5
+
+
+
+def _bounds_of(tp: object, key: str, extra: list[str]) -> list[tuple[str, list[str], Bound, type]]:
+    """The bounds of one field: on its type, on the type inside `X | None`, or on the items of a list."""
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in get_args(tp) if a is not type(None))
+    if get_origin(tp) is list:
+        (tp,), key = get_args(tp), f"{key}[]"
+    if get_origin(tp) is not Annotated:
+        return []
+    base, *marks = get_args(tp)
+    return [(key, extra, m, base) for m in marks if isinstance(m, Bound)]
+
+
+def _bounded_fields() -> list[tuple[str, list[str], Bound, type]]:
+    """(dotted key, overrides it needs, bound, base type) for every bounded field of every config section."""
+    sections = [(n, tp, []) for n, tp in get_type_hints(RunConfig).items() if n != "method" and isinstance(tp, type)]
+    sections += [("method", method_class(m).config_class, [f"method.name={m}"]) for m in list_methods()]
+    found = _bounds_of(get_type_hints(RunConfig, include_extras=True)["seed"], "seed", [])
+    for section, cls, extra in sections:
+        for name, tp in get_type_hints(cls, include_extras=True).items():
+            found += _bounds_of(tp, f"{section}.{name}", extra)
+    return found
+
+
+BOUNDED = _bounded_fields()
+
+
+def test_the_range_checks_are_declared_on_the_fields():
+    keys = {key for key, *_ in BOUNDED}
+    expected = {
+        "train.epochs", "train.batch_size", "optim.lr", "threat.eps", "data.val_size", "data.crop_padding",
+        "train.val_steps", "eval.steps", "eval.restarts", "eval.batch_size", "eval.n", "train.val_max",
+        "train.threads", "optim.momentum", "optim.weight_decay", "schedule.gamma", "schedule.factor",
+        "schedule.patience", "method.steps", "method.step_size", "eval.eps[]", "seed",
+    }
+    assert expected <= keys, expected - keys
+
+
+@pytest.mark.parametrize(
+    ("key", "extra", "bound", "base"), BOUNDED, ids=[f"{k}{b.symbol}{b.limit}" for k, _, b, _ in BOUNDED]
+)
+def test_every_bound_refuses_values_beyond_it_and_accepts_its_limit(key, extra, bound, base):
+    step = 1 if base is int else 1e-6 * max(1.0, abs(bound.limit))
+    below = bound.symbol in (">=", ">")  # a lower bound
+    beyond = bound.limit - step if below else bound.limit + step
+    strict = bound.symbol in (">", "<")
+    inside = bound.limit + (step if below else -step) if strict else bound.limit
+    where = key.replace("[]", "[0]")
+
+    def load(value: float) -> RunConfig:
+        text = repr(float(value)) if base is float else str(int(value))
+        return load_config(None, [*extra, f"{key[:-2]}=[{text}]" if key.endswith("[]") else f"{key}={text}"])
+
+    for refused in (beyond, bound.limit) if strict else (beyond,):
+        with pytest.raises(UserError) as info:
+            load(refused)
+        message = str(info.value)
+        assert message.startswith(where) and "\n" not in message, message
+        # Seeds at 2**63 are refused one step earlier, as integers that torch cannot take.
+        assert f"must be {bound.symbol} {bound.limit}" in message or "64-bit integer" in message, message
+    node: object = load(inside)
+    for part in where.removesuffix("[0]").split("."):
+        node = getattr(node, part)
+    assert (node[0] if key.endswith("[]") else node) == pytest.approx(inside)  # type: ignore[index]
+
+
+def test_bounds_refuse_nan_and_let_an_unset_option_pass():
+    assert Ge(0).holds(0) and not Gt(0).holds(0) and Le(1).holds(1) and not Lt(1).holds(1)
+    for bound in (Ge(0), Gt(0), Le(1), Lt(1)):
+        assert not bound.holds(math.nan)
+        bound.check(None, "x")
+    with pytest.raises(UserError, match=r"^x must be >= 0 \(a count\), got nan$"):
+        Ge(0, "a count").check(math.nan, "x")

@@ -14,6 +14,8 @@ from advtrain.errors import TrainingStopped, UserError
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # One line, no usage dump: the message names the problem, --help shows the rest.
+        # Stray arguments are echoed as typed; escape line breaks so the message stays one line.
+        message = message.replace("\r", "\\r").replace("\n", "\\n")
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -21,9 +23,19 @@ def _eps_list(text: str) -> list[float]:
     from advtrain.config import parse_number
 
     try:
-        return [parse_number(part, "value") for part in text.split(",") if part.strip()]
+        values = [parse_number(part, "value") for part in text.split(",") if part.strip()]
     except UserError as e:  # argparse turns this into its one-line usage error, exit 2
         raise argparse.ArgumentTypeError(str(e)) from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected numbers such as 8/255 or 0.03,0.06, got {text!r}")
+    return values
+
+
+def _number(text: str) -> float:
+    values = _eps_list(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one number such as 2/255, got {text!r}")
+    return values[0]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm", choices=["linf", "l2"], help="threat model norm (default: the run's, or linf)")
     p.add_argument("--steps", type=int, help="PGD/CW steps (default 20)")
     p.add_argument("--restarts", type=int, help="PGD/CW restarts (default 1)")
-    p.add_argument("--step-size", type=lambda s: _eps_list(s)[0], help="PGD/CW step size (default 2.5·ε/steps)")
+    p.add_argument("--step-size", type=_number, help="PGD/CW step size (default 2.5·ε/steps)")
     p.add_argument("--n", type=int, help="evaluate the first N test images (default: all)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint of a run")
     p.add_argument("--batch-size", type=int, default=256)
@@ -116,16 +128,20 @@ def _eval(args: argparse.Namespace) -> None:
     run_eval, threat = run.get("eval") or {}, run.get("threat") or {}
     attacks = args.attacks.split(",") if args.attacks else run_eval.get("attacks", defaults.attacks)
     eps = args.eps or run_eval.get("eps") or [threat.get("eps", 8 / 255)]
+    out = args.out or (args.run_dir / "eval.json" if args.run_dir is not None else None)
+    if out is not None and (out.is_dir() or not out.name):
+        # Checked before the attacks run: a long evaluation must not be lost to an unwritable --out.
+        raise UserError(f"--out {str(out) or repr('')} is a folder: give a file name such as eval.json")
+    steps = args.steps if args.steps is not None else run_eval.get("steps", defaults.steps)
+    restarts = args.restarts if args.restarts is not None else run_eval.get("restarts", defaults.restarts)
     report, _ = evaluate_loaded(
         loaded, data, attacks=[a.strip() for a in attacks if a.strip()], eps=eps,
-        norm=args.norm or threat.get("norm", "linf"), steps=args.steps or run_eval.get("steps", defaults.steps),
-        restarts=args.restarts or run_eval.get("restarts", defaults.restarts), step_size=args.step_size,
+        norm=args.norm or threat.get("norm", "linf"), steps=steps, restarts=restarts, step_size=args.step_size,
         n=args.n, batch_size=args.batch_size, device=args.device, precision=args.precision, seed=args.seed,
         checkpoint=args.checkpoint if args.run_dir is not None else None,
         on_result=lambda r: print(r.summary(), file=sys.stderr),
     )
     print(text_table(["attack", "eps", "accuracy %"], eval_rows(report)))
-    out = args.out or (args.run_dir / "eval.json" if args.run_dir is not None else None)
     if out is not None:
         atomic_write_text(out, json.dumps(report, indent=2) + "\n")
         print(f"wrote {out}")

@@ -327,7 +327,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             value = text
         key = key.strip()
         method = raw.get("method")
-        if key == "method.name" and isinstance(method, dict) and method.get("name", value) != value:
+        # Only a string can name a method (anything else is refused when the config is built), and comparing
+        # two YAML values can recurse forever when an anchor makes one contain itself (`[&a [*a]]`).
+        renaming = key == "method.name" and isinstance(method, dict) and isinstance(value, str)
+        if renaming and method.get("name", value) != value:
             # Switching method starts the new one from its own defaults: the file's options belong
             # to the method it named (e.g. `--set method.name=standard` on a pgd_at config).
             raw["method"] = {}

@@ -176,20 +176,24 @@ class StopSignals:
 
 
 @contextlib.contextmanager
-def deterministic_algorithms(enabled: bool) -> Iterator[None]:
-    """`--deterministic`: refuse non-deterministic kernels, no cuDNN autotuning; restored afterwards."""
-    if not enabled:
-        yield
-        return
-    previous = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible GEMMs
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
+def torch_settings(threads: int | None, deterministic: bool) -> Iterator[None]:
+    """CPU threads and `--deterministic` (no non-deterministic kernels, no cuDNN autotuning) for one run.
+
+    Both are process-wide torch settings, restored afterwards for in-process callers (tests, notebooks).
+    """
+    previous = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible GEMMs
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(previous[0])
-        torch.backends.cudnn.benchmark = previous[1]
+        torch.set_num_threads(previous[0])
+        torch.use_deterministic_algorithms(previous[1])
+        torch.backends.cudnn.benchmark = previous[2]
 
 
 @contextlib.contextmanager
@@ -230,7 +234,14 @@ def train(
 
     A fresh run needs an empty or new `run_dir` (or `overwrite`); `data` skips a second load.
     """
-    run_dir = Path(run_dir)
+    with torch_settings(config.train.threads, config.train.deterministic):
+        return _train(config, Path(run_dir), data, log, resume, overwrite)
+
+
+def _train(
+    config: RunConfig, run_dir: Path, data: Dataset | None, log: Callable[[str], None], resume: bool,
+    overwrite: bool,
+) -> TrainResult:
     checkpoints = run_dir / "checkpoints"
     t = config.train
     resume_hint = f"continue with: advtrain train --resume {run_dir}"
@@ -250,8 +261,6 @@ def train(
             log(f"{run_dir} was stopped before its first checkpoint: training it from the start")
     else:
         check_run_dir(run_dir, overwrite)
-    if t.threads is not None:
-        torch.set_num_threads(t.threads)
     seed_everything(config.seed)
     device = resolve_device(t.device)
     amp = autocast_dtype(t.precision, device)
@@ -378,7 +387,7 @@ def train(
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else nullcontext
     every = t.checkpoint_every
     row: dict[str, Any] = {}
-    with StopSignals().installed() as stop, deterministic_algorithms(t.deterministic):
+    with StopSignals().installed() as stop:
         for epoch in range(progress.epoch, t.epochs):
             epoch_lr = schedule.lr_at(epoch)
             if progress.batch == 0:
