@@ -136,6 +136,8 @@ def test_sigkill_at_three_random_points_then_resume_is_bit_identical(reference, 
     assert_same_weights(weights(run), weights(reference))
     assert_same_weights(weights(run, "best"), weights(reference, "best"))
     assert metrics(run) == metrics(reference), f"seed {seed}: {kills}"
+    # The catastrophic-overfitting monitor's readings (and its previous-reading state) resume exactly too.
+    assert (run / "monitor.jsonl").read_text() == (reference / "monitor.jsonl").read_text()
     assert json.loads((run / "eval.json").read_text())["results"] == \
         json.loads((reference / "eval.json").read_text())["results"]
     assert not list((run / "checkpoints").glob(".*.tmp")), "a killed write left its temporary file behind"

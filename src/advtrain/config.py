@@ -104,6 +104,24 @@ class TrainConfig:
 
 
 @dataclass
+class MonitorConfig:
+    """Catastrophic-overfitting monitor (METHODS.md §7.7): PGD and FGSM on a fixed held-out batch.
+
+    The batch is the first `size` images of the validation split; readings go to monitor.jsonl and the
+    epoch-end reading also to metrics.jsonl. A reading is flagged as a collapse when PGD accuracy falls more
+    than `pgd_drop` below the previous reading or FGSM − PGD accuracy exceeds `fgsm_gap`.
+    """
+
+    enabled: bool = True
+    size: Annotated[int, Ge(1)] = 512  # METHODS.md §7.7: 512–1024 images
+    steps: Annotated[int, Ge(1)] = 10  # PGD-10, random start, step ε/4
+    every_steps: Annotated[int, Ge(1)] | None = None  # also read every N optimizer steps
+    pgd_drop: Annotated[float, Ge(0), Le(1)] = 0.2
+    fgsm_gap: Annotated[float, Ge(0), Le(1)] = 0.3
+    stop_on_collapse: bool = False  # stop at the first collapse; the best checkpoint is the one kept
+
+
+@dataclass
 class EvalConfig:
     attacks: list[str] = field(default_factory=lambda: ["clean", "pgd"])  # names: see eval.ATTACK_ALIASES
     eps: list[Annotated[float, Ge(0), Le(MAX_DISTANCE)]] | None = None  # None: the threat model's ε
@@ -125,6 +143,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def threat_model(self) -> ThreatModel:
@@ -414,6 +433,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "ModelConfig",
+    "MonitorConfig",
     "OptimConfig",
     "RunConfig",
     "ScheduleConfig",

@@ -12,6 +12,7 @@ from advtrain.attacks.pgd import (
     project,
     random_start,
 )
+from advtrain.attacks.single_step import SingleStep, single_step, uniform_noise, zero_gradient_fraction
 from advtrain.attacks.threat import MAX_DISTANCE, Norm, ThreatModel
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "BNMode",
     "Keep",
     "Norm",
+    "SingleStep",
     "ThreatModel",
     "ascent_step",
     "attack_loss",
@@ -33,4 +35,7 @@ __all__ = [
     "pgd",
     "project",
     "random_start",
+    "single_step",
+    "uniform_noise",
+    "zero_gradient_fraction",
 ]

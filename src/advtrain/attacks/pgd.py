@@ -95,9 +95,13 @@ def _pgd_run(
     clean_logits: Tensor | None,
     kappa: float,
     generator: torch.Generator | None,
+    x_init: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """One PGD run. Returns the final iterate and, when tracking, the first fooling iterates + mask."""
-    x_adv = random_start(x, eps, norm, generator) if start else x.clone()
+    if x_init is not None:
+        x_adv = x_init.detach().clone()
+    else:
+        x_adv = random_start(x, eps, norm, generator) if start else x.clone()
     first = x_adv.clone() if track else None
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device) if track else None
     for _ in range(steps):
@@ -127,14 +131,21 @@ def pgd(
     clean_logits: Tensor | None = None,
     kappa: float = math.inf,
     generator: torch.Generator | None = None,
+    x_init: Tensor | None = None,
 ) -> Tensor:
     """PGD-`steps` with `restarts` restarts; returns adversarial inputs in the ε-ball and [0, 1].
 
     Over restarts, each example keeps the first result that fools the model, else the one with the
     highest loss. `step_size` defaults to 2.5·ε/steps.
+
+    `x_init`, when given, is the explicit starting point of every run (shape of x), used instead of the
+    random or zero start (`random_start` is then ignored). It is used as given, neither projected nor
+    clamped (TRADES starts from x + 0.001·N(0, 1) exactly so); every step's iterate is projected as usual.
     """
     if steps < 0 or restarts < 1:
         raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
+    if x_init is not None and x_init.shape != x.shape:
+        raise ValueError(f"x_init must have the shape of x {tuple(x.shape)}, got {tuple(x_init.shape)}")
     step_size = default_step_size(eps, steps) if step_size is None else step_size
     x = x.detach()
     track = keep == "first_fooling"
@@ -145,6 +156,7 @@ def pgd(
         final, first, fooled = _pgd_run(
             model, x, y, eps=eps, steps=steps, step_size=step_size, norm=norm, loss=loss,
             start=random_start, track=track, clean_logits=clean_logits, kappa=kappa, generator=generator,
+            x_init=x_init,
         )
         if not track and restarts == 1:
             return final

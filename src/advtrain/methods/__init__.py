@@ -1,6 +1,7 @@
 """Training methods: the interface (base.py) and one file per method containing only its math."""
 
-from advtrain.methods import pgd_at, standard  # noqa: F401  (registers the methods)
+# Importing the method modules registers them.
+from advtrain.methods import awp, fgsm, fgsm_rs, grad_align, mart, n_fgsm, pgd_at, standard, trades  # noqa: F401
 from advtrain.methods.base import (
     AdversarialMethod,
     Batch,

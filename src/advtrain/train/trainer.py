@@ -36,7 +36,8 @@ from advtrain.eval.robustness import AttackSpec, evaluate
 from advtrain.fileio import atomic_write_text
 from advtrain.methods import Batch, EpochContext, StepContext, build_method
 from advtrain.models.spec import ModelSpec
-from advtrain.runtime import autocast_dtype, make_generator, resolve_device, seed_everything
+from advtrain.runtime import autocast_dtype, derive_seed, make_generator, resolve_device, seed_everything
+from advtrain.train.monitor import CollapseMonitor
 from advtrain.train.schedule import LRSchedule, build_optimizer
 from advtrain.train.state import (
     Position,
@@ -52,7 +53,7 @@ from advtrain.train.state import (
 # the check costs no per-step synchronisation; the message still names the first bad step exactly.
 FINITE_CHECK_EVERY = 10
 EXIT_DIVERGED = 3
-RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "eval.json", "report.md", "figures")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "monitor.jsonl", "checkpoints", "eval.json", "report.md", "figures")
 
 
 @dataclass
@@ -76,6 +77,8 @@ class Progress:
     best_value: float = -math.inf
     best_epoch: int = 0
     rows: int = 0  # rows of metrics.jsonl that belong to this state
+    monitor_rows: int = 0  # rows of monitor.jsonl that belong to this state
+    stopped: bool = False  # the CO monitor ended training early (monitor.stop_on_collapse)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -282,6 +285,7 @@ def _train(
     if t.val_max is not None:
         x_val, y_val = x_val[: t.val_max], y_val[: t.val_max]
     x_val, y_val = x_val.to(device), y_val.to(device)
+    monitor = CollapseMonitor(config.monitor, config.threat, x_val, y_val, derive_seed(config.seed, "monitor"))
 
     # Model, method and optimizer. Extra method modules (AR-AT predictors) train with the model.
     spec = ModelSpec.for_dataset(config.model.name, data, config.model.normalize, config.model.options)
@@ -305,6 +309,7 @@ def _train(
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         method.load_state_dict(state["method"])
+        monitor.load_state_dict(state["monitor"])
         progress = Progress(**state["progress"])
         progress.sums = {k: v.to(device) for k, v in progress.sums.items()}
         if progress.batch > steps_per_epoch:
@@ -318,6 +323,7 @@ def _train(
     if resume:
         with disk_errors(f"fix the folder, then {resume_hint}"):
             keep_metrics_rows(run_dir / "metrics.jsonl", progress.rows)
+            keep_metrics_rows(run_dir / "monitor.jsonl", progress.monitor_rows)
     else:
         with disk_errors("choose an --out folder on a writable disk with free space"):
             create_run_dir(run_dir, config, overwrite)
@@ -353,7 +359,7 @@ def _train(
         tree = {
             "model": model.state_dict(), "extras": {n: m.state_dict() for n, m in extras.items()},
             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "method": method.state_dict(),
-            "progress": progress.to_dict(), "rng": capture_rng(),
+            "monitor": monitor.state_dict(), "progress": progress.to_dict(), "rng": capture_rng(),
         }
         with disk_errors(f"the previous checkpoint is intact: free space or fix the folder, then {resume_hint}"):
             return save_state(checkpoints, Position(progress.epoch, progress.batch), tree, sidecar)
@@ -386,9 +392,20 @@ def _train(
 
     autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else nullcontext
     every = t.checkpoint_every
+    monitor_every = config.monitor.every_steps if monitor.active else None
     row: dict[str, Any] = {}
+
+    def read_monitor(epoch: int, step: int) -> dict[str, Any]:
+        reading = monitor.read(model, amp)
+        with disk_errors(f"free space or fix the folder, then {resume_hint}"):
+            append_jsonl(run_dir / "monitor.jsonl", {"epoch": epoch + 1, "step": step, **reading})
+        progress.monitor_rows += 1
+        return reading
+
     with StopSignals().installed() as stop:
         for epoch in range(progress.epoch, t.epochs):
+            if progress.stopped:
+                break
             epoch_lr = schedule.lr_at(epoch)
             if progress.batch == 0:
                 progress.sums, progress.seen, progress.seconds = {}, 0, 0.0
@@ -436,6 +453,12 @@ def _train(
                     save_train_state()
                     if stop.signum is not None:
                         raise stop_for_signal(stop.signum)
+                read_now = monitor_every is not None and (step + 1) % monitor_every == 0
+                if read_now and progress.batch < steps_per_epoch:  # the epoch end reads anyway
+                    collapse = read_monitor(epoch, step + 1)["co_collapse"]
+                    if collapse and config.monitor.stop_on_collapse:
+                        progress.stopped = True
+                        break
                 if t.progress == "bar" and (i % 10 == 0 or i == steps_per_epoch - 1):
                     elapsed = progress.seconds + time.perf_counter() - start
                     bar.set_postfix(loss=f"{float(sums['loss']) / progress.seen:.3f}",
@@ -446,6 +469,9 @@ def _train(
             train_seconds = progress.seconds + time.perf_counter() - start
             averages = {key: float(value) / progress.seen for key, value in sums.items()}
             val_clean, val_pgd = validate(model, x_val, y_val, config, amp, config.seed)
+            reading = read_monitor(epoch, epoch * steps_per_epoch + progress.batch) if monitor.active else {}
+            if reading.get("co_collapse") and config.monitor.stop_on_collapse:
+                progress.stopped = True
             schedule.end_epoch(averages["loss"])
             row = {
                 "epoch": epoch + 1, "lr": epoch_lr,
@@ -453,7 +479,7 @@ def _train(
                 "val_clean_acc": val_clean, "val_pgd_acc": val_pgd,
                 "seconds": progress.seconds + time.perf_counter() - start,
                 "images_per_s": progress.seen / max(train_seconds, 1e-9),
-            } | {f"train_{key}": value for key, value in averages.items()}
+            } | reading | {f"train_{key}": value for key, value in averages.items()}
             check_weights()
             value = row.get(select_metric)
             checkpoint_meta = sidecar | {"epoch": epoch + 1, "metric": select_metric, "value": value}
@@ -472,6 +498,10 @@ def _train(
                 f"acc {_pct(row['train_acc'])}  val clean {_pct(val_clean)}  val PGD-{t.val_steps} {_pct(val_pgd)}  "
                 f"{row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s"
             )
+            if progress.stopped:
+                log(f"catastrophic overfitting flagged in epoch {epoch + 1} (CO monitor: PGD "
+                    f"{_pct(row['co_pgd_acc'])}, FGSM {_pct(row['co_fgsm_acc'])}): training stops; the best "
+                    f"checkpoint is epoch {progress.best_epoch}")
             if stop.signum is not None:
                 raise stop_for_signal(stop.signum)
     if not row:  # resumed a run whose training had already finished

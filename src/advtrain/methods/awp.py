@@ -1,0 +1,166 @@
+"""`awp` (Wu, Xia, Wang 2020, Adversarial Weight Perturbation): a wrapper around an adversarial method.
+
+Per step (METHODS.md §2 `awp` row, procedure of §4.3 with the wrapped method's own loss as the ascent
+objective; authors' code: csdongxian/AWP, `utils_awp.py` AdvWeightPerturb / TradesAWP):
+
+1. x' = base.perturb(...) at the unperturbed weights θ.
+2. g = ∇_W base.objective(θ, x, x', y).loss for the multi-dimensional `weight` tensors only (conv kernels,
+   linear weights; never BN weights nor any bias — the code's `len(w.size()) > 1 and 'weight' in name`).
+   This extra pass runs with BN in `train_frozen` mode: batch statistics, running statistics untouched. The
+   code gets the same effect from a proxy copy in train mode whose BN buffers are thrown away.
+3. v_l = ‖W_l‖·g_l/(‖g_l‖ + 1e-20) per tensor; W_l ← W_l + γ·v_l. (The code normalises lr·g_l, the step of its
+   plain-SGD proxy optimiser, which is the same direction and norm up to where the 1e-20 sits.)
+4. Return base.objective at θ + γv; after the optimizer step, `after_step` subtracts γ·v_l.
+
+Defaults from the code: γ = 1e-2 and no warm-up for AT-AWP (`--awp-gamma 0.01 --awp-warmup 0`), γ = 5e-3
+for TRADES-AWP with `--awp-warmup 10` checked as `epoch >= 10` on 1-based epochs, i.e. the first 9 epochs
+train without AWP (`warmup_epochs = 9` here, epochs counted from 0). MART-AWP's training script is not in
+the released code; it takes the TRADES-AWP settings (γ = 5e-3 in the AWP paper). Any other adversarial base
+takes the AT-AWP settings unless `gamma` / `warmup_epochs` are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import torch
+from torch import Tensor, nn
+
+from advtrain.attacks import ThreatModel, bn_policy
+from advtrain.bounds import Ge
+from advtrain.errors import UserError
+from advtrain.methods.base import (
+    AdversarialMethod,
+    Batch,
+    EpochContext,
+    Method,
+    MethodConfig,
+    StepContext,
+    StepOutput,
+)
+from advtrain.methods.pgd_at import PGDATConfig
+from advtrain.methods.registry import build_method, list_methods, method_class, register_method
+
+# base method name → (γ, warm-up epochs counted from 0), from the AWP code (see the module docstring).
+DEFAULTS: dict[str, tuple[float, int]] = {"pgd_at": (1e-2, 0), "trades": (5e-3, 9), "mart": (5e-3, 9)}
+FALLBACK = DEFAULTS["pgd_at"]
+EPS = 1e-20  # as in the AWP code
+
+
+def adversarial_method_names() -> list[str]:
+    return [n for n in list_methods() if issubclass(method_class(n), AdversarialMethod)]
+
+
+@dataclass
+class AWPConfig(MethodConfig):
+    name: str = "awp"
+    base: MethodConfig = field(default_factory=PGDATConfig)  # the wrapped method, chosen by `base.name`
+    gamma: Annotated[float, Ge(0)] | None = None  # None: 1e-2 for pgd_at, 5e-3 for trades and mart
+    warmup_epochs: Annotated[int, Ge(0)] | None = None  # epochs without AWP; None: 0 for pgd_at, 9 for trades/mart
+
+    def __post_init__(self) -> None:
+        # Checked here so a bad base fails while the config is loaded, before a run writes anything.
+        if not issubclass(method_class(self.base.name), AdversarialMethod):
+            raise UserError(
+                f"method.base: awp wraps an adversarial method (one that crafts x' and then a loss), "
+                f"got {self.base.name!r}: choose one of {', '.join(adversarial_method_names())}"
+            )
+
+
+def perturbed_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The tensors AWP perturbs: trainable multi-dimensional `weight`s (never BN weights or biases)."""
+    return {
+        name: p for name, p in model.named_parameters()
+        if p.requires_grad and p.dim() > 1 and "weight" in name.rsplit(".", 1)[-1]
+    }
+
+
+@register_method
+class AWP(Method):
+    name = "awp"
+    config_class = AWPConfig
+    config: AWPConfig
+
+    def __init__(self, config: MethodConfig, threat: ThreatModel) -> None:
+        super().__init__(config, threat)
+        base = build_method(self.config.base, threat)
+        if not isinstance(base, AdversarialMethod):
+            raise UserError(
+                f"method.base: awp wraps an adversarial method, got {self.config.base.name!r}: "
+                f"choose one of {', '.join(adversarial_method_names())}"
+            )
+        self.base: AdversarialMethod = base
+        gamma, warmup = DEFAULTS.get(base.name, FALLBACK)
+        self.gamma = gamma if self.config.gamma is None else self.config.gamma
+        self.warmup_epochs = warmup if self.config.warmup_epochs is None else self.config.warmup_epochs
+
+    @property  # type: ignore[override]
+    def selection_metric(self) -> str:  # type: ignore[override]
+        return self.base.selection_metric
+
+    def weight_perturbation(self, model: nn.Module, batch: Batch, x_adv: Tensor) -> dict[str, Tensor]:
+        """v: per perturbed tensor, ‖W‖·g/(‖g‖ + 1e-20), g = ∇_W of the base objective at x' (BN frozen)."""
+        params = perturbed_parameters(model)
+        with bn_policy(model, "train_frozen"):
+            loss = self.base.objective(model, batch, x_adv).loss
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        v: dict[str, Tensor] = {}
+        with torch.no_grad():
+            for (name, p), g in zip(params.items(), grads, strict=True):
+                if g is None:  # a weight this loss does not use: no ascent direction
+                    continue
+                v[name] = p.norm() * g / (g.norm() + EPS)
+        return v
+
+    def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
+        if ctx.epoch < self.warmup_epochs or self.gamma == 0:
+            return self.base.loss(model, batch, ctx)
+        x_adv = self.base.perturb(model, batch, ctx)
+        v = self.weight_perturbation(model, batch, x_adv)
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, direction in v.items():
+                params[name].add_(direction, alpha=self.gamma)
+        out = self.base.objective(model, batch, x_adv)
+
+        def restore() -> None:
+            with torch.no_grad():
+                for name, direction in v.items():
+                    params[name].sub_(direction, alpha=self.gamma)
+
+        return StepOutput(out.loss, out.metrics, _chain(out.after_step, restore))
+
+    # Everything else is the wrapped method's.
+    def extra_modules(self) -> dict[str, nn.Module]:
+        return self.base.extra_modules()
+
+    def on_epoch_start(self, model: nn.Module, ctx: EpochContext) -> None:
+        self.base.on_epoch_start(model, ctx)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.base.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base.load_state_dict(state)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "base": self.base.metadata(), "gamma": self.gamma,
+            "warmup_epochs": self.warmup_epochs, "gamma_option": self.config.gamma,
+            "warmup_epochs_option": self.config.warmup_epochs,
+            "ascent_bn_mode": "train_frozen", "perturbed": "multi-dimensional weights (no BN, no biases)",
+        }
+
+
+def _chain(first: Callable[[], None] | None, second: Callable[[], None]) -> Callable[[], None]:
+    """Run the base's own after_step (if any), then remove the weight perturbation."""
+    if first is None:
+        return second
+
+    def both() -> None:
+        first()
+        second()
+
+    return both

@@ -1,0 +1,56 @@
+"""`fgsm`: CE(z(x'), y) with x' = clamp(x + ε·sign ∇ₓCE(z(x), y), 0, 1), zero start (METHODS.md §2).
+
+Plain FGSM training, the baseline that collapses (catastrophic overfitting; Wong et al. 2020, Andriushchenko
+& Flammarion 2020). The attack is exactly `--attack=fgsm --attack_init=zero` of
+tml-epfl/understanding-fast-adv-training train.py: δ = clamp(1.25ε·sign g, −ε, ε) = ε·sign g, then x + δ
+clamped to [0, 1]; the model stays in train mode while crafting (BN default `train`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from advtrain.attacks import AttackLoss, BNMode, bn_policy, single_step, zero_gradient_fraction
+from advtrain.methods.base import AdversarialMethod, Batch, MethodConfig, StepContext, StepOutput, accuracy
+from advtrain.methods.registry import register_method
+
+
+@dataclass
+class FGSMConfig(MethodConfig):
+    name: str = "fgsm"
+    attack_loss: AttackLoss = "ce"
+    # Wong et al. and Andriushchenko & Flammarion craft FGSM with the model in train mode.
+    bn_mode: BNMode = "train"
+
+
+@register_method
+class FGSM(AdversarialMethod):
+    name = "fgsm"
+    config_class = FGSMConfig
+    config: FGSMConfig
+
+    def perturb_with_metrics(self, model: nn.Module, batch: Batch, ctx: StepContext) -> tuple[Tensor, dict]:
+        """x' and the attack's diagnostics (`zero_grad`: fraction of examples whose sign step is all zero)."""
+        with bn_policy(model, self.config.bn_mode):
+            step = single_step(
+                model, batch.x, batch.y, step_size=self.threat.eps, eps=self.threat.eps,
+                norm=self.threat.norm, loss=self.config.attack_loss,
+            )
+        return step.x_adv, {"zero_grad": zero_gradient_fraction(step.grad)}
+
+    def perturb(self, model: nn.Module, batch: Batch, ctx: StepContext) -> Tensor:
+        return self.perturb_with_metrics(model, batch, ctx)[0]
+
+    def objective(self, model: nn.Module, batch: Batch, x_adv: Tensor) -> StepOutput:
+        logits = model(x_adv)
+        loss = F.cross_entropy(logits.float(), batch.y)
+        return StepOutput(loss, {"acc": accuracy(logits, batch.y)})
+
+    def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
+        x_adv, metrics = self.perturb_with_metrics(model, batch, ctx)
+        out = self.objective(model, batch, x_adv)
+        out.metrics.update(metrics)
+        return out
