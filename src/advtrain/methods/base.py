@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advtrain.attacks import ThreatModel
@@ -145,18 +146,27 @@ class Method(ABC):
 class AdversarialMethod(Method):
     """A method whose loss is `objective(model, x, x', y)` at an adversarial input x' = `perturb(...)`.
 
-    The split lets a wrapper (AWP) re-evaluate the same objective at perturbed weights.
+    The split lets a wrapper (AWP) re-evaluate the same objective at perturbed weights. The default
+    objective is Madry's CE(z(x'), y) (pgd_at and the single-step methods); TRADES and MART override it.
     """
 
     @abstractmethod
     def perturb(self, model: nn.Module, batch: Batch, ctx: StepContext) -> Tensor: ...
 
-    @abstractmethod
-    def objective(self, model: nn.Module, batch: Batch, x_adv: Tensor) -> StepOutput: ...
+    def perturb_with_metrics(self, model: nn.Module, batch: Batch, ctx: StepContext) -> tuple[Tensor, dict]:
+        """x' and the attack's own diagnostics (e.g. single-step `zero_grad`); none by default."""
+        return self.perturb(model, batch, ctx), {}
+
+    def objective(self, model: nn.Module, batch: Batch, x_adv: Tensor) -> StepOutput:
+        logits = model(x_adv)
+        loss = F.cross_entropy(logits.float(), batch.y)
+        return StepOutput(loss, {"acc": accuracy(logits, batch.y)})
 
     def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
-        x_adv = self.perturb(model, batch, ctx)
-        return self.objective(model, batch, x_adv)
+        x_adv, metrics = self.perturb_with_metrics(model, batch, ctx)
+        out = self.objective(model, batch, x_adv)
+        out.metrics.update(metrics)
+        return out
 
 
 def accuracy(logits: Tensor, y: Tensor) -> Tensor:

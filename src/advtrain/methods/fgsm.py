@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advtrain.attacks import AttackLoss, BNMode, bn_policy, single_step, zero_gradient_fraction
-from advtrain.methods.base import AdversarialMethod, Batch, MethodConfig, StepContext, StepOutput, accuracy
+from advtrain.methods.base import AdversarialMethod, Batch, MethodConfig, StepContext
 from advtrain.methods.registry import register_method
 
 
@@ -43,14 +42,3 @@ class FGSM(AdversarialMethod):
 
     def perturb(self, model: nn.Module, batch: Batch, ctx: StepContext) -> Tensor:
         return self.perturb_with_metrics(model, batch, ctx)[0]
-
-    def objective(self, model: nn.Module, batch: Batch, x_adv: Tensor) -> StepOutput:
-        logits = model(x_adv)
-        loss = F.cross_entropy(logits.float(), batch.y)
-        return StepOutput(loss, {"acc": accuracy(logits, batch.y)})
-
-    def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
-        x_adv, metrics = self.perturb_with_metrics(model, batch, ctx)
-        out = self.objective(model, batch, x_adv)
-        out.metrics.update(metrics)
-        return out

@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advtrain.attacks import MAX_DISTANCE, AttackLoss, BNMode, bn_policy, pgd
 from advtrain.bounds import Ge, Gt, Le
-from advtrain.methods.base import AdversarialMethod, Batch, MethodConfig, StepContext, StepOutput, accuracy
+from advtrain.methods.base import AdversarialMethod, Batch, MethodConfig, StepContext
 from advtrain.methods.registry import register_method
 
 
@@ -42,8 +41,3 @@ class PGDAT(AdversarialMethod):
                 step_size=self.step_size, norm=self.threat.norm, loss=self.config.attack_loss,
                 random_start=self.config.random_start, generator=ctx.generator,
             )
-
-    def objective(self, model: nn.Module, batch: Batch, x_adv: Tensor) -> StepOutput:
-        logits = model(x_adv)
-        loss = F.cross_entropy(logits.float(), batch.y)
-        return StepOutput(loss, {"acc": accuracy(logits, batch.y)})

@@ -248,6 +248,7 @@ def _train(
     checkpoints = run_dir / "checkpoints"
     t = config.train
     resume_hint = f"continue with: advtrain train --resume {run_dir}"
+    save_advice = f"the previous checkpoint is intact: free space or fix the folder, then {resume_hint}"
     state: dict[str, Any] | None = None
     if resume:
         with disk_errors("fix the folder's permissions and resume again"):
@@ -361,7 +362,7 @@ def _train(
             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "method": method.state_dict(),
             "monitor": monitor.state_dict(), "progress": progress.to_dict(), "rng": capture_rng(),
         }
-        with disk_errors(f"the previous checkpoint is intact: free space or fix the folder, then {resume_hint}"):
+        with disk_errors(save_advice):
             return save_state(checkpoints, Position(progress.epoch, progress.batch), tree, sidecar)
 
     def newest_state() -> str:
@@ -483,7 +484,7 @@ def _train(
             check_weights()
             value = row.get(select_metric)
             checkpoint_meta = sidecar | {"epoch": epoch + 1, "metric": select_metric, "value": value}
-            with disk_errors(f"the previous checkpoint is intact: free space or fix the folder, then {resume_hint}"):
+            with disk_errors(save_advice):
                 append_jsonl(run_dir / "metrics.jsonl", row)
                 save_weights(checkpoints / "last.safetensors", model.state_dict(), checkpoint_meta)
                 # Without a validation split there is nothing to select on: best is then the last epoch.
