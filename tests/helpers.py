@@ -20,9 +20,17 @@ def digits_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Te
     )
 
 
-@functools.cache
 def trained_digits_cnn(epochs: int = 6) -> torch.nn.Module:
-    """A small CNN trained with plain CE by a hand-written loop (independent of advtrain's trainer)."""
+    """A small CNN trained with plain CE by a hand-written loop (independent of advtrain's trainer).
+
+    Shared between tests (trained once), and handed out in eval mode every time: a test that switches it to
+    train mode must not change what the next test sees.
+    """
+    return _trained_digits_cnn(epochs).eval()
+
+
+@functools.cache
+def _trained_digits_cnn(epochs: int) -> torch.nn.Module:
     torch.manual_seed(0)
     x, y, _, _ = digits_tensors()
     model = build_model("small_cnn", num_classes=10, in_channels=1, input_size=8)

@@ -1,15 +1,19 @@
 import math
+import tempfile
 import types
 import typing
+from pathlib import Path
 from typing import Annotated, get_args, get_origin, get_type_hints
 
 import pytest
 import yaml
 
 from advtrain.bounds import Bound, Ge, Gt, Le, Lt
+from advtrain.checkpoint import save_weights
 from advtrain.config import RunConfig, ScheduleConfig, config_from_dict, dump_yaml, load_config, parse_number
 from advtrain.errors import UserError
 from advtrain.methods import list_methods, method_class
+from advtrain.models.spec import ModelSpec
 from advtrain.train.schedule import LRSchedule
 
 
@@ -35,6 +39,16 @@ def test_switching_method_drops_the_other_methods_options(tmp_path):
     assert load_config(path, ["method.name=standard"]).method.name == "standard"
     assert load_config(path, ["method.name=pgd_at"]).method.steps == 7
     assert load_config(path, ["method.name=standard", "method.name=pgd_at"]).method.steps == 10
+
+
+def test_switching_the_method_awp_wraps_drops_the_old_base_options_but_keeps_awps_own(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: {name: awp, gamma: 0.02, base: {name: trades, beta: 3.0, steps: 5}}\n")
+    config = load_config(path, ["method.base.name=mart"])
+    assert type(config.method.base).__name__ == "MARTConfig"
+    assert config.method.base.beta == 6.0 and config.method.base.steps == 10  # MART's defaults
+    assert config.method.gamma == 0.02  # AWP's own option stays
+    assert load_config(path, ["method.base.name=trades"]).method.base.beta == 3.0  # same base: kept
 
 
 def test_resolved_config_round_trips_through_yaml():
@@ -116,10 +130,23 @@ def _bounds_of(tp: object, key: str, extra: list[str]) -> list[tuple[str, list[s
     return [(key, extra, m, base) for m in marks if isinstance(m, Bound)]
 
 
+def _teacher_file() -> Path:
+    """A real weights file with its sidecar: igd's config refuses to load without a teacher."""
+    path = Path(tempfile.mkdtemp(prefix="advtrain-teacher-")) / "teacher.safetensors"
+    spec = ModelSpec("small_cnn", 10, 1, 8)
+    save_weights(path, spec.build().state_dict(), {"model": spec.to_dict()})
+    return path
+
+
+# Options a method needs before any of its fields can be checked.
+REQUIRED = {"igd": [f"method.teacher={_teacher_file()}"]}
+
+
 def _bounded_fields() -> list[tuple[str, list[str], Bound, type]]:
     """(dotted key, overrides it needs, bound, base type) for every bounded field of every config section."""
     sections = [(n, tp, []) for n, tp in get_type_hints(RunConfig).items() if n != "method" and isinstance(tp, type)]
-    sections += [("method", method_class(m).config_class, [f"method.name={m}"]) for m in list_methods()]
+    sections += [("method", method_class(m).config_class, [f"method.name={m}", *REQUIRED.get(m, [])])
+                 for m in list_methods()]
     found = _bounds_of(get_type_hints(RunConfig, include_extras=True)["seed"], "seed", [])
     for section, cls, extra in sections:
         for name, tp in get_type_hints(cls, include_extras=True).items():

@@ -7,6 +7,7 @@ import json
 import torch
 
 from advtrain.attacks import bn_policy, fgsm, pgd
+from advtrain.checkpoint import load_weights
 from advtrain.config import MonitorConfig, ThreatConfig, load_config
 from advtrain.train import train
 from advtrain.train.monitor import CollapseMonitor
@@ -78,3 +79,27 @@ def test_stop_on_collapse_ends_training_after_the_flagged_epoch_and_resume_keeps
     assert list_states(tmp_path / "run" / "checkpoints")[0][0].epoch == stop_epoch
     train(config, tmp_path / "run", log=logs.append, resume=True)
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == stop_epoch
+
+
+def test_a_collapsed_epoch_never_becomes_the_best_checkpoint(tmp_path):
+    # FGSM-AT at a large ε with only the drop rule, at 0: the first PGD reading below the previous one flags.
+    # With this seed that happens at the end of epoch 3, whose validation PGD accuracy is the highest so
+    # far; the run must still keep the epoch before the collapse as best (METHODS.md §7.7).
+    config = load_config(None, [
+        "method.name=fgsm", "threat.eps=0.3", "train.epochs=4", "train.batch_size=64", "optim.lr=0.05",
+        "train.progress=quiet", "data.val_size=200", "train.val_steps=2", "monitor.size=100",
+        "monitor.fgsm_gap=1", "monitor.pgd_drop=0", "monitor.stop_on_collapse=true",
+    ])
+    result = train(config, tmp_path / "run", log=lambda _: None)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    stop_epoch = len(rows)
+    assert stop_epoch >= 2 and rows[-1]["co_collapse"]  # the case under test: a collapse after epoch 1
+    assert not any(r["co_collapse"] for r in rows[:-1])
+    earlier = rows[:-1]
+    best = max(earlier, key=lambda r: r["val_pgd_acc"])
+    assert result.best_epoch == best["epoch"] < stop_epoch
+    checkpoints = tmp_path / "run" / "checkpoints"
+    best_state, best_meta = load_weights(checkpoints / "best.safetensors")
+    last_state, last_meta = load_weights(checkpoints / "last.safetensors")
+    assert best_meta["epoch"] == best["epoch"] and last_meta["epoch"] == stop_epoch
+    assert any(not torch.equal(best_state[k], last_state[k]) for k in best_state)

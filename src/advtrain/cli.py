@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from advtrain.errors import TrainingStopped, UserError
 
@@ -67,7 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --model: normalise inputs with the dataset's mean/std inside the model")
     p.add_argument("--data", help="dataset name (digits, cifar10, cifar100, svhn, npz, synthetic)")
     p.add_argument("--data-root", help="dataset folder or file")
-    p.add_argument("--attacks", help="comma-separated: clean,fgsm,pgd,cw,aa,apgd (default: the run's, or clean,pgd)")
+    p.add_argument("--attacks", help="comma-separated robustness attacks clean,fgsm,pgd,cw,aa,apgd and/or inequality "
+                   "evaluations gini,inductive_noise,random_noise,inductive_occlusion,corruptions "
+                   "(default: the run's, or clean,pgd)")
+    p.add_argument("--compare", nargs="+", type=Path, metavar="RUN_DIR",
+                   help="evaluate several run directories side by side (noise and occlusion on the images all "
+                   "of them classify correctly); needs --out FILE.json; unset --eps/--steps/... follow the "
+                   "first run's config")
     p.add_argument("--eps", type=_eps_list, help="comma-separated ε list, fractions allowed: 8/255,16/255")
     p.add_argument("--norm", choices=["linf", "l2"], help="threat model norm (default: the run's, or linf)")
     p.add_argument("--steps", type=int, help="PGD/CW steps (default 20)")
@@ -79,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, help="eval JSON path (default: RUN_DIR/eval.json; none for --weights)")
+    p.add_argument("--out", type=Path, help="eval JSON path (default: RUN_DIR/eval.json; none for --weights; "
+                   "required with --compare); figures go to RUN_DIR/figures or to OUT_STEM-figures next to it")
 
     p = sub.add_parser("quickstart", parents=[debug],
                        help="train standard and PGD-AT CNNs on digits and compare them (2–3 min)")
@@ -110,43 +117,97 @@ def _train(args: argparse.Namespace) -> None:
     print(f"done: {out}/report.md, {out}/eval.json")
 
 
-def _eval(args: argparse.Namespace) -> None:
-    from advtrain.config import EvalConfig
-    from advtrain.eval import evaluate_loaded, load_for_eval
-    from advtrain.fileio import atomic_write_text
-    from advtrain.report import write_run_report
-    from advtrain.report.tables import eval_rows, text_table
-    from advtrain.rundir import read_config
-
-    loaded, data = load_for_eval(
-        run_dir=args.run_dir, weights=args.weights, model_name=args.model, data_name=args.data,
-        data_root=args.data_root, checkpoint=args.checkpoint, normalize=args.normalize,
-    )
-    # Unset options fall back to the run's own eval/threat settings, then to the defaults.
-    run = read_config(args.run_dir) if args.run_dir is not None else {}
-    defaults = EvalConfig()
-    run_eval, threat = run.get("eval") or {}, run.get("threat") or {}
-    attacks = args.attacks.split(",") if args.attacks else run_eval.get("attacks", defaults.attacks)
-    eps = args.eps or run_eval.get("eps") or [threat.get("eps", 8 / 255)]
+def _eval_out(args: argparse.Namespace) -> Path | None:
+    """The eval JSON path, after the checks on the flags that choose what to evaluate (before any work)."""
+    if args.compare is not None:
+        given = [flag for flag, value in (("RUN_DIR", args.run_dir), ("--weights", args.weights),
+                                          ("--model", args.model)) if value is not None]
+        if given:
+            raise UserError(f"--compare takes every run directory to evaluate: drop {', '.join(given)} "
+                            "(list all runs after --compare)")
+        if args.out is None:
+            raise UserError("--compare writes one JSON for the whole group: pass --out FILE.json")
     out = args.out or (args.run_dir / "eval.json" if args.run_dir is not None else None)
     if out is not None and (out.is_dir() or not out.name):
         # Checked before the attacks run: a long evaluation must not be lost to an unwritable --out.
         raise UserError(f"--out {str(out) or repr('')} is a folder: give a file name such as eval.json")
-    steps = args.steps if args.steps is not None else run_eval.get("steps", defaults.steps)
-    restarts = args.restarts if args.restarts is not None else run_eval.get("restarts", defaults.restarts)
-    report, _ = evaluate_loaded(
-        loaded, data, attacks=[a.strip() for a in attacks if a.strip()], eps=eps,
-        norm=args.norm or threat.get("norm", "linf"), steps=steps, restarts=restarts, step_size=args.step_size,
-        n=args.n, batch_size=args.batch_size, device=args.device, precision=args.precision, seed=args.seed,
-        checkpoint=args.checkpoint if args.run_dir is not None else None,
-        on_result=lambda r: print(r.summary(), file=sys.stderr),
+    return out
+
+
+def _eval_settings(args: argparse.Namespace, names: tuple[list[str], list[str]] | None) -> dict[str, Any]:
+    """Keyword arguments for evaluate_loaded / compare_runs. Unset options fall back to the (first) run's own
+    eval/threat settings, then to the defaults."""
+    from advtrain.config import EvalConfig
+    from advtrain.eval import split_attack_names
+    from advtrain.rundir import read_config
+
+    run_dir = args.compare[0] if args.compare else args.run_dir
+    run = read_config(run_dir) if run_dir is not None else {}
+    defaults = EvalConfig()
+    run_eval, threat = run.get("eval") or {}, run.get("threat") or {}
+    attacks, inequality = names or split_attack_names(run_eval.get("attacks", defaults.attacks))
+    return {
+        "attacks": attacks, "inequality": inequality,
+        "eps": args.eps or run_eval.get("eps") or [threat.get("eps", 8 / 255)],
+        "norm": args.norm or threat.get("norm", "linf"),
+        "steps": args.steps if args.steps is not None else run_eval.get("steps", defaults.steps),
+        "restarts": args.restarts if args.restarts is not None else run_eval.get("restarts", defaults.restarts),
+        "step_size": args.step_size, "n": args.n, "batch_size": args.batch_size, "device": args.device,
+        "precision": args.precision, "seed": args.seed,
+    }
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from advtrain.eval import (
+        compare_runs,
+        evaluate_loaded,
+        inequality_figures,
+        inequality_text,
+        load_for_eval,
+        load_group,
+        split_attack_names,
     )
-    print(text_table(["attack", "eps", "accuracy %"], eval_rows(report)))
+    from advtrain.fileio import atomic_write_text
+    from advtrain.report import write_run_report
+    from advtrain.report.tables import comparison_text, eval_rows, text_table
+
+    out = _eval_out(args)
+    # Names given on the command line are checked before any model is loaded.
+    names = split_attack_names(args.attacks.split(",")) if args.attacks else None
+    load = {"data_name": args.data, "data_root": args.data_root, "checkpoint": args.checkpoint,
+            "normalize": args.normalize}
+    if args.compare is not None:
+        models, data = load_group(args.compare, **load)
+    else:
+        loaded, data = load_for_eval(run_dir=args.run_dir, weights=args.weights, model_name=args.model, **load)
+        # Labels the inequality results: the run directory's name, or the weights file's.
+        models = {args.run_dir.resolve().name if args.run_dir is not None else args.weights.stem: loaded}
+    settings = _eval_settings(args, names)
+    checkpoint = None if args.weights is not None else args.checkpoint
+    if args.compare is not None:
+        report = compare_runs(models, data, **settings, checkpoint=checkpoint,
+                              on_result=lambda label, r: print(f"{label}:{r.summary()}", file=sys.stderr))
+        if settings["attacks"]:
+            print(comparison_text(report["models"]))
+    else:
+        (label,) = models
+        report, _ = evaluate_loaded(loaded, data, **settings, checkpoint=checkpoint, label=label,
+                                    on_result=lambda r: print(r.summary(), file=sys.stderr))
+        if settings["attacks"]:
+            print(text_table(["attack", "eps", "accuracy %"], eval_rows(report)))
+    if "inequality" in report:
+        print(inequality_text(report["inequality"]))
     if out is not None:
         atomic_write_text(out, json.dumps(report, indent=2) + "\n")
         print(f"wrote {out}")
-        if args.run_dir is not None and out == args.run_dir / "eval.json":
-            write_run_report(args.run_dir)
+    figures = args.run_dir / "figures" if args.run_dir is not None else (
+        out.with_name(f"{out.stem}-figures") if out is not None else None)
+    if figures is not None and "inequality" in report:
+        for path in inequality_figures(models, data, report["inequality"], figures, n=args.n, device=args.device,
+                                       batch_size=args.batch_size):
+            print(f"wrote {path}")
+    if args.run_dir is not None and out == args.run_dir / "eval.json":
+        write_run_report(args.run_dir)
 
 
 def _quickstart(args: argparse.Namespace) -> None:

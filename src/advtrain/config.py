@@ -320,6 +320,16 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+def _get_path(raw: dict[str, Any], keys: list[str]) -> Any:
+    """The value at `keys` in nested mappings, or None where the path does not exist."""
+    node: Any = raw
+    for key in keys:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node
+
+
 def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = raw
@@ -334,7 +344,7 @@ def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `key.path=value` strings (values parsed as YAML) to a raw config mapping, in order.
 
-    Setting `method.name` to another method drops the options of the method it replaces.
+    Setting `method.name` (or `method.base.name`) to another method drops the options of the method it replaces.
     """
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -345,14 +355,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         except yaml.YAMLError:
             value = text
         key = key.strip()
-        method = raw.get("method")
-        # Only a string can name a method (anything else is refused when the config is built), and comparing
-        # two YAML values can recurse forever when an anchor makes one contain itself (`[&a [*a]]`).
-        renaming = key == "method.name" and isinstance(method, dict) and isinstance(value, str)
-        if renaming and method.get("name", value) != value:
-            # Switching method starts the new one from its own defaults: the file's options belong
-            # to the method it named (e.g. `--set method.name=standard` on a pgd_at config).
-            raw["method"] = {}
+        parts = key.split(".")
+        if parts[0] == "method" and parts[-1] == "name" and isinstance(value, str):
+            # Switching a method (`method.name`, or the method AWP wraps, `method.base.name`) starts the new
+            # one from its own defaults: the file's options belong to the method it named (e.g. `--set
+            # method.name=standard` on a pgd_at config). Only a string can name a method, and comparing two
+            # YAML values can recurse forever when an anchor makes one contain itself (`[&a [*a]]`).
+            parent = _get_path(raw, parts[:-1])
+            if isinstance(parent, dict) and parent.get("name", value) != value:
+                _set_path(raw, ".".join(parts[:-1]), {})  # a new mapping: a YAML alias of the old one keeps it
         _set_path(raw, key, value)
     return raw
 

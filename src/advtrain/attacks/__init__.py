@@ -1,7 +1,7 @@
 """Attacks: one obvious call each. They never change the model's mode or parameter gradients."""
 
 from advtrain.attacks.bn_policy import BN_MODES, BNMode, bn_policy
-from advtrain.attacks.losses import ATTACK_LOSSES, AttackLoss, attack_loss, cw_margin
+from advtrain.attacks.losses import ATTACK_LOSSES, AttackLoss, at_least_fp32, attack_loss, cw_margin
 from advtrain.attacks.pgd import (
     Keep,
     ascent_step,
@@ -26,6 +26,7 @@ __all__ = [
     "SingleStep",
     "ThreatModel",
     "ascent_step",
+    "at_least_fp32",
     "attack_loss",
     "bn_policy",
     "cw_margin",

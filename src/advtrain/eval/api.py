@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +15,20 @@ from advtrain.bounds import Bound, Ge, Gt, Le, Lt
 from advtrain.data import Dataset, load_dataset, to_float
 from advtrain.errors import UserError
 from advtrain.eval.checkpoints import LoadedModel, checkpoint_path, load_checkpoint_model
-from advtrain.eval.robustness import AttackResult, attack_specs, check_attack_names, evaluate
+from advtrain.eval.inequality import INEQUALITY_EVALS, evaluate_inequality, write_inequality_figures
+from advtrain.eval.robustness import ATTACK_ALIASES, AttackResult, attack_specs, check_attack_names, evaluate
 from advtrain.models.spec import ModelSpec
 from advtrain.rundir import read_config
 from advtrain.runtime import SEED_LIMIT, autocast_dtype, resolve_device
 
+_FIT_FIX = "pass the dataset it was trained on with --data"
 
-def check_fits(loaded: LoadedModel, data: Dataset) -> None:
+
+def check_fits(loaded: LoadedModel, data: Dataset, fix: str = _FIT_FIX) -> None:
     """Refuse a dataset whose image shape or class count differs from the model's, with a one-line UserError.
 
     A wrong shape would fail deep inside a convolution, and a wrong class count would either index past the
-    logits or silently score a model on classes it never learnt.
+    logits or silently score a model on classes it never learnt. `fix` ends the message.
     """
     spec = loaded.spec
     c, h, w = data.shape
@@ -32,12 +36,12 @@ def check_fits(loaded: LoadedModel, data: Dataset) -> None:
     if (c, h, w) != expected:
         raise UserError(
             f"{data.name} images are {c}×{h}×{w} but the model {spec.name} from {loaded.source} expects "
-            f"{'×'.join(map(str, expected))}: pass the dataset it was trained on with --data"
+            f"{'×'.join(map(str, expected))}: {fix}"
         )
     if data.num_classes != spec.num_classes:
         raise UserError(
             f"{data.name} has {data.num_classes} classes but the model {spec.name} from {loaded.source} predicts "
-            f"{spec.num_classes}: pass the dataset it was trained on with --data"
+            f"{spec.num_classes}: {fix}"
         )
 
 
@@ -50,10 +54,13 @@ def load_for_eval(
     data_root: str | None,
     checkpoint: str = "best",
     normalize: str = "none",
+    data: Dataset | None = None,
 ) -> tuple[LoadedModel, Dataset]:
     """The model and dataset to evaluate: from a run directory, or from --model/--weights/--data.
 
     Both are checked to fit each other (image shape, class count) before anything is evaluated or written.
+    `data` (run directories only) is an already-loaded dataset to evaluate on instead of the run's own: the
+    dataset of a `--compare` group, which every run in it must fit.
     """
     if normalize != "none" and model_name is None:
         # A checkpoint's sidecar already records its normalisation; silently ignoring the flag would
@@ -69,6 +76,9 @@ def load_for_eval(
         # The run's source options (e.g. synthetic `shape`) belong to the run's dataset, not to another --data.
         options = data_cfg.get("options") if data_name in (None, run_data) else None
         loaded = load_checkpoint_model(checkpoint_path(run_dir, checkpoint))
+        if data is not None:
+            check_fits(loaded, data, "compare runs that fit one dataset (or pass --data NAME that all of them fit)")
+            return loaded, data
         data = load_dataset(
             data_name or run_data,
             data_root if data_root is not None else data_cfg.get("root"),
@@ -76,6 +86,8 @@ def load_for_eval(
         )
         check_fits(loaded, data)
         return loaded, data
+    if data is not None:
+        raise ValueError("load_for_eval: a pre-loaded dataset only goes with a run directory")
     if weights is None:
         raise UserError("nothing to evaluate: pass a RUN_DIR or --weights FILE (with --model NAME for .pt files)")
     if data_name is None:
@@ -91,6 +103,56 @@ def load_for_eval(
     data = load_dataset(data_name, data_root, **options)
     check_fits(loaded, data)
     return loaded, data
+
+
+def split_attack_names(names: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(robustness attacks, inequality evaluations) from one `--attacks` list, blanks dropped.
+
+    One-line UserError, suggesting the closest valid name, for an unknown name or an empty list. An
+    inequality evaluation named twice runs once (its results are keyed by name).
+    """
+    names = [str(name).strip() for name in names if str(name).strip()]
+    valid = [*ATTACK_ALIASES, *INEQUALITY_EVALS]
+    for name in names:
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UserError(f"unknown attack {name!r}: {hint}choose from {', '.join(valid)}")
+    if not names:
+        raise UserError("no attack to run: pass e.g. --attacks clean,pgd (or gini,inductive_noise)")
+    return [n for n in names if n in ATTACK_ALIASES], list(dict.fromkeys(n for n in names if n in INEQUALITY_EVALS))
+
+
+def check_eval_args(
+    *,
+    eps: Sequence[float],
+    n: int | None,
+    steps: int,
+    restarts: int,
+    step_size: float | None,
+    batch_size: int,
+    seed: int,
+) -> None:
+    """One-line UserError, naming the `advtrain eval` flag, for the first out-of-range setting."""
+    if not all(math.isfinite(e) for e in eps) or (step_size is not None and not math.isfinite(step_size)):
+        raise UserError(f"--eps and --step-size must be finite numbers, got eps {list(eps)}, step size {step_size}")
+    checks: list[tuple[Any, tuple[Bound, ...], str]] = [
+        (n, (Ge(1), Lt(2**63)), "--n"),
+        (steps, (Ge(1),), "--steps"),
+        (restarts, (Ge(1),), "--restarts"),
+        (batch_size, (Ge(1), Lt(2**63)), "--batch-size"),  # torch splits take 64-bit sizes
+        (step_size, (Gt(0), Le(MAX_DISTANCE)), "--step-size"),
+        (seed, (Ge(0), Lt(SEED_LIMIT)), "--seed"),
+        *((e, (Ge(0), Le(MAX_DISTANCE)), "--eps") for e in eps),
+    ]
+    for value, bounds, flag in checks:
+        for bound in bounds:
+            bound.check(value, flag)
+
+
+def eval_images(data: Dataset, n: int | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `n` test images (floats in [0, 1]) and labels, on `device`."""
+    return to_float(data.x_test[:n], data.pixel_max).to(device), data.y_test[:n].to(device)
 
 
 def evaluate_loaded(
@@ -110,40 +172,35 @@ def evaluate_loaded(
     seed: int = 0,
     checkpoint: str | None = None,
     on_result: Callable[[AttackResult], None] | None = None,
+    inequality: Sequence[str] = (),
+    label: str | None = None,
 ) -> tuple[dict[str, Any], list[AttackResult]]:
     """Run the attacks on the first `n` test images; return the eval JSON and per-example results.
 
-    Every argument is checked before the first attack runs, so a bad one fails with nothing printed or
-    written. The messages name the `advtrain eval` flags: a run's config was checked when it was loaded.
+    `inequality` evaluations (see `INEQUALITY_EVALS`) run on the same images, fp32, and their results go
+    under the JSON's "inequality" key, keyed by `label` (default: the model's name); either list may be
+    empty, not both. Every argument is checked before the first attack runs, so a bad one fails with
+    nothing printed or written. The messages name the `advtrain eval` flags: a run's config was checked
+    when it was loaded.
     """
     check_attack_names(attacks)
-    if not attacks:
+    unknown = [e for e in inequality if e not in INEQUALITY_EVALS]
+    if unknown:
+        raise UserError(f"unknown inequality evaluation {unknown[0]!r}: choose from {', '.join(INEQUALITY_EVALS)}")
+    if not attacks and not inequality:
         raise UserError("no attack to run: pass e.g. --attacks clean,pgd")
-    if not all(math.isfinite(e) for e in eps) or (step_size is not None and not math.isfinite(step_size)):
-        raise UserError(f"--eps and --step-size must be finite numbers, got eps {list(eps)}, step size {step_size}")
-    checks: list[tuple[Any, tuple[Bound, ...], str]] = [
-        (n, (Ge(1), Lt(2**63)), "--n"),
-        (steps, (Ge(1),), "--steps"),
-        (restarts, (Ge(1),), "--restarts"),
-        (batch_size, (Ge(1), Lt(2**63)), "--batch-size"),  # torch splits take 64-bit sizes
-        (step_size, (Gt(0), Le(MAX_DISTANCE)), "--step-size"),
-        (seed, (Ge(0), Lt(SEED_LIMIT)), "--seed"),
-        *((e, (Ge(0), Le(MAX_DISTANCE)), "--eps") for e in eps),
-    ]
-    for value, bounds, flag in checks:
-        for bound in bounds:
-            bound.check(value, flag)
+    check_eval_args(eps=eps, n=n, steps=steps, restarts=restarts, step_size=step_size, batch_size=batch_size,
+                    seed=seed)
     check_fits(loaded, data)
     dev = resolve_device(device)
     model = loaded.model.to(dev)
-    x = to_float(data.x_test[:n], data.pixel_max).to(dev)
-    y = data.y_test[:n].to(dev)
+    x, y = eval_images(data, n, dev)
     amp = autocast_dtype(precision, dev)
     specs = attack_specs(attacks, eps, norm=norm, steps=steps, restarts=restarts, step_size=step_size)
     results = evaluate(
         model, x, y, specs, batch_size=batch_size, seed=seed, autocast_dtype=amp,
         on_result=on_result,
-    )
+    ) if specs else []
     report = {
         "model": loaded.spec.name,
         "data": data.name,
@@ -157,4 +214,146 @@ def evaluate_loaded(
         "torch_version": torch.__version__,
         "results": [r.as_dict() for r in results],
     }
+    if inequality:
+        models = {label or loaded.spec.name: model}
+        report["inequality"] = evaluate_inequality(models, x, y, evals=inequality, seed=seed, batch_size=batch_size)
     return report, results
+
+
+def run_labels(run_dirs: Sequence[Path]) -> list[str]:
+    """One label per run: its directory name, prefixed with the parent folder's name where two names collide
+    (the whole path where even that collides). A run listed twice is a one-line UserError."""
+    resolved = [Path(r).resolve() for r in run_dirs]
+    for i, path in enumerate(resolved):
+        if path in resolved[:i]:
+            raise UserError(f"--compare lists {run_dirs[i]} twice: give each run directory once")
+    names = [p.name for p in resolved]
+    labels = [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in resolved]
+    return [str(p) if labels.count(label) > 1 else label for p, label in zip(resolved, labels, strict=True)]
+
+
+def _trained_on(run_dir: Path) -> tuple[Any, Any]:
+    data_cfg = read_config(run_dir).get("data")
+    data_cfg = data_cfg if isinstance(data_cfg, dict) else {}
+    return data_cfg.get("name", "digits"), data_cfg.get("options") or None
+
+
+def load_group(
+    run_dirs: Sequence[Path],
+    *,
+    data_name: str | None,
+    data_root: str | None,
+    checkpoint: str = "best",
+    normalize: str = "none",
+) -> tuple[dict[str, LoadedModel], Dataset]:
+    """The runs of a `--compare` group, by label (see `run_labels`), and the one dataset they are evaluated on.
+
+    That is the first run's dataset, unless `data_name` is given; without it every run must have been trained
+    on the same dataset (name and options). Every model must fit it. One-line UserError naming the run
+    otherwise, raised before any image is evaluated.
+    """
+    if not run_dirs:
+        raise UserError("--compare needs at least one RUN_DIR")
+    labels = run_labels(run_dirs)
+    if data_name is None:
+        first = _trained_on(run_dirs[0])
+        for run in run_dirs[1:]:
+            if (trained := _trained_on(run)) != first:
+                raise UserError(
+                    f"--compare: {run} was trained on {_describe(*trained)} but {run_dirs[0]} on "
+                    f"{_describe(*first)}: compare runs trained on one dataset, or pass --data NAME to "
+                    "evaluate all of them on it"
+                )
+    models: dict[str, LoadedModel] = {}
+    data: Dataset | None = None
+    for label, run in zip(labels, run_dirs, strict=True):
+        models[label], data = load_for_eval(
+            run_dir=run, weights=None, model_name=None, data_name=data_name, data_root=data_root,
+            checkpoint=checkpoint, normalize=normalize, data=data,
+        )
+    assert data is not None
+    return models, data
+
+
+def _describe(name: Any, options: Any) -> str:
+    return f"{name} {options}" if options else str(name)
+
+
+def compare_runs(
+    models: Mapping[str, LoadedModel],
+    data: Dataset,
+    *,
+    attacks: Sequence[str],
+    inequality: Sequence[str],
+    eps: Sequence[float],
+    norm: Norm = "linf",
+    steps: int = 20,
+    restarts: int = 1,
+    step_size: float | None = None,
+    n: int | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    precision: str = "fp32",
+    seed: int = 0,
+    checkpoint: str | None = None,
+    on_result: Callable[[str, AttackResult], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a group of models on the same first `n` test images; return the comparison JSON.
+
+    The robustness attacks run for every model (`evaluate_loaded`); the inequality evaluations run once on
+    the whole group, so the noise and occlusion error rates are over the images every model classifies
+    correctly. Layout: {"models": {label: {"model", "source", "checkpoint", "epoch", "results"}},
+    "inequality": {...} (when any ran), "n", "data", "seed", ...}. `on_result(label, result)` reports each
+    attack as it finishes.
+    """
+    check_attack_names(attacks)
+    if not attacks and not inequality:
+        raise UserError("no attack to run: pass e.g. --attacks clean,pgd")
+    check_eval_args(eps=eps, n=n, steps=steps, restarts=restarts, step_size=step_size, batch_size=batch_size,
+                    seed=seed)
+    for loaded in models.values():
+        check_fits(loaded, data)
+    dev = resolve_device(device)
+    entries: dict[str, dict[str, Any]] = {}
+    for label, loaded in models.items():
+        results: list[dict[str, Any]] = []
+        if attacks:
+            report, _ = evaluate_loaded(
+                loaded, data, attacks=attacks, eps=eps, norm=norm, steps=steps, restarts=restarts,
+                step_size=step_size, n=n, batch_size=batch_size, device=device, precision=precision, seed=seed,
+                checkpoint=checkpoint,
+                on_result=None if on_result is None else lambda r, label=label: on_result(label, r),
+            )
+            results = report["results"]
+        entries[label] = {
+            "model": loaded.spec.name, "source": str(loaded.source), "checkpoint": checkpoint,
+            "epoch": loaded.metadata.get("epoch"), "results": results,
+        }
+    x, y = eval_images(data, n, dev)
+    out: dict[str, Any] = {"models": entries}
+    if inequality:
+        modules = {label: loaded.model.to(dev) for label, loaded in models.items()}
+        out["inequality"] = evaluate_inequality(modules, x, y, evals=inequality, seed=seed, batch_size=batch_size)
+    amp = autocast_dtype(precision, dev)
+    return out | {
+        "n": len(y), "data": data.name, "seed": seed, "precision": "bf16" if amp is not None else "fp32",
+        "device": str(dev), "torch_version": torch.__version__,
+    }
+
+
+def inequality_figures(
+    models: Mapping[str, LoadedModel],
+    data: Dataset,
+    result: Mapping[str, Any],
+    folder: Path,
+    *,
+    n: int | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+) -> list[Path]:
+    """Write the PNGs of an "inequality" result (see `write_inequality_figures`) into `folder`; their paths."""
+    dev = resolve_device(device)
+    x, y = eval_images(data, n, dev)
+    modules = {label: loaded.model.to(dev) for label, loaded in models.items()}
+    return write_inequality_figures(modules, x, y, result, folder, batch_size=batch_size,
+                                    class_names=data.class_names)

@@ -1,7 +1,18 @@
 """Training methods: the interface (base.py) and one file per method containing only its math."""
 
 # Importing the method modules registers them.
-from advtrain.methods import awp, fgsm, fgsm_rs, grad_align, mart, n_fgsm, pgd_at, standard, trades  # noqa: F401
+from advtrain.methods import (  # noqa: F401
+    awp,
+    fgsm,
+    fgsm_rs,
+    grad_align,
+    igd,
+    mart,
+    n_fgsm,
+    pgd_at,
+    standard,
+    trades,
+)
 from advtrain.methods.base import (
     AdversarialMethod,
     Batch,

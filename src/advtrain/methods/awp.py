@@ -3,7 +3,7 @@
 Per step (METHODS.md §2 `awp` row, procedure of §4.3 with the wrapped method's own loss as the ascent
 objective; authors' code: csdongxian/AWP, `utils_awp.py` AdvWeightPerturb / TradesAWP):
 
-1. x' = base.perturb(...) at the unperturbed weights θ.
+1. x' = base.perturb(...) at the unperturbed weights θ (with the attack's diagnostics, e.g. `zero_grad`).
 2. g = ∇_W base.objective(θ, x, x', y).loss for the multi-dimensional `weight` tensors only (conv kernels,
    linear weights; never BN weights nor any bias — the code's `len(w.size()) > 1 and 'weight' in name`).
    This extra pass runs with BN in `train_frozen` mode: batch statistics, running statistics untouched. The
@@ -117,7 +117,7 @@ class AWP(Method):
     def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         if ctx.epoch < self.warmup_epochs or self.gamma == 0:
             return self.base.loss(model, batch, ctx)
-        x_adv = self.base.perturb(model, batch, ctx)
+        x_adv, attack_metrics = self.base.perturb_with_metrics(model, batch, ctx)
         v = self.weight_perturbation(model, batch, x_adv)
         params = dict(model.named_parameters())
         with torch.no_grad():
@@ -130,7 +130,7 @@ class AWP(Method):
                 for name, direction in v.items():
                     params[name].sub_(direction, alpha=self.gamma)
 
-        return StepOutput(out.loss, out.metrics, _chain(out.after_step, restore))
+        return StepOutput(out.loss, attack_metrics | out.metrics, _chain(out.after_step, restore))
 
     # Everything else is the wrapped method's.
     def extra_modules(self) -> dict[str, nn.Module]:

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks import ThreatModel
+from advtrain.attacks import ThreatModel, at_least_fp32
 
 
 @dataclass
@@ -159,7 +159,7 @@ class AdversarialMethod(Method):
 
     def objective(self, model: nn.Module, batch: Batch, x_adv: Tensor) -> StepOutput:
         logits = model(x_adv)
-        loss = F.cross_entropy(logits.float(), batch.y)
+        loss = F.cross_entropy(at_least_fp32(logits), batch.y)
         return StepOutput(loss, {"acc": accuracy(logits, batch.y)})
 
     def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:

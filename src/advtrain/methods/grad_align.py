@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from advtrain.attacks import (
     BNMode,
     ThreatModel,
+    at_least_fp32,
     attack_loss,
     bn_policy,
     input_gradient,
@@ -98,7 +99,7 @@ class GradAlign(Method):
             g1, _ = input_gradient(model, x, y)  # detached, fp32 loss from the logits
         x_adv = (x + eps * g1.sign()).clamp(0, 1)
         logits = model(x_adv)
-        ce = F.cross_entropy(logits.float(), y)
+        ce = F.cross_entropy(at_least_fp32(logits), y)
 
         metrics: dict[str, Tensor] = {"acc": accuracy(logits, y), "zero_grad": zero_gradient_fraction(g1)}
         if self.lam == 0:  # plain FGSM training: skip the double-backprop pass (the released code does too)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks import MAX_DISTANCE, BNMode, bn_policy, pgd
+from advtrain.attacks import MAX_DISTANCE, BNMode, at_least_fp32, bn_policy, pgd
 from advtrain.bounds import Ge, Gt, Le
 from advtrain.methods.base import AdversarialMethod, Batch, MethodConfig, StepContext, StepOutput, accuracy
 from advtrain.methods.registry import register_method
@@ -70,12 +70,12 @@ class MART(AdversarialMethod):
         y = batch.y
         logits = model(batch.x)
         adv_logits = model(x_adv)
-        adv_probs = F.softmax(adv_logits.float(), dim=1)
-        nat_probs = F.softmax(logits.float(), dim=1)
+        adv_probs = F.softmax(at_least_fp32(adv_logits), dim=1)
+        nat_probs = F.softmax(at_least_fp32(logits), dim=1)
         # max_{k≠y} p_k(x'): the code's new_y (top class unless it is y, then the runner-up) picks the same value.
         others = adv_probs.masked_fill(F.one_hot(y, adv_probs.shape[1]).bool(), -1.0)
         top_other = others.amax(dim=1)
-        boosted_ce = F.cross_entropy(adv_logits.float(), y) - torch.log(1.0001 - top_other + 1e-12).mean()
+        boosted_ce = F.cross_entropy(at_least_fp32(adv_logits), y) - torch.log(1.0001 - top_other + 1e-12).mean()
         # kl_div computes p·(log p − input) with 0·log 0 = 0, as the code's nn.KLDivLoss(reduction='none').
         kl = F.kl_div(torch.log(adv_probs + 1e-12), nat_probs, reduction="none").sum(dim=1)
         true_probs = nat_probs.gather(1, y[:, None]).squeeze(1)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import nn
 
+from advtrain.attacks import at_least_fp32
 from advtrain.methods.base import Batch, Method, MethodConfig, StepContext, StepOutput, accuracy
 from advtrain.methods.registry import register_method
 
@@ -25,5 +26,5 @@ class Standard(Method):
 
     def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         logits = model(batch.x)
-        loss = F.cross_entropy(logits.float(), batch.y)
+        loss = F.cross_entropy(at_least_fp32(logits), batch.y)
         return StepOutput(loss, {"acc": accuracy(logits, batch.y)})

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks import MAX_DISTANCE, BNMode, bn_policy, pgd
+from advtrain.attacks import MAX_DISTANCE, BNMode, at_least_fp32, bn_policy, pgd
 from advtrain.bounds import Ge, Gt, Le
 from advtrain.methods.base import AdversarialMethod, Batch, MethodConfig, StepContext, StepOutput, accuracy
 from advtrain.methods.registry import register_method
@@ -38,7 +38,7 @@ class TRADESConfig(MethodConfig):
 
 def kl_batchmean(clean_logits: Tensor, adv_logits: Tensor) -> Tensor:
     """(1/B) Σᵢ Σₖ p_k(xᵢ)·(log p_k(xᵢ) − log p_k(x'ᵢ)), in fp32; gradients flow through both arguments."""
-    return F.kl_div(F.log_softmax(adv_logits.float(), dim=1), F.softmax(clean_logits.float(), dim=1),
+    return F.kl_div(F.log_softmax(at_least_fp32(adv_logits), dim=1), F.softmax(at_least_fp32(clean_logits), dim=1),
                     reduction="batchmean")
 
 
@@ -68,7 +68,7 @@ class TRADES(AdversarialMethod):
         # Two separate forwards (as in the code), so each pass normalises with its own batch statistics.
         logits = model(batch.x)
         adv_logits = model(x_adv)
-        natural = F.cross_entropy(logits.float(), batch.y)
+        natural = F.cross_entropy(at_least_fp32(logits), batch.y)
         robust = kl_batchmean(logits, adv_logits)
         loss = natural + self.config.beta * robust
         metrics = {

@@ -488,7 +488,10 @@ def _train(
                 append_jsonl(run_dir / "metrics.jsonl", row)
                 save_weights(checkpoints / "last.safetensors", model.state_dict(), checkpoint_meta)
                 # Without a validation split there is nothing to select on: best is then the last epoch.
-                if value is None or value > progress.best_value:
+                # An epoch the CO monitor stopped is never best unless it is the only one (METHODS §7.7: keep
+                # the best state from before the collapse); the evaluation then reads that best checkpoint.
+                candidate = not progress.stopped or progress.best_epoch == 0
+                if candidate and (value is None or value > progress.best_value):
                     progress.best_value = value if value is not None else -math.inf
                     progress.best_epoch = epoch + 1
                     save_weights(checkpoints / "best.safetensors", model.state_dict(), checkpoint_meta)
@@ -501,8 +504,8 @@ def _train(
             )
             if progress.stopped:
                 log(f"catastrophic overfitting flagged in epoch {epoch + 1} (CO monitor: PGD "
-                    f"{_pct(row['co_pgd_acc'])}, FGSM {_pct(row['co_fgsm_acc'])}): training stops; the best "
-                    f"checkpoint is epoch {progress.best_epoch}")
+                    f"{_pct(row['co_pgd_acc'])}, FGSM {_pct(row['co_fgsm_acc'])}): training stops; the run keeps "
+                    f"the best checkpoint from before it, epoch {progress.best_epoch}")
             if stop.signum is not None:
                 raise stop_for_signal(stop.signum)
     if not row:  # resumed a run whose training had already finished

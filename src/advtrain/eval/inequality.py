@@ -1,0 +1,202 @@
+"""The IGD evaluations on one model or a group compared on the same images (METHODS.md §7.2–7.4).
+
+- `gini`: global and regional Gini (both conventions) of the saliency |∇ₓ z_y|, averaged over all
+  evaluated test images and over each model's correctly classified ones (both reported).
+- `inductive_noise`, `random_noise`, `inductive_occlusion`: error rates over the images that *every*
+  compared model classifies correctly when clean (§7.3), so the models are judged on the same images.
+- `corruptions`: error on the noise family of CIFAR-10-C / ImageNet-C generated from the seed, over all
+  evaluated test images (the usual corruption-error protocol, not the commonly-correct set).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advtrain.attacks import bn_policy
+from advtrain.eval.corruptions import CORRUPTIONS, SEVERITIES, Constants, corruption_error
+from advtrain.eval.inductive import (
+    INDUCTIVE_RHOS,
+    NOISE_MODES,
+    OCCLUSION_COLORS,
+    RANDOM_RHOS,
+    commonly_correct,
+    inductive_noise_sweep,
+    inductive_occlusion,
+    random_noise_sweep,
+)
+from advtrain.eval.saliency import IGD_BLOCK, gini_report, global_gini, mean_over, saliency
+
+INEQUALITY_EVALS = ("gini", "inductive_noise", "random_noise", "inductive_occlusion", "corruptions")
+COLOR_NAMES = {0.5: "grey", 1.0: "white"}
+SALIENCY_FIGURE_IMAGES = 6  # rows of saliency.png: the first images of the commonly correct set
+FIGURE_NOISE_MODE = "add"
+
+
+def regional_blocks(size: int) -> dict[str, int]:
+    """Block sides for regional Gini: the paper's for CIFAR-sized inputs and up; halved grids below 32 px
+    (8×8 digits use 4×4 IGD blocks, since a 16×16 window does not fit)."""
+    return {} if size >= 2 * IGD_BLOCK else {"igd": max(1, size // 2)}
+
+
+def evaluate_inequality(
+    models: Mapping[str, nn.Module],
+    x: Tensor,
+    y: Tensor,
+    *,
+    evals: Sequence[str],
+    seed: int = 0,
+    batch_size: int = 256,
+    noise_modes: Sequence[str] = NOISE_MODES,
+    occlusion_n: int = 10,
+    occlusion_r: int = 20,
+    corruption_constants: Constants = "cifar10",
+) -> dict[str, Any]:
+    """Run the requested `evals` on every model; the JSON-ready results keyed by eval, then model label."""
+    unknown = [e for e in evals if e not in INEQUALITY_EVALS]
+    if unknown:
+        raise ValueError(f"unknown inequality evaluation(s) {unknown}: choose from {INEQUALITY_EVALS}")
+    common = commonly_correct(list(models.values()), x, y, batch_size).to(x.device)
+    xc, yc = x[common], y[common]
+    blocks = regional_blocks(x.shape[-1])
+    out: dict[str, Any] = {
+        "n": len(y), "n_common_correct": int(common.sum()), "seed": seed,
+        "regional_blocks": blocks, "noise_modes": list(noise_modes),
+    }
+    for name in evals:
+        per_model: dict[str, Any] = {}
+        for label, model in models.items():
+            if name == "gini":
+                report = gini_report(model, x, y, batch_size=batch_size, blocks=blocks)
+                per_model[label] = {
+                    f"{key}_{subset}": mean_over(report[key], mask)
+                    for key in ("global", "regional_duan", "regional_igd")
+                    for subset, mask in (("all", None), ("correct", report["correct"]))
+                }
+            elif name == "inductive_noise":
+                per_model[label] = {mode: _by_rho(inductive_noise_sweep(
+                    model, xc, yc, INDUCTIVE_RHOS, mode, seed=seed, batch_size=batch_size)) for mode in noise_modes}
+            elif name == "random_noise":
+                per_model[label] = {mode: _by_rho(random_noise_sweep(
+                    model, xc, yc, RANDOM_RHOS, mode, seed=seed, batch_size=batch_size)) for mode in noise_modes}
+            elif name == "inductive_occlusion":
+                broken = inductive_occlusion(model, xc, yc, OCCLUSION_COLORS, occlusion_n, occlusion_r, batch_size)
+                per_model[label] = {
+                    f"{COLOR_NAMES.get(c, 'colour')} ({c:g})": float(b.float().mean()) if len(b) else float("nan")
+                    for c, b in broken.items()
+                }
+            else:  # corruptions
+                errors = corruption_error(model, x, y, tuple(CORRUPTIONS), SEVERITIES, seed=seed,
+                                          batch_size=batch_size, constants=corruption_constants)
+                table: dict[str, dict[str, float]] = {}
+                for (corruption, severity), error in errors.items():
+                    table.setdefault(corruption, {})[str(severity)] = error
+                per_model[label] = table | {"constants": corruption_constants}
+        out[name] = per_model
+    return out
+
+
+def _by_rho(sweep: Mapping[float, float]) -> dict[str, float]:
+    """JSON keys for ρ (a float key would be written with all its binary digits)."""
+    return {f"{rho:g}": error for rho, error in sweep.items()}
+
+
+# ------------------------------------------------------------------------------------ tables and figures
+
+
+def inequality_text(result: Mapping[str, Any]) -> str:
+    """The "inequality" results of `evaluate_inequality` as fixed-width text tables, one per evaluation:
+    mean Gini per model; error rate (%) at each ρ per model and noise mode; occlusion error (%) per colour;
+    corruption error (%) averaged over the severities, per corruption."""
+    from advtrain.report.tables import fmt_acc, text_table
+
+    parts = [f"commonly correct: {result.get('n_common_correct')} of {result.get('n')} images "
+             "(inductive/random noise and occlusion error rates are over these)\n"]
+    if "gini" in result:
+        keys = list(dict.fromkeys(k for per in result["gini"].values() for k in per))
+        rows = [[label, *(per.get(k) for k in keys)] for label, per in result["gini"].items()]
+        parts.append("Gini of the saliency |∇ₓ z_y| (mean over all images / over each model's correct ones)\n"
+                     + text_table(["model", *(k.replace("_", " ") for k in keys)], rows))
+    for name in ("inductive_noise", "random_noise"):
+        if name not in result:
+            continue
+        rhos = list(dict.fromkeys(r for per in result[name].values() for sweep in per.values() for r in sweep))
+        rows = [[f"{label} ({mode})", *(fmt_acc(sweep.get(r)) for r in rhos)]
+                for label, per in result[name].items() for mode, sweep in per.items()]
+        headers = ["model (mode)", *(f"ρ={100 * float(r):g}%" for r in rhos)]
+        parts.append(f"{name.replace('_', ' ')}: error rate %\n" + text_table(headers, rows))
+    if "inductive_occlusion" in result:
+        occlusion = result["inductive_occlusion"]
+        colours = list(dict.fromkeys(c for per in occlusion.values() for c in per))
+        rows = [[label, *(fmt_acc(per.get(c)) for c in colours)] for label, per in occlusion.items()]
+        parts.append("inductive occlusion: error rate %\n" + text_table(["model", *colours], rows))
+    if "corruptions" in result:
+        tables = {label: _severity_tables(per) for label, per in result["corruptions"].items()}
+        names = list(dict.fromkeys(c for per in tables.values() for c in per))
+        rows = [[label, *(fmt_acc(_mean(per.get(c, {}).values())) for c in names)] for label, per in tables.items()]
+        parts.append("noise corruptions: error rate % (mean over severities)\n" + text_table(["model", *names], rows))
+    return "\n".join(parts)
+
+
+def write_inequality_figures(
+    models: Mapping[str, nn.Module],
+    x: Tensor,
+    y: Tensor,
+    result: Mapping[str, Any],
+    folder: Path,
+    *,
+    batch_size: int = 256,
+    class_names: Sequence[str] | None = None,
+) -> list[Path]:
+    """Write the PNGs of the evaluations in `result` (from `evaluate_inequality` on these models and images)
+    into `folder`; return their paths. saliency.png (gini): the first `SALIENCY_FIGURE_IMAGES` commonly
+    correct images with each model's saliency map and global Gini; noise.png (inductive and/or random noise,
+    'add' mode); occlusion.png; corruptions.png."""
+    from advtrain.report import inequality_figures as figures
+    from advtrain.report.figures import save_figure
+
+    folder = Path(folder)
+    written: list[Path] = []
+    if "gini" in result:
+        common = commonly_correct(list(models.values()), x, y, batch_size).to(x.device)
+        xs, ys = x[common][:SALIENCY_FIGURE_IMAGES], y[common][:SALIENCY_FIGURE_IMAGES]
+        maps: dict[str, Tensor] = {}
+        for label, model in models.items():
+            with bn_policy(model, "eval"):
+                maps[label] = saliency(model, xs, ys).cpu() if len(xs) else torch.zeros(xs.shape)
+        ginis = {label: global_gini(m).tolist() if len(m) else [] for label, m in maps.items()}
+        titles = [class_names[int(c)] for c in ys] if class_names else None
+        fig = figures.saliency_grid(xs.cpu(), maps, ginis, titles)
+        written.append(save_figure(fig, folder / "saliency.png"))
+    if "inductive_noise" in result or "random_noise" in result:
+        curves = [
+            {label: {float(rho): error for rho, error in per.get(FIGURE_NOISE_MODE, {}).items()}
+             for label, per in result.get(name, {}).items()}
+            for name in ("inductive_noise", "random_noise")
+        ]
+        written.append(save_figure(figures.noise_error_curves(*curves), folder / "noise.png"))
+    if "inductive_occlusion" in result:
+        written.append(save_figure(figures.occlusion_error_bars(result["inductive_occlusion"]),
+                                   folder / "occlusion.png"))
+    if "corruptions" in result:
+        tables = {label: _severity_tables(per) for label, per in result["corruptions"].items()}
+        written.append(save_figure(figures.corruption_error_curves(tables), folder / "corruptions.png"))
+    return written
+
+
+def _severity_tables(per_model: Mapping[str, Any]) -> dict[str, dict[int, float]]:
+    """{corruption: {severity (int): error}} from one model's JSON entry (drops the "constants" field)."""
+    return {
+        name: {int(severity): error for severity, error in by_severity.items()}
+        for name, by_severity in per_model.items() if isinstance(by_severity, Mapping)
+    }
+
+
+def _mean(values: Any) -> float:
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else math.nan

@@ -1,0 +1,144 @@
+"""`advtrain eval` with the inequality evaluations (METHODS.md §7.2–7.4): single runs, --compare, figures."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from advtrain.cli import main
+from advtrain.config import load_config
+from advtrain.data import load_dataset, to_float
+from advtrain.eval.api import run_labels
+from advtrain.eval.checkpoints import load_checkpoint_model
+from advtrain.eval.saliency import gini_report, mean_over
+from advtrain.train import train
+
+COMMON = ["train.batch_size=64", "train.val_steps=2", "monitor.enabled=false", "train.progress=quiet",
+          "threat.eps=0.2"]
+ALL_EVALS = "clean,gini,inductive_noise,random_noise,inductive_occlusion,corruptions"
+
+
+def _train(out: Path, *overrides: str) -> Path:
+    train(load_config(None, [*COMMON, *overrides]), out, log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inequality")
+    a = _train(root / "a", "method.name=standard", "train.epochs=2")
+    b = _train(root / "b", "method.name=pgd_at", "method.steps=2", "train.epochs=2")
+    # Another dataset: 3×8×8 synthetic images (digits are 1×8×8), so it fits neither by name nor by shape.
+    s = _train(root / "s", "method.name=standard", "train.epochs=1", "data.name=synthetic",
+               "data.options={shape: [3, 8, 8], n_train: 128, n_test: 32}")
+    return a, b, s
+
+
+def _model(run: Path):
+    return load_checkpoint_model(run / "checkpoints" / "best.safetensors").model.eval()
+
+
+def _digits(n: int):
+    data = load_dataset("digits")
+    return to_float(data.x_test[:n], data.pixel_max), data.y_test[:n]
+
+
+def test_single_run_writes_robustness_and_inequality_and_figures(runs, capsys):
+    a, _, _ = runs
+    assert main(["eval", str(a), "--attacks", "clean,gini,inductive_noise", "--n", "100"]) == 0
+    report = json.loads((a / "eval.json").read_text())
+    assert [r["attack"] for r in report["results"]] == ["clean"] and report["n"] == 100
+    inequality = report["inequality"]
+    assert set(inequality) >= {"gini", "inductive_noise", "n_common_correct"}
+    assert "random_noise" not in inequality and "corruptions" not in inequality
+    for name in ("saliency.png", "noise.png"):
+        assert (a / "figures" / name).stat().st_size > 1000
+    assert not (a / "figures" / "occlusion.png").exists()
+
+    # The Gini means, recomputed independently from the checkpoint on the same images.
+    x, y = _digits(100)
+    direct = gini_report(_model(a), x, y, blocks={"igd": 4})
+    ours = inequality["gini"]["a"]
+    assert ours["global_all"] == pytest.approx(mean_over(direct["global"]))
+    assert ours["global_correct"] == pytest.approx(mean_over(direct["global"], direct["correct"]))
+    assert ours["regional_duan_all"] == pytest.approx(mean_over(direct["regional_duan"]))
+    assert ours["regional_igd_correct"] == pytest.approx(mean_over(direct["regional_igd"], direct["correct"]))
+    # The clean accuracy and the commonly correct count of a group of one agree.
+    assert inequality["n_common_correct"] == round(report["results"][0]["accuracy"] * 100)
+    out = capsys.readouterr().out
+    assert "Gini" in out and "inductive noise" in out and "figures/saliency.png" in out
+
+
+def test_inequality_only_on_weights_runs_no_attack(runs, tmp_path, capsys):
+    a, _, _ = runs
+    out = tmp_path / "w.json"
+    weights = a / "checkpoints" / "best.safetensors"
+    assert main(["eval", "--weights", str(weights), "--data", "digits", "--attacks", "gini", "--n", "30",
+                 "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["results"] == [] and list(report["inequality"]["gini"]) == ["best"]
+    assert (tmp_path / "w-figures" / "saliency.png").is_file()
+    assert "accuracy %" not in capsys.readouterr().out
+
+
+def test_compare_two_runs(runs, tmp_path, capsys):
+    a, b, _ = runs
+    out = tmp_path / "c.json"
+    assert main(["eval", "--compare", str(a), str(b), "--attacks", ALL_EVALS, "--n", "60", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["models"]) == ["a", "b"]
+    assert report["n"] == 60 and report["data"] == "digits" and report["seed"] == 0
+    inequality = report["inequality"]
+    for name in ("gini", "inductive_noise", "random_noise", "inductive_occlusion", "corruptions"):
+        assert list(inequality[name]) == ["a", "b"], name
+
+    # The commonly correct set and the clean accuracies, by hand.
+    x, y = _digits(60)
+    correct = torch.ones(60, dtype=torch.bool)
+    for label, run in (("a", a), ("b", b)):
+        with torch.no_grad():
+            right = _model(run)(x).argmax(1) == y
+        correct &= right
+        (clean,) = report["models"][label]["results"]
+        assert clean["attack"] == "clean" and clean["accuracy"] == pytest.approx(right.float().mean().item())
+        assert report["models"][label]["source"] == str(run / "checkpoints" / "best.safetensors")
+        assert report["models"][label]["checkpoint"] == "best"
+    assert inequality["n_common_correct"] == int(correct.sum())
+
+    figures = tmp_path / "c-figures"
+    for name in ("saliency.png", "noise.png", "occlusion.png", "corruptions.png"):
+        assert (figures / name).stat().st_size > 1000, name
+    text = capsys.readouterr().out
+    for fragment in ("clean", "Gini", "inductive noise", "random noise", "inductive occlusion", "corruptions"):
+        assert fragment in text
+
+
+def test_run_labels_are_unique():
+    assert run_labels([Path("x/run"), Path("y/run"), Path("y/other")]) == ["x/run", "y/run", "other"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--compare", "{a}", "{b}", "--attacks", "clean"], "pass --out FILE.json"),
+        (["{a}", "--compare", "{b}", "--out", "{out}"], "drop RUN_DIR"),
+        (["--compare", "{a}", "--weights", "{a}/checkpoints/best.safetensors", "--out", "{out}"], "drop --weights"),
+        (["--compare", "{a}", "{b}", "--attacks", "clean,ginni", "--out", "{out}"], "did you mean 'gini'"),
+        (["{a}", "--attacks", "pgd,bogus"], "inductive_occlusion"),
+        (["--compare", "{a}", "{s}", "--out", "{out}"], "{s} was trained on synthetic"),
+        (["--compare", "{a}", "{s}", "--data", "digits", "--out", "{out}"], "{s}/checkpoints"),
+        (["--compare", "{a}", "{a}", "--out", "{out}"], "twice"),
+        (["--compare", "{a}", "{b}", "--attacks", "gini", "--n", "0", "--out", "{out}"], "--n"),
+        (["--compare", "{a}", "{b}", "--out", "{tmp}"], "is a folder"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys, args, fragment):
+    a, b, s = runs
+    names = {"a": a, "b": b, "s": s, "out": tmp_path / "c.json", "tmp": tmp_path}
+    before = {run: sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*")) for run in (a, b, s)}
+    assert main(["eval", *(arg.format(**names) for arg in args)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment.format(**names) in err[0], err
+    assert list(tmp_path.iterdir()) == []
+    assert {run: sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*")) for run in (a, b, s)} == before
