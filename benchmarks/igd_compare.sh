@@ -6,6 +6,8 @@ set -euo pipefail
 out=${1:?usage: igd_compare.sh OUT_DIR [CIFAR_NPZ]}
 npz=${2:-../shared/data/cifar10_subset.npz}
 advtrain() { OMP_NUM_THREADS=1 python -m advtrain "$@"; }
+# A run that already finished (its eval.json exists) is kept, so the script can be rerun after a stop.
+run() { local dir=$1; shift; [ -f "$dir/eval.json" ] || advtrain train "${common[@]}" "$@" --out "$dir"; }
 common=(--set data.name=cifar10 --set data.root="$npz" --set data.val_size=500 --set data.crop_padding=4
         --set data.flip=true --set model.name=small_cnn --set threat.eps=8/255 --set optim.lr=0.05
         --set schedule.name=multistep --set "schedule.milestones=[12]" --set train.epochs=15
@@ -13,15 +15,14 @@ common=(--set data.name=cifar10 --set data.root="$npz" --set data.val_size=500 -
         --set "eval.attacks=[clean]" --quiet --overwrite)
 # PGD-AT crafts x' in eval mode here, as the IGD paper's PGD-AT baseline and IGD's own attack do.
 adversarial=(--set method.steps=10 --set method.step_size=2/255 --set method.bn_mode=eval)
-advtrain train "${common[@]}" --set method.name=standard --out "$out/standard"
-advtrain train "${common[@]}" --set method.name=pgd_at "${adversarial[@]}" --out "$out/pgd_at" &
-advtrain train "${common[@]}" --set method.name=igd --set method.teacher="$out/standard" --set method.lam=1 \
-  --set method.base.steps=10 --set method.base.step_size=2/255 --out "$out/igd_lam1" &
+igd=(--set method.name=igd --set method.teacher="$out/standard" --set method.base.steps=10
+     --set method.base.step_size=2/255)  # IGD's base attack is PGD-10 in eval mode by default
+run "$out/standard" --set method.name=standard
+run "$out/pgd_at" --set method.name=pgd_at "${adversarial[@]}" &
+run "$out/igd_lam1" "${igd[@]}" --set method.lam=1 &
 wait
-advtrain train "${common[@]}" --set method.name=igd --set method.teacher="$out/standard" --set method.lam=3 \
-  --set method.base.steps=10 --set method.base.step_size=2/255 --out "$out/igd_lam3" &
-advtrain train "${common[@]}" --set method.name=igd --set method.teacher="$out/standard" --set method.lam=2 \
-  --set method.base.steps=10 --set method.base.step_size=2/255 --out "$out/igd_lam2" &
+run "$out/igd_lam3" "${igd[@]}" --set method.lam=3 &
+run "$out/igd_lam2" "${igd[@]}" --set method.lam=2 &
 wait
 runs=("$out/standard" "$out/pgd_at" "$out/igd_lam1" "$out/igd_lam2" "$out/igd_lam3")
 advtrain eval --compare "${runs[@]}" --checkpoint best --eps 8/255 --steps 20 \

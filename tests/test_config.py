@@ -51,6 +51,18 @@ def test_switching_the_method_awp_wraps_drops_the_old_base_options_but_keeps_awp
     assert load_config(path, ["method.base.name=trades"]).method.base.beta == 3.0  # same base: kept
 
 
+def test_a_partly_given_wrapped_method_keeps_the_wrappers_default_for_it():
+    # IGD attacks in eval mode (its own default base); setting one base option must not reset that to
+    # pgd_at's train-mode default. AWP's default base is plain pgd_at (train mode).
+    teacher = f"method.teacher={_teacher_file()}"
+    igd = load_config(None, ["method.name=igd", teacher, "method.base.steps=5"]).method
+    assert igd.base.steps == 5 and igd.base.bn_mode == "eval"
+    assert load_config(None, ["method.name=awp", "method.base.steps=5"]).method.base.bn_mode == "train"
+    # Another base starts from its own defaults.
+    trades = load_config(None, ["method.name=igd", teacher, "method.base.name=trades", "method.base.steps=5"])
+    assert type(trades.method.base).__name__ == "TRADESConfig" and trades.method.base.beta == 6.0
+
+
 def test_resolved_config_round_trips_through_yaml():
     config = load_config(None, ["threat.eps=0.2", "data.val_size=100", "schedule.milestones=[5, 8]"])
     again = config_from_dict(yaml.safe_load(dump_yaml(config)))

@@ -192,3 +192,23 @@ def test_a_sidecar_less_teacher_file_with_its_architecture_named(tmp_path):
     out = method.loss(student, b, StepContext(0, 0, torch.Generator().manual_seed(0)))
     assert torch.isfinite(out.loss) and 0 <= out.metrics["igd"] <= 2
     assert not any(p.requires_grad for p in method.teacher(student, b.x).parameters())
+
+
+def test_the_pyautoattack_example_resnet18_is_a_working_cifar10_teacher(cifar_subset):
+    # A real, externally trained standard CIFAR-10 ResNet-18 (.pt, no sidecar): IGD builds it as `resnet18`
+    # for the batch's shape; it must classify the subset as the data README states (about 94%).
+    import numpy as np
+    import pyautoattack
+
+    weights = Path(pyautoattack.__file__).parent / "examples" / "model_test.pt"
+    config = load_config(None, ["method.name=igd", f"method.teacher={weights}", "method.teacher_model=resnet18",
+                                "method.base.steps=1"])
+    method = IGD(config.method, ThreatModel("linf", 8 / 255))
+    arrays = np.load(cifar_subset)
+    x = torch.from_numpy(arrays["x_test"][:200]).float() / 255
+    y = torch.from_numpy(arrays["y_test"][:200]).long()
+    student = SPEC.build()  # any student with a 10-way linear head; the teacher takes its shape from x
+    teacher = method.teacher(student, x)
+    with torch.no_grad():
+        assert (teacher(x).argmax(1) == y).float().mean() > 0.9
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training

@@ -316,6 +316,14 @@ def _build(cls: type, raw: Any, where: str) -> Any:
             f"unknown option {(where + '.' if where else '') + str(key)!r}: {hint}"
             f"valid options here are {', '.join(sorted(fields))}"
         )
+    for f in dataclasses.fields(cls):
+        # A nested method (AWP's and IGD's `base`) given in part starts from the wrapper's own default for it
+        # when it names the same method: `method.base.steps=5` on igd keeps IGD's eval-mode attack.
+        nested = raw.get(f.name)
+        if hints[f.name] is MethodConfig and isinstance(nested, dict) and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+            if nested.get("name", default.name) == default.name:
+                raw = {**raw, f.name: {**dataclasses.asdict(default), **nested}}
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in raw.items()}
     return cls(**kwargs)
 
