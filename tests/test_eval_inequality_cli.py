@@ -142,3 +142,66 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys,
     assert len(err) == 1 and fragment.format(**names) in err[0], err
     assert list(tmp_path.iterdir()) == []
     assert {run: sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*")) for run in (a, b, s)} == before
+
+
+def test_attribution_flag_changes_what_gini_measures(runs, tmp_path):
+    a, _, _ = runs
+    out = tmp_path / "ig.json"
+    weights = a / "checkpoints" / "best.safetensors"
+    assert main(["eval", "--weights", str(weights), "--data", "digits", "--attacks", "gini", "--n", "40",
+                 "--attribution", "integrated_gradients", "--out", str(out)]) == 0
+    inequality = json.loads(out.read_text())["inequality"]
+    assert inequality["attribution"] == "integrated_gradients"
+    x, y = _digits(40)
+    direct = gini_report(_model(a), x, y, "integrated_gradients", blocks={"igd": 4})
+    assert inequality["gini"]["best"]["global_all"] == pytest.approx(mean_over(direct["global"]))
+    saliency_only = gini_report(_model(a), x, y, "saliency", blocks={"igd": 4})
+    assert mean_over(saliency_only["global"]) != pytest.approx(mean_over(direct["global"]))
+
+
+def _released_folder(root: Path, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A folder in the released CIFAR-10-C layout (uint8 (5·n)×H×W×3 per corruption, labels.npy), 8×8 images."""
+    import numpy as np
+
+    from advtrain.eval.corruptions import CORRUPTIONS
+
+    g = np.random.default_rng(seed)
+    labels = g.integers(0, 10, 5 * n)
+    root.mkdir()
+    images = {}
+    for name in CORRUPTIONS:
+        images[name] = g.integers(0, 256, (5 * n, 8, 8, 3), dtype=np.uint8)
+        np.save(root / f"{name}.npy", images[name])
+    np.save(root / "labels.npy", labels)
+    return images, labels
+
+
+def test_released_cifar10_c_images_are_read_instead_of_generated(runs, tmp_path):
+    from advtrain.eval.inequality import InequalityOptions, evaluate_inequality
+
+    _, _, s = runs  # the 3×8×8 synthetic run: released CIFAR-10-C images are RGB
+    images, labels = _released_folder(tmp_path / "c10c", n=20)
+    model = _model(s)
+    x = torch.rand(12, 3, 8, 8)
+    y = torch.as_tensor(labels[:12])
+    result = evaluate_inequality({"s": model}, x, y, evals=["corruptions"],
+                                 options=InequalityOptions(corruptions_root=tmp_path / "c10c"))
+    table = result["corruptions"]["s"]
+    assert table["source"] == str(tmp_path / "c10c")
+    for name, blocks in images.items():
+        for severity in range(1, 6):
+            block = torch.from_numpy(blocks[(severity - 1) * 20:(severity - 1) * 20 + 12]).permute(0, 3, 1, 2)
+            truth = torch.as_tensor(labels[(severity - 1) * 20:(severity - 1) * 20 + 12])
+            with torch.no_grad():
+                wrong = (model(block.float() / 255).argmax(1) != truth).float().mean().item()
+            assert table[name][str(severity)] == pytest.approx(wrong)
+
+
+def test_a_bad_corruptions_root_fails_before_any_work(runs, tmp_path, capsys):
+    a, _, _ = runs
+    out = tmp_path / "x.json"
+    code = main(["eval", "--weights", str(a / "checkpoints" / "best.safetensors"), "--data", "digits",
+                 "--attacks", "clean,corruptions", "--corruptions-root", str(tmp_path / "missing"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "CIFAR-10-C" in err
+    assert not out.exists()

@@ -74,6 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate several run directories side by side (noise and occlusion on the images all "
                    "of them classify correctly); needs --out FILE.json; unset --eps/--steps/... follow the "
                    "first run's config")
+    p.add_argument("--attribution", choices=["saliency", "integrated_gradients", "input_x_gradient", "smoothgrad"],
+                   default="saliency", help="the attribution map `gini` measures (default: saliency, ∇ₓ z_y)")
+    p.add_argument("--corruption-constants", choices=["cifar10", "imagenet"], default="cifar10",
+                   help="severity constants of the generated noise corruptions: CIFAR-10-C or ImageNet-C")
+    p.add_argument("--corruptions-root", type=Path, metavar="DIR",
+                   help="a released CIFAR-10-C folder (gaussian_noise.npy, ..., labels.npy): `corruptions` reads "
+                   "its images instead of generating them")
     p.add_argument("--eps", type=_eps_list, help="comma-separated ε list, fractions allowed: 8/255,16/255")
     p.add_argument("--norm", choices=["linf", "l2"], help="threat model norm (default: the run's, or linf)")
     p.add_argument("--steps", type=int, help="PGD/CW steps (default 20)")
@@ -139,6 +146,7 @@ def _eval_settings(args: argparse.Namespace, names: tuple[list[str], list[str]] 
     eval/threat settings, then to the defaults."""
     from advtrain.config import EvalConfig
     from advtrain.eval import split_attack_names
+    from advtrain.eval.inequality import InequalityOptions
     from advtrain.rundir import read_config
 
     run_dir = args.compare[0] if args.compare else args.run_dir
@@ -154,6 +162,7 @@ def _eval_settings(args: argparse.Namespace, names: tuple[list[str], list[str]] 
         "restarts": args.restarts if args.restarts is not None else run_eval.get("restarts", defaults.restarts),
         "step_size": args.step_size, "n": args.n, "batch_size": args.batch_size, "device": args.device,
         "precision": args.precision, "seed": args.seed,
+        "inequality_options": InequalityOptions(args.attribution, args.corruption_constants, args.corruptions_root),
     }
 
 
@@ -174,6 +183,10 @@ def _eval(args: argparse.Namespace) -> None:
     out = _eval_out(args)
     # Names given on the command line are checked before any model is loaded.
     names = split_attack_names(args.attacks.split(",")) if args.attacks else None
+    if args.corruptions_root is not None:  # a bad folder fails now, not after the attacks have run
+        from advtrain.eval.corruptions import load_cifar10_c
+
+        load_cifar10_c(args.corruptions_root, "gaussian_noise", 1)
     load = {"data_name": args.data, "data_root": args.data_root, "checkpoint": args.checkpoint,
             "normalize": args.normalize}
     if args.compare is not None:

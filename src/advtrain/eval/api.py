@@ -15,7 +15,12 @@ from advtrain.bounds import Bound, Ge, Gt, Le, Lt
 from advtrain.data import Dataset, load_dataset, to_float
 from advtrain.errors import UserError
 from advtrain.eval.checkpoints import LoadedModel, checkpoint_path, load_checkpoint_model
-from advtrain.eval.inequality import INEQUALITY_EVALS, evaluate_inequality, write_inequality_figures
+from advtrain.eval.inequality import (
+    INEQUALITY_EVALS,
+    InequalityOptions,
+    evaluate_inequality,
+    write_inequality_figures,
+)
 from advtrain.eval.robustness import ATTACK_ALIASES, AttackResult, attack_specs, check_attack_names, evaluate
 from advtrain.models.spec import ModelSpec
 from advtrain.rundir import read_config
@@ -173,6 +178,7 @@ def evaluate_loaded(
     checkpoint: str | None = None,
     on_result: Callable[[AttackResult], None] | None = None,
     inequality: Sequence[str] = (),
+    inequality_options: InequalityOptions | None = None,
     label: str | None = None,
 ) -> tuple[dict[str, Any], list[AttackResult]]:
     """Run the attacks on the first `n` test images; return the eval JSON and per-example results.
@@ -216,7 +222,8 @@ def evaluate_loaded(
     }
     if inequality:
         models = {label or loaded.spec.name: model}
-        report["inequality"] = evaluate_inequality(models, x, y, evals=inequality, seed=seed, batch_size=batch_size)
+        report["inequality"] = evaluate_inequality(models, x, y, evals=inequality, seed=seed, batch_size=batch_size,
+                                                   options=inequality_options)
     return report, results
 
 
@@ -297,6 +304,7 @@ def compare_runs(
     seed: int = 0,
     checkpoint: str | None = None,
     on_result: Callable[[str, AttackResult], None] | None = None,
+    inequality_options: InequalityOptions | None = None,
 ) -> dict[str, Any]:
     """Evaluate a group of models on the same first `n` test images; return the comparison JSON.
 
@@ -333,7 +341,8 @@ def compare_runs(
     out: dict[str, Any] = {"models": entries}
     if inequality:
         modules = {label: loaded.model.to(dev) for label, loaded in models.items()}
-        out["inequality"] = evaluate_inequality(modules, x, y, evals=inequality, seed=seed, batch_size=batch_size)
+        out["inequality"] = evaluate_inequality(modules, x, y, evals=inequality, seed=seed, batch_size=batch_size,
+                                                options=inequality_options)
     amp = autocast_dtype(precision, dev)
     return out | {
         "n": len(y), "data": data.name, "seed": seed, "precision": "bf16" if amp is not None else "fp32",

@@ -4,14 +4,16 @@
   evaluated test images and over each model's correctly classified ones (both reported).
 - `inductive_noise`, `random_noise`, `inductive_occlusion`: error rates over the images that *every*
   compared model classifies correctly when clean (§7.3), so the models are judged on the same images.
-- `corruptions`: error on the noise family of CIFAR-10-C / ImageNet-C generated from the seed, over all
-  evaluated test images (the usual corruption-error protocol, not the commonly-correct set).
+- `corruptions`: error on the noise family of CIFAR-10-C / ImageNet-C generated from the seed, or read from
+  a released CIFAR-10-C folder, over all evaluated test images (the usual corruption-error protocol, not
+  the commonly-correct set).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +21,40 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks import bn_policy
-from advtrain.eval.corruptions import CORRUPTIONS, SEVERITIES, Constants, corruption_error
+from advtrain.eval.corruptions import CORRUPTIONS, SEVERITIES, Constants, corruption_error, load_cifar10_c
 from advtrain.eval.inductive import (
     INDUCTIVE_RHOS,
     NOISE_MODES,
     OCCLUSION_COLORS,
     RANDOM_RHOS,
     commonly_correct,
+    error_rate,
     inductive_noise_sweep,
     inductive_occlusion,
     random_noise_sweep,
 )
-from advtrain.eval.saliency import IGD_BLOCK, gini_report, global_gini, mean_over, saliency
+from advtrain.eval.saliency import ATTRIBUTIONS, IGD_BLOCK, gini_report, global_gini, mean_over, saliency
 
 INEQUALITY_EVALS = ("gini", "inductive_noise", "random_noise", "inductive_occlusion", "corruptions")
 COLOR_NAMES = {0.5: "grey", 1.0: "white"}
+
+
+@dataclass(frozen=True)
+class InequalityOptions:
+    attribution: str = "saliency"  # the map `gini` measures: a key of ATTRIBUTIONS
+    corruption_constants: Constants = "cifar10"  # CIFAR-10-C or ImageNet-C severity constants
+    # A released CIFAR-10-C folder: `corruptions` reads its images (the first n of each severity block, which
+    # are the test images in order) instead of generating them; None generates them from the seed.
+    corruptions_root: Path | None = None
+    noise_modes: tuple[str, ...] = NOISE_MODES
+    occlusion_n: int = 10  # centres (METHODS.md §7.3: n ≤ 10)
+    occlusion_r: int = 20  # square half-side (r ≤ 20)
+
+    def __post_init__(self) -> None:
+        if self.attribution not in ATTRIBUTIONS:
+            raise ValueError(f"attribution must be one of {tuple(ATTRIBUTIONS)}, got {self.attribution!r}")
+
+
 SALIENCY_FIGURE_IMAGES = 6  # rows of saliency.png: the first images of the commonly correct set
 FIGURE_NOISE_MODE = "add"
 
@@ -52,10 +73,7 @@ def evaluate_inequality(
     evals: Sequence[str],
     seed: int = 0,
     batch_size: int = 256,
-    noise_modes: Sequence[str] = NOISE_MODES,
-    occlusion_n: int = 10,
-    occlusion_r: int = 20,
-    corruption_constants: Constants = "cifar10",
+    options: InequalityOptions | None = None,
 ) -> dict[str, Any]:
     """Run the requested `evals` on every model; the JSON-ready results keyed by eval, then model label."""
     unknown = [e for e in evals if e not in INEQUALITY_EVALS]
@@ -63,16 +81,17 @@ def evaluate_inequality(
         raise ValueError(f"unknown inequality evaluation(s) {unknown}: choose from {INEQUALITY_EVALS}")
     common = commonly_correct(list(models.values()), x, y, batch_size).to(x.device)
     xc, yc = x[common], y[common]
+    o = options or InequalityOptions()
     blocks = regional_blocks(x.shape[-1])
     out: dict[str, Any] = {
-        "n": len(y), "n_common_correct": int(common.sum()), "seed": seed,
-        "regional_blocks": blocks, "noise_modes": list(noise_modes),
+        "n": len(y), "n_common_correct": int(common.sum()), "seed": seed, "attribution": o.attribution,
+        "regional_blocks": blocks, "noise_modes": list(o.noise_modes),
     }
     for name in evals:
         per_model: dict[str, Any] = {}
         for label, model in models.items():
             if name == "gini":
-                report = gini_report(model, x, y, batch_size=batch_size, blocks=blocks)
+                report = gini_report(model, x, y, o.attribution, batch_size, blocks=blocks)
                 per_model[label] = {
                     f"{key}_{subset}": mean_over(report[key], mask)
                     for key in ("global", "regional_duan", "regional_igd")
@@ -80,25 +99,41 @@ def evaluate_inequality(
                 }
             elif name == "inductive_noise":
                 per_model[label] = {mode: _by_rho(inductive_noise_sweep(
-                    model, xc, yc, INDUCTIVE_RHOS, mode, seed=seed, batch_size=batch_size)) for mode in noise_modes}
+                    model, xc, yc, INDUCTIVE_RHOS, mode, seed=seed, batch_size=batch_size)) for mode in o.noise_modes}
             elif name == "random_noise":
                 per_model[label] = {mode: _by_rho(random_noise_sweep(
-                    model, xc, yc, RANDOM_RHOS, mode, seed=seed, batch_size=batch_size)) for mode in noise_modes}
+                    model, xc, yc, RANDOM_RHOS, mode, seed=seed, batch_size=batch_size)) for mode in o.noise_modes}
             elif name == "inductive_occlusion":
-                broken = inductive_occlusion(model, xc, yc, OCCLUSION_COLORS, occlusion_n, occlusion_r, batch_size)
+                broken = inductive_occlusion(model, xc, yc, OCCLUSION_COLORS, o.occlusion_n, o.occlusion_r, batch_size)
                 per_model[label] = {
                     f"{COLOR_NAMES.get(c, 'colour')} ({c:g})": float(b.float().mean()) if len(b) else float("nan")
                     for c, b in broken.items()
                 }
-            else:  # corruptions
+            elif o.corruptions_root is not None:  # corruptions, released files
+                per_model[label] = released_corruption_error(model, o.corruptions_root, len(y), batch_size) | {
+                    "source": str(o.corruptions_root)}
+            else:  # corruptions, generated
                 errors = corruption_error(model, x, y, tuple(CORRUPTIONS), SEVERITIES, seed=seed,
-                                          batch_size=batch_size, constants=corruption_constants)
+                                          batch_size=batch_size, constants=o.corruption_constants)
                 table: dict[str, dict[str, float]] = {}
                 for (corruption, severity), error in errors.items():
                     table.setdefault(corruption, {})[str(severity)] = error
-                per_model[label] = table | {"constants": corruption_constants}
+                per_model[label] = table | {"constants": o.corruption_constants}
         out[name] = per_model
     return out
+
+
+def released_corruption_error(model: nn.Module, root: Path, n: int, batch_size: int) -> dict[str, dict[str, float]]:
+    """{corruption: {severity: error}} on the first `n` images of each severity block of a released
+    CIFAR-10-C folder (the noise family), with its own labels."""
+    device = next(model.parameters()).device
+    table: dict[str, dict[str, float]] = {}
+    for corruption in CORRUPTIONS:
+        for severity in SEVERITIES:
+            images, labels = load_cifar10_c(root, corruption, severity)
+            x = images[:n].to(device).float() / 255
+            table.setdefault(corruption, {})[str(severity)] = error_rate(model, x, labels[:n], batch_size)
+    return table
 
 
 def _by_rho(sweep: Mapping[float, float]) -> dict[str, float]:
