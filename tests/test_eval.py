@@ -3,7 +3,7 @@ from pathlib import Path
 import pyautoattack
 import pytest
 
-from advtrain.eval import attack_specs, evaluate, evaluate_loaded, load_for_eval
+from advtrain.eval import EvalSettings, attack_specs, evaluate, evaluate_loaded, load_for_eval
 from advtrain.eval.robustness import AttackSpec
 from tests.helpers import digits_tensors, trained_digits_cnn
 
@@ -15,11 +15,12 @@ def test_reference_autoattack_checkpoint_on_the_real_cifar10_subset(cifar_subset
         pytest.skip("pyautoattack's example checkpoint is not installed")
     loaded, data = load_for_eval(run_dir=None, weights=MODEL_TEST, model_name="resnet18", data_name="cifar10",
                                  data_root=str(cifar_subset))
-    report, _ = evaluate_loaded(loaded, data, attacks=["clean"], eps=[8 / 255], device="cpu")
+    report, _ = evaluate_loaded(loaded, data, EvalSettings(attacks=["clean"], eps=[8 / 255], device="cpu"))
     assert report["n"] == 846
     assert report["results"][0]["accuracy"] == pytest.approx(0.94, abs=0.01)
     # A standard-trained model has no robustness: PGD at 8/255 breaks every image it is given.
-    report, _ = evaluate_loaded(loaded, data, attacks=["pgd"], eps=[8 / 255], steps=5, n=24, device="cpu")
+    report, _ = evaluate_loaded(loaded, data, EvalSettings(attacks=["pgd"], eps=[8 / 255], steps=5, n=24,
+                                                                device="cpu"))
     assert report["results"][0]["accuracy"] <= 1 / 24
 
 

@@ -6,9 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from advtrain.errors import TrainingStopped, UserError
+
+if TYPE_CHECKING:  # the CLI imports its subcommands' modules lazily, to start fast
+    from advtrain.eval import EvalSettings
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,11 +144,11 @@ def _eval_out(args: argparse.Namespace) -> Path | None:
     return out
 
 
-def _eval_settings(args: argparse.Namespace, names: tuple[list[str], list[str]] | None) -> dict[str, Any]:
-    """Keyword arguments for evaluate_loaded / compare_runs. Unset options fall back to the (first) run's own
-    eval/threat settings, then to the defaults."""
+def _eval_settings(args: argparse.Namespace, names: tuple[list[str], list[str]] | None) -> EvalSettings:
+    """What evaluate_loaded / compare_runs run. Unset options fall back to the (first) run's own eval/threat
+    settings, then to the defaults."""
     from advtrain.config import EvalConfig
-    from advtrain.eval import split_attack_names
+    from advtrain.eval import EvalSettings, split_attack_names
     from advtrain.eval.inequality import InequalityOptions
     from advtrain.rundir import read_config
 
@@ -154,16 +157,16 @@ def _eval_settings(args: argparse.Namespace, names: tuple[list[str], list[str]] 
     defaults = EvalConfig()
     run_eval, threat = run.get("eval") or {}, run.get("threat") or {}
     attacks, inequality = names or split_attack_names(run_eval.get("attacks", defaults.attacks))
-    return {
-        "attacks": attacks, "inequality": inequality,
-        "eps": args.eps or run_eval.get("eps") or [threat.get("eps", 8 / 255)],
-        "norm": args.norm or threat.get("norm", "linf"),
-        "steps": args.steps if args.steps is not None else run_eval.get("steps", defaults.steps),
-        "restarts": args.restarts if args.restarts is not None else run_eval.get("restarts", defaults.restarts),
-        "step_size": args.step_size, "n": args.n, "batch_size": args.batch_size, "device": args.device,
-        "precision": args.precision, "seed": args.seed,
-        "inequality_options": InequalityOptions(args.attribution, args.corruption_constants, args.corruptions_root),
-    }
+    return EvalSettings(
+        attacks=attacks, inequality=inequality,
+        eps=args.eps or run_eval.get("eps") or [threat.get("eps", 8 / 255)],
+        norm=args.norm or threat.get("norm", "linf"),
+        steps=args.steps if args.steps is not None else run_eval.get("steps", defaults.steps),
+        restarts=args.restarts if args.restarts is not None else run_eval.get("restarts", defaults.restarts),
+        step_size=args.step_size, n=args.n, batch_size=args.batch_size, device=args.device,
+        precision=args.precision, seed=args.seed,
+        inequality_options=InequalityOptions(args.attribution, args.corruption_constants, args.corruptions_root),
+    )
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -198,15 +201,15 @@ def _eval(args: argparse.Namespace) -> None:
     settings = _eval_settings(args, names)
     checkpoint = None if args.weights is not None else args.checkpoint
     if args.compare is not None:
-        report = compare_runs(models, data, **settings, checkpoint=checkpoint,
+        report = compare_runs(models, data, settings, checkpoint=checkpoint,
                               on_result=lambda label, r: print(f"{label}:{r.summary()}", file=sys.stderr))
-        if settings["attacks"]:
+        if settings.attacks:
             print(comparison_text(report["models"]))
     else:
         (label,) = models
-        report, _ = evaluate_loaded(loaded, data, **settings, checkpoint=checkpoint, label=label,
+        report, _ = evaluate_loaded(loaded, data, settings, checkpoint=checkpoint, label=label,
                                     on_result=lambda r: print(r.summary(), file=sys.stderr))
-        if settings["attacks"]:
+        if settings.attacks:
             print(text_table(["attack", "eps", "accuracy %"], eval_rows(report)))
     if "inequality" in report:
         print(inequality_text(report["inequality"]))

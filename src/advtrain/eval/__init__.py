@@ -1,6 +1,7 @@
 """Evaluation: robust accuracy under attacks, on checkpoints and run directories. Never imports `train`."""
 
 from advtrain.eval.api import (
+    EvalSettings,
     compare_runs,
     evaluate_loaded,
     inequality_figures,
@@ -8,7 +9,7 @@ from advtrain.eval.api import (
     load_group,
     split_attack_names,
 )
-from advtrain.eval.inequality import INEQUALITY_EVALS, evaluate_inequality, inequality_text
+from advtrain.eval.inequality import INEQUALITY_EVALS, InequalityOptions, evaluate_inequality, inequality_text
 from advtrain.eval.robustness import ATTACK_ALIASES, AttackResult, AttackSpec, attack_specs, evaluate, run_attack
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "INEQUALITY_EVALS",
     "AttackResult",
     "AttackSpec",
+    "EvalSettings",
+    "InequalityOptions",
     "attack_specs",
     "compare_runs",
     "evaluate",

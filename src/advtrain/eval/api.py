@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,37 @@ def check_eval_args(
             bound.check(value, flag)
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """What `advtrain eval` runs, on which images, how: one value shared by single runs and --compare."""
+
+    attacks: Sequence[str] = ("clean", "pgd")  # robustness attacks (ATTACK_ALIASES)
+    eps: Sequence[float] = (8 / 255,)
+    norm: Norm = "linf"
+    steps: int = 20
+    restarts: int = 1
+    step_size: float | None = None
+    n: int | None = None  # the first n test images; None: all
+    batch_size: int = 256
+    device: str = "auto"
+    precision: str = "fp32"
+    seed: int = 0
+    inequality: Sequence[str] = ()  # INEQUALITY_EVALS, run on the same images in fp32
+    inequality_options: InequalityOptions | None = None
+
+    def check(self) -> None:
+        """One-line UserError for an unknown name, nothing to run, or an out-of-range setting."""
+        check_attack_names(self.attacks)
+        unknown = [e for e in self.inequality if e not in INEQUALITY_EVALS]
+        if unknown:
+            raise UserError(
+                f"unknown inequality evaluation {unknown[0]!r}: choose from {', '.join(INEQUALITY_EVALS)}")
+        if not self.attacks and not self.inequality:
+            raise UserError("no attack to run: pass e.g. --attacks clean,pgd")
+        check_eval_args(eps=self.eps, n=self.n, steps=self.steps, restarts=self.restarts,
+                        step_size=self.step_size, batch_size=self.batch_size, seed=self.seed)
+
+
 def eval_images(data: Dataset, n: int | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `n` test images (floats in [0, 1]) and labels, on `device`."""
     return to_float(data.x_test[:n], data.pixel_max).to(device), data.y_test[:n].to(device)
@@ -163,49 +195,30 @@ def eval_images(data: Dataset, n: int | None, device: torch.device) -> tuple[tor
 def evaluate_loaded(
     loaded: LoadedModel,
     data: Dataset,
+    settings: EvalSettings,
     *,
-    attacks: Sequence[str],
-    eps: Sequence[float],
-    norm: Norm = "linf",
-    steps: int = 20,
-    restarts: int = 1,
-    step_size: float | None = None,
-    n: int | None = None,
-    batch_size: int = 256,
-    device: str = "auto",
-    precision: str = "fp32",
-    seed: int = 0,
     checkpoint: str | None = None,
-    on_result: Callable[[AttackResult], None] | None = None,
-    inequality: Sequence[str] = (),
-    inequality_options: InequalityOptions | None = None,
     label: str | None = None,
+    on_result: Callable[[AttackResult], None] | None = None,
 ) -> tuple[dict[str, Any], list[AttackResult]]:
-    """Run the attacks on the first `n` test images; return the eval JSON and per-example results.
+    """Run the attacks on the first `settings.n` test images; return the eval JSON and per-example results.
 
-    `inequality` evaluations (see `INEQUALITY_EVALS`) run on the same images, fp32, and their results go
-    under the JSON's "inequality" key, keyed by `label` (default: the model's name); either list may be
-    empty, not both. Every argument is checked before the first attack runs, so a bad one fails with
-    nothing printed or written. The messages name the `advtrain eval` flags: a run's config was checked
-    when it was loaded.
+    The inequality evaluations (see `INEQUALITY_EVALS`) run on the same images, fp32, and their results go
+    under the JSON's "inequality" key, keyed by `label` (default: the model's name). Every setting is checked
+    before the first attack runs, so a bad one fails with nothing printed or written. The messages name the
+    `advtrain eval` flags: a run's config was checked when it was loaded.
     """
-    check_attack_names(attacks)
-    unknown = [e for e in inequality if e not in INEQUALITY_EVALS]
-    if unknown:
-        raise UserError(f"unknown inequality evaluation {unknown[0]!r}: choose from {', '.join(INEQUALITY_EVALS)}")
-    if not attacks and not inequality:
-        raise UserError("no attack to run: pass e.g. --attacks clean,pgd")
-    check_eval_args(eps=eps, n=n, steps=steps, restarts=restarts, step_size=step_size, batch_size=batch_size,
-                    seed=seed)
+    st = settings
+    st.check()
     check_fits(loaded, data)
-    dev = resolve_device(device)
+    dev = resolve_device(st.device)
     model = loaded.model.to(dev)
-    x, y = eval_images(data, n, dev)
-    amp = autocast_dtype(precision, dev)
-    specs = attack_specs(attacks, eps, norm=norm, steps=steps, restarts=restarts, step_size=step_size)
+    x, y = eval_images(data, st.n, dev)
+    amp = autocast_dtype(st.precision, dev)
+    specs = attack_specs(st.attacks, st.eps, norm=st.norm, steps=st.steps, restarts=st.restarts,
+                         step_size=st.step_size)
     results = evaluate(
-        model, x, y, specs, batch_size=batch_size, seed=seed, autocast_dtype=amp,
-        on_result=on_result,
+        model, x, y, specs, batch_size=st.batch_size, seed=st.seed, autocast_dtype=amp, on_result=on_result,
     ) if specs else []
     report = {
         "model": loaded.spec.name,
@@ -214,16 +227,16 @@ def evaluate_loaded(
         "source": str(loaded.source),
         "checkpoint": checkpoint,
         "epoch": loaded.metadata.get("epoch"),
-        "seed": seed,
+        "seed": st.seed,
         "precision": "bf16" if amp is not None else "fp32",
         "device": str(dev),
         "torch_version": torch.__version__,
         "results": [r.as_dict() for r in results],
     }
-    if inequality:
+    if st.inequality:
         models = {label or loaded.spec.name: model}
-        report["inequality"] = evaluate_inequality(models, x, y, evals=inequality, seed=seed, batch_size=batch_size,
-                                                   options=inequality_options)
+        report["inequality"] = evaluate_inequality(models, x, y, evals=st.inequality, seed=st.seed,
+                                                   batch_size=st.batch_size, options=st.inequality_options)
     return report, results
 
 
@@ -289,24 +302,12 @@ def _describe(name: Any, options: Any) -> str:
 def compare_runs(
     models: Mapping[str, LoadedModel],
     data: Dataset,
+    settings: EvalSettings,
     *,
-    attacks: Sequence[str],
-    inequality: Sequence[str],
-    eps: Sequence[float],
-    norm: Norm = "linf",
-    steps: int = 20,
-    restarts: int = 1,
-    step_size: float | None = None,
-    n: int | None = None,
-    batch_size: int = 256,
-    device: str = "auto",
-    precision: str = "fp32",
-    seed: int = 0,
     checkpoint: str | None = None,
     on_result: Callable[[str, AttackResult], None] | None = None,
-    inequality_options: InequalityOptions | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a group of models on the same first `n` test images; return the comparison JSON.
+    """Evaluate a group of models on the same first `settings.n` test images; return the comparison JSON.
 
     The robustness attacks run for every model (`evaluate_loaded`); the inequality evaluations run once on
     the whole group, so the noise and occlusion error rates are over the images every model classifies
@@ -314,22 +315,18 @@ def compare_runs(
     "inequality": {...} (when any ran), "n", "data", "seed", ...}. `on_result(label, result)` reports each
     attack as it finishes.
     """
-    check_attack_names(attacks)
-    if not attacks and not inequality:
-        raise UserError("no attack to run: pass e.g. --attacks clean,pgd")
-    check_eval_args(eps=eps, n=n, steps=steps, restarts=restarts, step_size=step_size, batch_size=batch_size,
-                    seed=seed)
+    st = settings
+    st.check()
     for loaded in models.values():
         check_fits(loaded, data)
-    dev = resolve_device(device)
+    dev = resolve_device(st.device)
+    attacks_only = replace(st, inequality=())
     entries: dict[str, dict[str, Any]] = {}
     for label, loaded in models.items():
         results: list[dict[str, Any]] = []
-        if attacks:
+        if st.attacks:
             report, _ = evaluate_loaded(
-                loaded, data, attacks=attacks, eps=eps, norm=norm, steps=steps, restarts=restarts,
-                step_size=step_size, n=n, batch_size=batch_size, device=device, precision=precision, seed=seed,
-                checkpoint=checkpoint,
+                loaded, data, attacks_only, checkpoint=checkpoint,
                 on_result=None if on_result is None else lambda r, label=label: on_result(label, r),
             )
             results = report["results"]
@@ -337,15 +334,15 @@ def compare_runs(
             "model": loaded.spec.name, "source": str(loaded.source), "checkpoint": checkpoint,
             "epoch": loaded.metadata.get("epoch"), "results": results,
         }
-    x, y = eval_images(data, n, dev)
+    x, y = eval_images(data, st.n, dev)
     out: dict[str, Any] = {"models": entries}
-    if inequality:
+    if st.inequality:
         modules = {label: loaded.model.to(dev) for label, loaded in models.items()}
-        out["inequality"] = evaluate_inequality(modules, x, y, evals=inequality, seed=seed, batch_size=batch_size,
-                                                options=inequality_options)
-    amp = autocast_dtype(precision, dev)
+        out["inequality"] = evaluate_inequality(modules, x, y, evals=st.inequality, seed=st.seed,
+                                                batch_size=st.batch_size, options=st.inequality_options)
+    amp = autocast_dtype(st.precision, dev)
     return out | {
-        "n": len(y), "data": data.name, "seed": seed, "precision": "bf16" if amp is not None else "fp32",
+        "n": len(y), "data": data.name, "seed": st.seed, "precision": "bf16" if amp is not None else "fp32",
         "device": str(dev), "torch_version": torch.__version__,
     }
 
