@@ -36,7 +36,8 @@ METHODS: list[tuple[str, list[str]]] = [
     ("fgsm_rs", ["method.name=fgsm_rs"]),
     ("n_fgsm", ["method.name=n_fgsm"]),
     ("grad_align", ["method.name=grad_align", "method.lam=0.2"]),
-    ("igd", ["method.name=igd"]),  # the teacher: a same-architecture file written by main() (cost is the same)
+    ("igd", ["method.name=igd"]),
+    ("iseat", ["method.name=iseat"]),  # the teacher: a same-architecture file written by main() (cost is the same)
 ]
 
 

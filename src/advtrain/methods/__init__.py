@@ -7,6 +7,7 @@ from advtrain.methods import (  # noqa: F401
     fgsm_rs,
     grad_align,
     igd,
+    iseat,
     mart,
     n_fgsm,
     pgd_at,

@@ -42,11 +42,11 @@ from advtrain.methods.base import (
 )
 from advtrain.methods.pgd_at import PGDATConfig
 from advtrain.methods.registry import build_method, list_methods, method_class, register_method
+from advtrain.methods.weight_perturbation import layerwise_direction, perturbed_parameters, shift
 
 # base method name → (γ, warm-up epochs counted from 0), from the AWP code (see the module docstring).
 DEFAULTS: dict[str, tuple[float, int]] = {"pgd_at": (1e-2, 0), "trades": (5e-3, 9), "mart": (5e-3, 9)}
 FALLBACK = DEFAULTS["pgd_at"]
-EPS = 1e-20  # as in the AWP code
 
 
 def adversarial_method_names() -> list[str]:
@@ -67,14 +67,6 @@ class AWPConfig(MethodConfig):
                 f"method.base: awp wraps an adversarial method (one that crafts x' and then a loss), "
                 f"got {self.base.name!r}: choose one of {', '.join(adversarial_method_names())}"
             )
-
-
-def perturbed_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The tensors AWP perturbs: trainable multi-dimensional `weight`s (never BN weights or biases)."""
-    return {
-        name: p for name, p in model.named_parameters()
-        if p.requires_grad and p.dim() > 1 and "weight" in name.rsplit(".", 1)[-1]
-    }
 
 
 @register_method
@@ -105,32 +97,17 @@ class AWP(Method):
         params = perturbed_parameters(model)
         with bn_policy(model, "train_frozen"):
             loss = self.base.objective(model, batch, x_adv).loss
-        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-        v: dict[str, Tensor] = {}
-        with torch.no_grad():
-            for (name, p), g in zip(params.items(), grads, strict=True):
-                if g is None:  # a weight this loss does not use: no ascent direction
-                    continue
-                v[name] = p.norm() * g / (g.norm() + EPS)
-        return v
+        return layerwise_direction(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True))
 
     def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         if ctx.epoch < self.warmup_epochs or self.gamma == 0:
             return self.base.loss(model, batch, ctx)
         x_adv, attack_metrics = self.base.perturb_with_metrics(model, batch, ctx)
         v = self.weight_perturbation(model, batch, x_adv)
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, direction in v.items():
-                params[name].add_(direction, alpha=self.gamma)
+        shift(model, v, self.gamma)
         out = self.base.objective(model, batch, x_adv)
-
-        def restore() -> None:
-            with torch.no_grad():
-                for name, direction in v.items():
-                    params[name].sub_(direction, alpha=self.gamma)
-
-        return StepOutput(out.loss, attack_metrics | out.metrics, _chain(out.after_step, restore))
+        return StepOutput(out.loss, attack_metrics | out.metrics,
+                          _chain(out.after_step, lambda: shift(model, v, -self.gamma)))
 
     # Everything else is the wrapped method's.
     def extra_modules(self) -> dict[str, nn.Module]:
