@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restarts", type=int, help="PGD/CW restarts (default 1)")
     p.add_argument("--step-size", type=_number, help="PGD/CW step size (default 2.5·ε/steps)")
     p.add_argument("--n", type=int, help="evaluate the first N test images (default: all)")
-    p.add_argument("--checkpoint", choices=["best", "last"], default="best", help="which checkpoint of a run")
+    p.add_argument("--checkpoint", choices=["best", "last", "ema", "swa"], default="best",
+                   help="which checkpoint of a run (ema/swa: its weight averages, when the run kept them)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")

@@ -122,6 +122,16 @@ class MonitorConfig:
 
 
 @dataclass
+class AveragingConfig:
+    """Weight averaging; each average is validated every epoch and saved as checkpoints/ema|swa.safetensors,
+    with its BatchNorm statistics recomputed on `bn_batches` clean training batches first."""
+
+    ema_decay: Annotated[float, Gt(0), Lt(1)] | None = None  # e.g. 0.999: θ_ema ← d·θ_ema + (1 − d)·θ each step
+    swa_start: Annotated[int, Ge(0)] | None = None  # SWA: mean of the epoch-end weights from this epoch (0-based)
+    bn_batches: Annotated[int, Ge(1)] = 50
+
+
+@dataclass
 class EvalConfig:
     attacks: list[str] = field(default_factory=lambda: ["clean", "pgd"])  # names: see eval.ATTACK_ALIASES
     eps: list[Annotated[float, Ge(0), Le(MAX_DISTANCE)]] | None = None  # None: the threat model's ε
@@ -129,7 +139,7 @@ class EvalConfig:
     restarts: Annotated[int, Ge(1)] = 1
     step_size: Annotated[float, Gt(0), Le(MAX_DISTANCE)] | None = None  # None: 2.5·ε/steps
     n: Annotated[int, Ge(1)] | None = None  # first n test images; None = all
-    checkpoint: Literal["best", "last"] = "best"
+    checkpoint: Literal["best", "last", "ema", "swa"] = "best"  # ema/swa need the `averaging` section
     batch_size: Annotated[int, Ge(1)] = 256
 
 
@@ -144,6 +154,7 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    averaging: AveragingConfig = field(default_factory=AveragingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def threat_model(self) -> ThreatModel:
@@ -430,6 +441,13 @@ def validate(config: RunConfig) -> None:
             f"data.val_size {val_size:g} is neither a fraction < 1 nor a whole count of images: "
             f"use e.g. 0.1 or {math.floor(val_size)}"
         )
+    averaged = {"ema": config.averaging.ema_decay, "swa": config.averaging.swa_start}
+    if config.eval.checkpoint in averaged and averaged[config.eval.checkpoint] is None:
+        option = "ema_decay" if config.eval.checkpoint == "ema" else "swa_start"
+        raise UserError(f"eval.checkpoint: {config.eval.checkpoint} needs averaging.{option} to be set")
+    if config.averaging.swa_start is not None and config.averaging.swa_start >= config.train.epochs:
+        raise UserError(f"averaging.swa_start {config.averaging.swa_start} is not before train.epochs "
+                        f"{config.train.epochs}: SWA would average nothing; use an earlier epoch (0-based)")
     if config.optim.name == "adam" and len(config.optim.betas) != 2:
         raise UserError(f"optim.betas must be two numbers [beta1, beta2] for adam, got {config.optim.betas}")
     if config.optim.name == "sgd" and config.optim.nesterov and config.optim.momentum == 0:
@@ -449,6 +467,7 @@ def dump_yaml(config: RunConfig) -> str:
 
 
 __all__ = [
+    "AveragingConfig",
     "DataConfig",
     "EvalConfig",
     "ModelConfig",

@@ -37,6 +37,7 @@ from advtrain.fileio import atomic_write_text
 from advtrain.methods import Batch, EpochContext, StepContext, build_method
 from advtrain.models.spec import ModelSpec
 from advtrain.runtime import autocast_dtype, derive_seed, make_generator, resolve_device, seed_everything
+from advtrain.train.averaging import WeightAverages
 from advtrain.train.monitor import CollapseMonitor
 from advtrain.train.schedule import LRSchedule, build_optimizer
 from advtrain.train.state import (
@@ -53,7 +54,8 @@ from advtrain.train.state import (
 # the check costs no per-step synchronisation; the message still names the first bad step exactly.
 FINITE_CHECK_EVERY = 10
 EXIT_DIVERGED = 3
-RUN_FILES = ("config.yaml", "metrics.jsonl", "monitor.jsonl", "checkpoints", "eval.json", "report.md", "figures")
+RUN_FILES = ("config.yaml", "metrics.jsonl", "monitor.jsonl", "checkpoints", "eval.json", "report.md", "figures",
+             "vulnerability")
 
 
 @dataclass
@@ -297,6 +299,7 @@ def _train(
     extras = {name: module.to(device) for name, module in method.extra_modules().items()}
     params = list(model.parameters()) + [p for m in extras.values() for p in m.parameters()]
     optimizer = build_optimizer(params, config.optim)
+    averages = WeightAverages(config.averaging, model)
     schedule = LRSchedule(config.schedule, config.optim.lr, t.epochs)
     select_metric = method.selection_metric if t.select_metric == "auto" else t.select_metric
     steps_per_epoch = len(batcher)
@@ -311,6 +314,7 @@ def _train(
         schedule.load_state_dict(state["schedule"])
         method.load_state_dict(state["method"])
         monitor.load_state_dict(state["monitor"])
+        averages.load_state_dict(state["averages"])
         progress = Progress(**state["progress"])
         progress.sums = {k: v.to(device) for k, v in progress.sums.items()}
         if progress.batch > steps_per_epoch:
@@ -360,7 +364,8 @@ def _train(
         tree = {
             "model": model.state_dict(), "extras": {n: m.state_dict() for n, m in extras.items()},
             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "method": method.state_dict(),
-            "monitor": monitor.state_dict(), "progress": progress.to_dict(), "rng": capture_rng(),
+            "monitor": monitor.state_dict(), "averages": averages.state_dict(), "progress": progress.to_dict(),
+            "rng": capture_rng(),
         }
         with disk_errors(save_advice):
             return save_state(checkpoints, Position(progress.epoch, progress.batch), tree, sidecar)
@@ -395,6 +400,19 @@ def _train(
     every = t.checkpoint_every
     monitor_every = config.monitor.every_steps if monitor.active else None
     row: dict[str, Any] = {}
+
+    def validate_averages(epoch: int) -> dict[str, Any]:
+        """Recompute the BN statistics of the weight averages, then validate them (val_ema_*, val_swa_*)."""
+        ready = averages.ready()
+        if not ready:
+            return {"models": {}, "metrics": {}}
+        generator = make_generator(device, config.seed, "bn", epoch)
+        averages.recalibrate(lambda: sample_train(t.batch_size, generator)[0])
+        metrics: dict[str, Any] = {}
+        for name, average in ready.items():
+            clean, pgd = validate(average, x_val, y_val, config, amp, config.seed)
+            metrics |= {f"val_{name}_clean_acc": clean, f"val_{name}_pgd_acc": pgd}
+        return {"models": ready, "metrics": metrics}
 
     def read_monitor(epoch: int, step: int) -> dict[str, Any]:
         reading = monitor.read(model, amp)
@@ -438,6 +456,7 @@ def _train(
                 optimizer.step()
                 if out.after_step is not None:
                     out.after_step()
+                averages.after_step(model)  # after after_step: the average never sees perturbed weights
                 # Metrics stay on the device; they are read once per progress refresh and per epoch.
                 pending.append((i, out.loss.detach()))
                 for key, value in {"loss": out.loss.detach(), **out.metrics}.items():
@@ -468,25 +487,30 @@ def _train(
             bar.close()
             check_losses(pending, epoch)
             train_seconds = progress.seconds + time.perf_counter() - start
-            averages = {key: float(value) / progress.seen for key, value in sums.items()}
+            means = {key: float(value) / progress.seen for key, value in sums.items()}
             val_clean, val_pgd = validate(model, x_val, y_val, config, amp, config.seed)
             reading = read_monitor(epoch, epoch * steps_per_epoch + progress.batch) if monitor.active else {}
+            averages.after_epoch(model, epoch)
+            averaged = validate_averages(epoch)
             if reading.get("co_collapse") and config.monitor.stop_on_collapse:
                 progress.stopped = True
-            schedule.end_epoch(averages["loss"])
+            schedule.end_epoch(means["loss"])
             row = {
                 "epoch": epoch + 1, "lr": epoch_lr,
-                "train_loss": averages.pop("loss"), "train_acc": averages.pop("acc", None),
+                "train_loss": means.pop("loss"), "train_acc": means.pop("acc", None),
                 "val_clean_acc": val_clean, "val_pgd_acc": val_pgd,
                 "seconds": progress.seconds + time.perf_counter() - start,
                 "images_per_s": progress.seen / max(train_seconds, 1e-9),
-            } | reading | {f"train_{key}": value for key, value in averages.items()}
+            } | reading | averaged["metrics"] | {f"train_{key}": value for key, value in means.items()}
             check_weights()
             value = row.get(select_metric)
             checkpoint_meta = sidecar | {"epoch": epoch + 1, "metric": select_metric, "value": value}
             with disk_errors(save_advice):
                 append_jsonl(run_dir / "metrics.jsonl", row)
                 save_weights(checkpoints / "last.safetensors", model.state_dict(), checkpoint_meta)
+                for name, average in averaged["models"].items():
+                    save_weights(checkpoints / f"{name}.safetensors", average.state_dict(),
+                                 sidecar | {"epoch": epoch + 1, "averaging": name})
                 # Without a validation split there is nothing to select on: best is then the last epoch.
                 # An epoch the CO monitor stopped is never best unless it is the only one (METHODS §7.7: keep
                 # the best state from before the collapse); the evaluation then reads that best checkpoint.

@@ -1,0 +1,100 @@
+"""Weight averaging: an exponential moving average (EMA, every step) and stochastic weight averaging (SWA,
+an equal-weight mean of the weights at each epoch end from `swa_start`), with BatchNorm statistics
+recomputed before an averaged model is validated or saved.
+
+An average of weights is a new network whose BN running statistics belong to none of the averaged ones
+(Izmailov et al. 2018, §3.2), so they are recomputed: reset, then a cumulative average (momentum None) over
+`bn_batches` training batches in train mode, without gradients. The batches are clean training images with
+the run's augmentation: the statistics the averaged model sees at test time are those of clean inputs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from advtrain.config import AveragingConfig
+
+
+def recalibrate_bn(model: nn.Module, batches: Iterable[Tensor]) -> bool:
+    """Recompute every BatchNorm's running statistics as the plain average over `batches`; the model's mode
+    and the layers' momenta are restored. Returns whether the model has any BatchNorm layer."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return False
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch counts equally
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+    return True
+
+
+class WeightAverages:
+    """The averaged copies a run keeps: {"ema": ..., "swa": ...}, each only when configured."""
+
+    def __init__(self, config: AveragingConfig, model: nn.Module) -> None:
+        self.config = config
+        self.models: dict[str, nn.Module] = {}
+        if config.ema_decay is not None:
+            self.models["ema"] = _frozen_copy(model)
+        if config.swa_start is not None:
+            self.models["swa"] = _frozen_copy(model)
+        self.swa_count = 0  # epochs averaged into the SWA weights so far
+
+    @property
+    def active(self) -> bool:
+        return bool(self.models)
+
+    def after_step(self, model: nn.Module) -> None:
+        """EMA: θ_ema ← d·θ_ema + (1 − d)·θ for every floating-point parameter."""
+        if "ema" in self.models:
+            decay = self.config.ema_decay
+            with torch.no_grad():
+                for avg, p in zip(self.models["ema"].parameters(), model.parameters(), strict=True):
+                    avg.lerp_(p.detach(), 1 - decay)
+
+    def after_epoch(self, model: nn.Module, epoch: int) -> None:
+        """SWA: from epoch `swa_start` (0-based) on, θ_swa ← (n·θ_swa + θ)/(n + 1) at each epoch end."""
+        start = self.config.swa_start
+        if "swa" not in self.models or start is None or epoch < start:
+            return
+        with torch.no_grad():
+            for avg, p in zip(self.models["swa"].parameters(), model.parameters(), strict=True):
+                avg.lerp_(p.detach(), 1 / (self.swa_count + 1))
+        self.swa_count += 1
+
+    def ready(self) -> dict[str, nn.Module]:
+        """The averages that hold something (SWA only once it has averaged an epoch)."""
+        return {n: m for n, m in self.models.items() if n != "swa" or self.swa_count > 0}
+
+    def recalibrate(self, sample: Callable[[], Tensor]) -> None:
+        """Recompute the BN statistics of every ready average on `bn_batches` batches drawn by `sample`."""
+        for model in self.ready().values():
+            recalibrate_bn(model, (sample() for _ in range(self.config.bn_batches)))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"models": {n: m.state_dict() for n, m in self.models.items()}, "swa_count": self.swa_count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, model in self.models.items():
+            model.load_state_dict(state["models"][name])
+        self.swa_count = state["swa_count"]
+
+
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy that never receives gradients (it is updated in place from the trained model's weights)."""
+    average = copy.deepcopy(model)
+    average.requires_grad_(False)
+    return average

@@ -1,0 +1,90 @@
+"""Weight averaging (EMA, SWA) and BatchNorm recalibration against hand-written formulas, and in the trainer."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from advtrain.checkpoint import load_weights
+from advtrain.config import AveragingConfig, load_config
+from advtrain.errors import UserError
+from advtrain.train import train
+from advtrain.train.averaging import WeightAverages, recalibrate_bn
+
+
+def tiny() -> nn.Module:
+    torch.manual_seed(0)
+    layers = [nn.BatchNorm2d(2), nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(12, 4)]
+    return nn.Sequential(*layers).double()
+
+
+def test_bn_recalibration_is_the_plain_average_of_the_batch_statistics():
+    model = tiny().eval()
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randn(8, 2, 4, 4, generator=g, dtype=torch.float64) * (i + 1) + i for i in range(3)]
+    assert recalibrate_bn(model, batches)
+    bn = model[0]
+    means = torch.stack([b.mean((0, 2, 3)) for b in batches])
+    variances = torch.stack([b.transpose(0, 1).flatten(1).var(1, unbiased=True) for b in batches])
+    assert torch.allclose(bn.running_mean, means.mean(0)) and torch.allclose(bn.running_var, variances.mean(0))
+    assert bn.momentum == 0.1 and not model.training  # restored
+    assert not recalibrate_bn(nn.Linear(2, 2), batches)
+
+
+def test_ema_and_swa_follow_their_formulas():
+    model = tiny()
+    averages = WeightAverages(AveragingConfig(ema_decay=0.9, swa_start=1), model)
+    theta0 = [p.detach().clone() for p in model.parameters()]
+    ema = [t.clone() for t in theta0]
+    snapshots = []
+    for epoch in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.1 * (epoch + 1))
+        averages.after_step(model)
+        ema = [0.9 * e + 0.1 * p.detach() for e, p in zip(ema, model.parameters(), strict=True)]
+        averages.after_epoch(model, epoch)
+        if epoch >= 1:
+            snapshots.append([p.detach().clone() for p in model.parameters()])
+    for avg, expected in zip(averages.models["ema"].parameters(), ema, strict=True):
+        assert torch.allclose(avg, expected, atol=1e-12)
+    for i, avg in enumerate(averages.models["swa"].parameters()):
+        assert torch.allclose(avg, (snapshots[0][i] + snapshots[1][i]) / 2, atol=1e-12)
+    assert averages.swa_count == 2 and not any(p.requires_grad for p in averages.models["swa"].parameters())
+    again = WeightAverages(AveragingConfig(ema_decay=0.9, swa_start=1), copy.deepcopy(model))
+    again.load_state_dict(averages.state_dict())
+    assert again.swa_count == 2
+
+
+COMMON = ["train.batch_size=64", "train.val_steps=2", "monitor.enabled=false", "train.progress=quiet",
+          "threat.eps=0.2", "method.name=standard", "schedule.name=constant", "data.val_size=100"]
+
+
+def test_the_trainer_keeps_validates_and_saves_the_averages(tmp_path):
+    one = load_config(None, [*COMMON, "train.epochs=1"])
+    train(one, tmp_path / "one", log=lambda _: None)
+    two = load_config(None, [*COMMON, "train.epochs=2", "averaging.swa_start=0", "averaging.ema_decay=0.99",
+                             "averaging.bn_batches=3"])
+    result = train(two, tmp_path / "two", log=lambda _: None)
+    w1 = load_weights(tmp_path / "one" / "checkpoints" / "last.safetensors")[0]  # epoch 1: the same run so far
+    w2 = load_weights(tmp_path / "two" / "checkpoints" / "last.safetensors")[0]
+    swa, meta = load_weights(tmp_path / "two" / "checkpoints" / "swa.safetensors")
+    for key in w1:
+        if "running" not in key and "num_batches" not in key:  # BN statistics are recomputed, not averaged
+            assert torch.allclose(swa[key], (w1[key] + w2[key]) / 2, atol=1e-6), key
+    assert meta["averaging"] == "swa" and meta["epoch"] == 2
+    assert not torch.equal(swa["bn1.running_mean"], w2["bn1.running_mean"])
+    assert (tmp_path / "two" / "checkpoints" / "ema.safetensors").is_file()
+    assert 0 <= result.last["val_swa_clean_acc"] <= 1 and 0 <= result.last["val_ema_pgd_acc"] <= 1
+
+
+def test_averaging_options_are_checked_when_the_config_loads():
+    with pytest.raises(UserError, match=r"needs averaging\.ema_decay"):
+        load_config(None, ["eval.checkpoint=ema"])
+    with pytest.raises(UserError, match="swa_start"):
+        load_config(None, ["train.epochs=3", "averaging.swa_start=3"])
+    with pytest.raises(UserError, match=r"averaging\.ema_decay"):
+        load_config(None, ["averaging.ema_decay=1"])
