@@ -71,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset name (digits, cifar10, cifar100, svhn, npz, synthetic)")
     p.add_argument("--data-root", help="dataset folder or file")
     p.add_argument("--attacks", help="comma-separated robustness attacks clean,fgsm,pgd,cw,aa,apgd and/or inequality "
-                   "evaluations gini,inductive_noise,random_noise,inductive_occlusion,corruptions "
-                   "(default: the run's, or clean,pgd)")
+                   "evaluations gini,inductive_noise,random_noise,inductive_occlusion,corruptions and/or "
+                   "vulnerability (per-example AV = CE(x') - CE(x)) (default: the run's, or clean,pgd)")
+    p.add_argument("--split", choices=["train", "test"],
+                   help="the images `vulnerability` runs on: the first --n of this split (default: train)")
     p.add_argument("--compare", nargs="+", type=Path, metavar="RUN_DIR",
                    help="evaluate several run directories side by side (noise and occlusion on the images all "
                    "of them classify correctly); needs --out FILE.json; unset --eps/--steps/... follow the "
@@ -167,6 +169,7 @@ def _eval_settings(args: argparse.Namespace, names: tuple[list[str], list[str]] 
         step_size=args.step_size, n=args.n, batch_size=args.batch_size, device=args.device,
         precision=args.precision, seed=args.seed,
         inequality_options=InequalityOptions(args.attribution, args.corruption_constants, args.corruptions_root),
+        vulnerability_split=args.split or "train",
     )
 
 
@@ -179,6 +182,8 @@ def _eval(args: argparse.Namespace) -> None:
         load_for_eval,
         load_group,
         split_attack_names,
+        vulnerability_text,
+        write_vulnerability_figure,
     )
     from advtrain.fileio import atomic_write_text
     from advtrain.report import write_run_report
@@ -187,6 +192,9 @@ def _eval(args: argparse.Namespace) -> None:
     out = _eval_out(args)
     # Names given on the command line are checked before any model is loaded.
     names = split_attack_names(args.attacks.split(",")) if args.attacks else None
+    if args.split is not None and "vulnerability" not in (names[1] if names else ()):
+        raise UserError("--split chooses the images of the vulnerability evaluation: add vulnerability to "
+                        "--attacks or drop --split")
     if args.corruptions_root is not None:  # a bad folder fails now, not after the attacks have run
         from advtrain.eval.corruptions import load_cifar10_c
 
@@ -214,6 +222,8 @@ def _eval(args: argparse.Namespace) -> None:
             print(text_table(["attack", "eps", "accuracy %"], eval_rows(report)))
     if "inequality" in report:
         print(inequality_text(report["inequality"]))
+    if "vulnerability" in report:
+        print(vulnerability_text(report["vulnerability"]))
     if out is not None:
         atomic_write_text(out, json.dumps(report, indent=2) + "\n")
         print(f"wrote {out}")
@@ -223,6 +233,8 @@ def _eval(args: argparse.Namespace) -> None:
         for path in inequality_figures(models, data, report["inequality"], figures, n=args.n, device=args.device,
                                        batch_size=args.batch_size):
             print(f"wrote {path}")
+    if figures is not None and "vulnerability" in report:
+        print(f"wrote {write_vulnerability_figure(report['vulnerability'], figures)}")
     if args.run_dir is not None and out == args.run_dir / "eval.json":
         write_run_report(args.run_dir)
 

@@ -40,6 +40,7 @@ class DataConfig:
     val_size: Annotated[float, Ge(0, "a fraction < 1 or a count of images")] = 0.1
     crop_padding: Annotated[int, Ge(0)] = 0  # random crop with this much zero padding (4 for CIFAR); 0 = off
     flip: bool = False  # random horizontal flip
+    idbh: Literal["none", "weak", "strong"] = "none"  # IDBH augmentation (METHODS.md §4.4), replaces crop/flip when set
     options: dict[str, Any] = field(default_factory=dict)  # source options, e.g. synthetic `shape`
 
 
@@ -122,6 +123,17 @@ class MonitorConfig:
 
 
 @dataclass
+class VulnerabilityConfig:
+    """Per-example adversarial vulnerability AVᵢ = CE(x'ᵢ) − CE(xᵢ) (METHODS.md §7.5) of a fixed training
+    subset (its first `size` images, no augmentation), every `every_epochs` epochs and after the first, saved
+    as vulnerability/epoch-EEEE.npy; x' = PGD-`steps` (step ε/4, random start) in eval mode."""
+
+    every_epochs: Annotated[int, Ge(1)] | None = None  # None: off
+    size: Annotated[int, Ge(1)] = 1000
+    steps: Annotated[int, Ge(1)] = 10
+
+
+@dataclass
 class AveragingConfig:
     """Weight averaging; each average is validated every epoch and saved as checkpoints/ema|swa.safetensors,
     with its BatchNorm statistics recomputed on `bn_batches` clean training batches first."""
@@ -155,6 +167,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     averaging: AveragingConfig = field(default_factory=AveragingConfig)
+    vulnerability: VulnerabilityConfig = field(default_factory=VulnerabilityConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def threat_model(self) -> ThreatModel:
@@ -441,6 +454,9 @@ def validate(config: RunConfig) -> None:
             f"data.val_size {val_size:g} is neither a fraction < 1 nor a whole count of images: "
             f"use e.g. 0.1 or {math.floor(val_size)}"
         )
+    if config.data.idbh != "none" and (config.data.crop_padding or config.data.flip):
+        raise UserError("data.idbh replaces data.crop_padding and data.flip (it has its own flip and CropShift): "
+                        "unset them")
     averaged = {"ema": config.averaging.ema_decay, "swa": config.averaging.swa_start}
     if config.eval.checkpoint in averaged and averaged[config.eval.checkpoint] is None:
         option = "ema_decay" if config.eval.checkpoint == "ema" else "swa_start"
@@ -477,6 +493,7 @@ __all__ = [
     "ScheduleConfig",
     "ThreatConfig",
     "TrainConfig",
+    "VulnerabilityConfig",
     "apply_overrides",
     "config_from_dict",
     "dump_yaml",

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
+from advtrain.data.idbh import idbh_batch
 from advtrain.errors import UserError
 from advtrain.runtime import derive_seed
 
@@ -22,16 +24,21 @@ class Augment:
 
     crop_padding: int = 0  # random crop with zero padding of this many pixels (0 = off)
     flip: bool = False  # random horizontal flip with p = 0.5
+    idbh: Literal["none", "weak", "strong"] = "none"  # IDBH (advtrain.data.idbh), replaces crop/flip when set
 
     def __post_init__(self) -> None:
         pad = self.crop_padding
         if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
             raise UserError(f"crop_padding must be an integer >= 0 (0 turns cropping off), got {pad!r}")
+        if self.idbh not in ("none", "weak", "strong"):
+            raise UserError(f"idbh must be 'none', 'weak' or 'strong', got {self.idbh!r}")
+        if self.idbh != "none" and (pad > 0 or self.flip):
+            raise UserError("data.idbh replaces data.crop_padding/data.flip: unset them")
 
     @property
     def active(self) -> bool:
         """Whether this augmentation changes anything."""
-        return self.crop_padding > 0 or bool(self.flip)
+        return self.idbh != "none" or self.crop_padding > 0 or bool(self.flip)
 
 
 def to_float(x_uint8: torch.Tensor, pixel_max: int) -> torch.Tensor:
@@ -86,7 +93,7 @@ def apply_augment(
 
 
 def augment_batch(x_uint8: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
-    """Randomly crop (zero padding) and flip a batch N×C×H×W; dtype and shape are preserved.
+    """Randomly crop (zero padding) and flip a batch N×C×H×W, or apply IDBH; dtype and shape are preserved.
 
     ``generator`` must live on the batch's device. With augmentation off the input is returned unchanged.
     """
@@ -94,6 +101,8 @@ def augment_batch(x_uint8: torch.Tensor, augment: Augment, generator: torch.Gene
         raise UserError(f"augment_batch needs an N×C×H×W batch, got shape {tuple(x_uint8.shape)}")
     if not augment.active:
         return x_uint8
+    if augment.idbh != "none":
+        return idbh_batch(x_uint8, augment.idbh, generator)
     dy, dx, flip = draw_augment_params(len(x_uint8), augment, generator)
     return apply_augment(x_uint8, augment.crop_padding, dy, dx, flip)
 
@@ -126,6 +135,8 @@ class DeviceBatcher:
             raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
         if pixel_max <= 0:
             raise UserError(f"pixel_max must be positive (255 for 8-bit images), got {pixel_max}")
+        if augment.idbh != "none" and pixel_max != 255:
+            raise UserError(f"data.idbh needs 8-bit images (pixel_max 255), this dataset has pixel_max {pixel_max}")
         self.x = x.to(device).contiguous()
         self.y = y.to(device=self.x.device, dtype=torch.int64)
         self.device = self.x.device  # resolved, e.g. cuda -> cuda:0, so generators match the data

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from advtrain.attacks import MAX_DISTANCE, Norm
 from advtrain.bounds import Bound, Ge, Gt, Le, Lt
@@ -23,6 +24,7 @@ from advtrain.eval.inequality import (
     write_inequality_figures,
 )
 from advtrain.eval.robustness import ATTACK_ALIASES, AttackResult, attack_specs, check_attack_names, evaluate
+from advtrain.eval.vulnerability import VULNERABILITY_EVALS, VULNERABILITY_SPLITS, evaluate_vulnerability, first_eps
 from advtrain.models.spec import ModelSpec
 from advtrain.rundir import read_config
 from advtrain.runtime import SEED_LIMIT, autocast_dtype, resolve_device
@@ -112,13 +114,15 @@ def load_for_eval(
 
 
 def split_attack_names(names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(robustness attacks, inequality evaluations) from one `--attacks` list, blanks dropped.
+    """(robustness attacks, other evaluations) from one `--attacks` list, blanks dropped.
 
-    One-line UserError, suggesting the closest valid name, for an unknown name or an empty list. An
-    inequality evaluation named twice runs once (its results are keyed by name).
+    The other evaluations are the inequality ones (INEQUALITY_EVALS) and `vulnerability` (VULNERABILITY_EVALS);
+    they go to `EvalSettings.inequality`. One-line UserError, suggesting the closest valid name, for an unknown
+    name or an empty list. An evaluation named twice runs once (its results are keyed by name).
     """
     names = [str(name).strip() for name in names if str(name).strip()]
-    valid = [*ATTACK_ALIASES, *INEQUALITY_EVALS]
+    others = (*INEQUALITY_EVALS, *VULNERABILITY_EVALS)
+    valid = [*ATTACK_ALIASES, *others]
     for name in names:
         if name not in valid:
             close = difflib.get_close_matches(name, valid, n=1)
@@ -126,7 +130,7 @@ def split_attack_names(names: Sequence[str]) -> tuple[list[str], list[str]]:
             raise UserError(f"unknown attack {name!r}: {hint}choose from {', '.join(valid)}")
     if not names:
         raise UserError("no attack to run: pass e.g. --attacks clean,pgd (or gini,inductive_noise)")
-    return [n for n in names if n in ATTACK_ALIASES], list(dict.fromkeys(n for n in names if n in INEQUALITY_EVALS))
+    return [n for n in names if n in ATTACK_ALIASES], list(dict.fromkeys(n for n in names if n in others))
 
 
 def check_eval_args(
@@ -171,25 +175,60 @@ class EvalSettings:
     device: str = "auto"
     precision: str = "fp32"
     seed: int = 0
-    inequality: Sequence[str] = ()  # INEQUALITY_EVALS, run on the same images in fp32
+    inequality: Sequence[str] = ()  # INEQUALITY_EVALS, run on the same images in fp32, and/or "vulnerability"
     inequality_options: InequalityOptions | None = None
+    vulnerability_split: str = "train"  # `vulnerability` runs on the first n images of this split
+
+    @property
+    def vulnerability(self) -> bool:
+        return any(e in VULNERABILITY_EVALS for e in self.inequality)
 
     def check(self) -> None:
         """One-line UserError for an unknown name, nothing to run, or an out-of-range setting."""
         check_attack_names(self.attacks)
-        unknown = [e for e in self.inequality if e not in INEQUALITY_EVALS]
+        others = (*INEQUALITY_EVALS, *VULNERABILITY_EVALS)
+        unknown = [e for e in self.inequality if e not in others]
         if unknown:
-            raise UserError(
-                f"unknown inequality evaluation {unknown[0]!r}: choose from {', '.join(INEQUALITY_EVALS)}")
+            raise UserError(f"unknown inequality evaluation {unknown[0]!r}: choose from {', '.join(others)}")
+        if self.vulnerability_split not in VULNERABILITY_SPLITS:
+            raise UserError(f"--split {self.vulnerability_split!r}: choose from {', '.join(VULNERABILITY_SPLITS)}")
+        if self.vulnerability:
+            first_eps(self.eps)
         if not self.attacks and not self.inequality:
             raise UserError("no attack to run: pass e.g. --attacks clean,pgd")
         check_eval_args(eps=self.eps, n=self.n, steps=self.steps, restarts=self.restarts,
                         step_size=self.step_size, batch_size=self.batch_size, seed=self.seed)
 
 
-def eval_images(data: Dataset, n: int | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `n` test images (floats in [0, 1]) and labels, on `device`."""
-    return to_float(data.x_test[:n], data.pixel_max).to(device), data.y_test[:n].to(device)
+def eval_images(
+    data: Dataset, n: int | None, device: torch.device, split: str = "test"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `n` images of `split` (test or train; floats in [0, 1], no augmentation) and labels, on `device`."""
+    x, y = (data.x_train, data.y_train) if split == "train" else (data.x_test, data.y_test)
+    return to_float(x[:n], data.pixel_max).to(device), y[:n].to(device)
+
+
+def evaluate_analyses(
+    models: Mapping[str, nn.Module], data: Dataset, settings: EvalSettings, device: torch.device
+) -> dict[str, Any]:
+    """The "inequality" and "vulnerability" parts of the eval JSON (those `settings.inequality` asks for), for
+    one model or a group, in fp32. Inequality: the first `settings.n` test images; vulnerability: the first
+    `settings.n` images of `settings.vulnerability_split`, PGD-`steps` at the first ε (see
+    `evaluate_vulnerability`)."""
+    st = settings
+    out: dict[str, Any] = {}
+    inequality = [e for e in st.inequality if e in INEQUALITY_EVALS]
+    if inequality:
+        x, y = eval_images(data, st.n, device)
+        out["inequality"] = evaluate_inequality(models, x, y, evals=inequality, seed=st.seed,
+                                                batch_size=st.batch_size, options=st.inequality_options)
+    if st.vulnerability:
+        x, y = eval_images(data, st.n, device, st.vulnerability_split)
+        out["vulnerability"] = evaluate_vulnerability(
+            models, x, y, eps=first_eps(st.eps), norm=st.norm, steps=st.steps, step_size=st.step_size,
+            seed=st.seed, batch_size=st.batch_size, split=st.vulnerability_split,
+        )
+    return out
 
 
 def evaluate_loaded(
@@ -204,7 +243,8 @@ def evaluate_loaded(
     """Run the attacks on the first `settings.n` test images; return the eval JSON and per-example results.
 
     The inequality evaluations (see `INEQUALITY_EVALS`) run on the same images, fp32, and their results go
-    under the JSON's "inequality" key, keyed by `label` (default: the model's name). Every setting is checked
+    under the JSON's "inequality" key, keyed by `label` (default: the model's name); `vulnerability` goes under
+    "vulnerability" (on `settings.vulnerability_split`, see `evaluate_analyses`). Every setting is checked
     before the first attack runs, so a bad one fails with nothing printed or written. The messages name the
     `advtrain eval` flags: a run's config was checked when it was loaded.
     """
@@ -233,10 +273,7 @@ def evaluate_loaded(
         "torch_version": torch.__version__,
         "results": [r.as_dict() for r in results],
     }
-    if st.inequality:
-        models = {label or loaded.spec.name: model}
-        report["inequality"] = evaluate_inequality(models, x, y, evals=st.inequality, seed=st.seed,
-                                                   batch_size=st.batch_size, options=st.inequality_options)
+    report |= evaluate_analyses({label or loaded.spec.name: model}, data, st, dev)
     return report, results
 
 
@@ -312,8 +349,8 @@ def compare_runs(
     The robustness attacks run for every model (`evaluate_loaded`); the inequality evaluations run once on
     the whole group, so the noise and occlusion error rates are over the images every model classifies
     correctly. Layout: {"models": {label: {"model", "source", "checkpoint", "epoch", "results"}},
-    "inequality": {...} (when any ran), "n", "data", "seed", ...}. `on_result(label, result)` reports each
-    attack as it finishes.
+    "inequality": {...}, "vulnerability": {...} (when they ran), "n", "data", "seed", ...}.
+    `on_result(label, result)` reports each attack as it finishes.
     """
     st = settings
     st.check()
@@ -334,16 +371,12 @@ def compare_runs(
             "model": loaded.spec.name, "source": str(loaded.source), "checkpoint": checkpoint,
             "epoch": loaded.metadata.get("epoch"), "results": results,
         }
-    x, y = eval_images(data, st.n, dev)
     out: dict[str, Any] = {"models": entries}
-    if st.inequality:
-        modules = {label: loaded.model.to(dev) for label, loaded in models.items()}
-        out["inequality"] = evaluate_inequality(modules, x, y, evals=st.inequality, seed=st.seed,
-                                                batch_size=st.batch_size, options=st.inequality_options)
+    out |= evaluate_analyses({label: loaded.model.to(dev) for label, loaded in models.items()}, data, st, dev)
     amp = autocast_dtype(st.precision, dev)
     return out | {
-        "n": len(y), "data": data.name, "seed": st.seed, "precision": "bf16" if amp is not None else "fp32",
-        "device": str(dev), "torch_version": torch.__version__,
+        "n": len(data.y_test[: st.n]), "data": data.name, "seed": st.seed,
+        "precision": "bf16" if amp is not None else "fp32", "device": str(dev), "torch_version": torch.__version__,
     }
 
 

@@ -10,6 +10,7 @@ non-finite loss or weight stops training before anything non-finite is saved.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
@@ -33,7 +35,8 @@ from advtrain.config import RunConfig, dump_yaml
 from advtrain.data import Augment, Dataset, DeviceBatcher, augment_batch, load_dataset, split_validation, to_float
 from advtrain.errors import TrainingStopped, UserError
 from advtrain.eval.robustness import AttackSpec, evaluate
-from advtrain.fileio import atomic_write_text
+from advtrain.eval.vulnerability import adversarial_vulnerability
+from advtrain.fileio import atomic_write_bytes, atomic_write_text
 from advtrain.methods import Batch, EpochContext, StepContext, build_method
 from advtrain.models.spec import ModelSpec
 from advtrain.runtime import autocast_dtype, derive_seed, make_generator, resolve_device, seed_everything
@@ -278,7 +281,7 @@ def _train(
     train_idx, val_idx = split_validation(
         len(data.y_train), int(val_size) if val_size >= 1 else val_size, config.seed, labels=data.y_train
     )
-    augment = Augment(crop_padding=config.data.crop_padding, flip=config.data.flip)
+    augment = Augment(crop_padding=config.data.crop_padding, flip=config.data.flip, idbh=config.data.idbh)
     batcher = DeviceBatcher(
         data.x_train[train_idx], data.y_train[train_idx], batch_size=t.batch_size, pixel_max=data.pixel_max,
         device=device, seed=config.seed, augment=augment,
@@ -401,6 +404,26 @@ def _train(
     monitor_every = config.monitor.every_steps if monitor.active else None
     row: dict[str, Any] = {}
 
+    vuln = config.vulnerability
+    x_vuln = to_float(batcher.x[: vuln.size], data.pixel_max)  # a fixed subset, index-matched across epochs
+    y_vuln = batcher.y[: vuln.size]
+
+    def record_vulnerability(epoch: int) -> dict[str, Any]:
+        """AV of the fixed training subset after the first epoch and every `every_epochs`; its mean and std."""
+        if vuln.every_epochs is None or not (epoch == 0 or (epoch + 1) % vuln.every_epochs == 0):
+            return {}
+        av = adversarial_vulnerability(
+            model, x_vuln, y_vuln, eps=config.threat.eps, norm=config.threat.norm, steps=vuln.steps,
+            step_size=config.threat.eps / 4, seed=derive_seed(config.seed, "vulnerability", epoch),
+            batch_size=t.batch_size,
+        )
+        buffer = io.BytesIO()
+        np.save(buffer, av.numpy().astype(np.float32))
+        with disk_errors(save_advice):
+            (run_dir / "vulnerability").mkdir(exist_ok=True)
+            atomic_write_bytes(run_dir / "vulnerability" / f"epoch-{epoch + 1:04d}.npy", buffer.getvalue())
+        return {"vuln_mean": float(av.mean()), "vuln_std": float(av.std())}
+
     def validate_averages(epoch: int) -> dict[str, Any]:
         """Recompute the BN statistics of the weight averages, then validate them (val_ema_*, val_swa_*)."""
         ready = averages.ready()
@@ -492,6 +515,7 @@ def _train(
             reading = read_monitor(epoch, epoch * steps_per_epoch + progress.batch) if monitor.active else {}
             averages.after_epoch(model, epoch)
             averaged = validate_averages(epoch)
+            vulnerability = record_vulnerability(epoch)
             if reading.get("co_collapse") and config.monitor.stop_on_collapse:
                 progress.stopped = True
             schedule.end_epoch(means["loss"])
@@ -501,7 +525,7 @@ def _train(
                 "val_clean_acc": val_clean, "val_pgd_acc": val_pgd,
                 "seconds": progress.seconds + time.perf_counter() - start,
                 "images_per_s": progress.seen / max(train_seconds, 1e-9),
-            } | reading | averaged["metrics"] | {f"train_{key}": value for key, value in means.items()}
+            } | reading | averaged["metrics"] | vulnerability | {f"train_{key}": value for key, value in means.items()}
             check_weights()
             value = row.get(select_metric)
             checkpoint_meta = sidecar | {"epoch": epoch + 1, "metric": select_metric, "value": value}
