@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The IGD experiment of docs/experiments/igd.md: standard (the teacher), PGD-AT and IGD (λ sweep) on the
-# CIFAR-10 subset of ../shared/data with the small CNN on CPU, then `advtrain eval --compare` of all of them. Usage: bash benchmarks/igd_compare.sh OUT_DIR [CIFAR_NPZ]   (two runs at a time, one thread each)
+# CIFAR-10 subset of ../shared/data with the small CNN on CPU, then `advtrain eval --compare` of all of them.
+# Usage: bash benchmarks/igd_compare.sh OUT_DIR [CIFAR_NPZ]   (two processes at a time, one thread each)
 set -euo pipefail
 out=${1:?usage: igd_compare.sh OUT_DIR [CIFAR_NPZ]}
 npz=${2:-../shared/data/cifar10_subset.npz}
