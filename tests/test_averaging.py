@@ -79,6 +79,9 @@ def test_the_trainer_keeps_validates_and_saves_the_averages(tmp_path):
     assert not torch.equal(swa["bn1.running_mean"], w2["bn1.running_mean"])
     assert (tmp_path / "two" / "checkpoints" / "ema.safetensors").is_file()
     assert 0 <= result.last["val_swa_clean_acc"] <= 1 and 0 <= result.last["val_ema_pgd_acc"] <= 1
+    # The averages are part of the resumable state: resuming the finished run restores them without complaint.
+    again = train(two, tmp_path / "two", log=lambda _: None, resume=True)
+    assert again.best_epoch == result.best_epoch
 
 
 def test_averaging_options_are_checked_when_the_config_loads():
