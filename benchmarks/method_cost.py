@@ -37,7 +37,10 @@ METHODS: list[tuple[str, list[str]]] = [
     ("n_fgsm", ["method.name=n_fgsm"]),
     ("grad_align", ["method.name=grad_align", "method.lam=0.2"]),
     ("igd", ["method.name=igd"]),
-    ("iseat", ["method.name=iseat"]),  # the teacher: a same-architecture file written by main() (cost is the same)
+    ("iseat", ["method.name=iseat"]),
+    ("sat_r1", ["method.name=sat_r1"]),
+    ("sat_r2", ["method.name=sat_r2"]),
+    ("sat_r3", ["method.name=sat_r3"]),  # the teacher: a same-architecture file written by main() (cost is the same)
 ]
 
 

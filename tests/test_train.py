@@ -154,6 +154,8 @@ PAPER_RECIPES = {
     "cifar10_preact_resnet18_iseat.yaml": ("preact_resnet18", "iseat", 200, 0.1, 5e-4, "multistep", [100, 150],
                                            {"gamma": 7e-3, "lam": 0.1, "lam_before_decay": 0.0, "steps": 10,
                                             "step_size": 2 / 255, "bn_mode": "train"}),
+    **{f"cifar10_wrn28_10_sat_r{r}.yaml": ("wrn28_10", f"sat_r{r}", 100, 0.1, 5e-4, "multistep", [25, 50, 75],
+                                          {"bn_mode": "eval"}) for r in (1, 2, 3)},
     "cifar10_resnet18_standard.yaml": ("resnet18", "standard", 150, 0.1, 5e-4, "plateau", None, {}),
     "cifar10_resnet18_igd.yaml": ("resnet18", "igd", 150, 0.1, 5e-4, "plateau", None,
                                   {"lam": 1.0, "point": "clean", "target": "logit", "distance": "cos"}),
@@ -170,7 +172,8 @@ def test_every_shipped_cifar10_config_has_its_paper_recipe(tmp_path):
         config = load_config(CONFIG_DIR / name, [f"method.teacher={teacher}"] if method == "igd" else [])
         assert (config.model.name, config.method.name, config.train.epochs) == (model, method, epochs), name
         assert (config.optim.lr, config.optim.weight_decay, config.optim.momentum) == (lr, wd, 0.9), name
-        assert config.schedule.name == schedule and config.train.batch_size == 128, name
+        assert config.schedule.name == schedule, name
+        assert config.train.batch_size == (64 if method.startswith("sat_r") else 128), name
         if milestones is not None:
             assert config.schedule.milestones == milestones, name
         if schedule == "plateau":  # the IGD code's ReduceLROnPlateau(min, threshold 1e-2, patience 10)

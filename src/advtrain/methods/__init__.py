@@ -11,6 +11,9 @@ from advtrain.methods import (  # noqa: F401
     mart,
     n_fgsm,
     pgd_at,
+    sat_r1,
+    sat_r2,
+    sat_r3,
     standard,
     trades,
 )

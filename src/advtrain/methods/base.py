@@ -169,5 +169,12 @@ class AdversarialMethod(Method):
         return out
 
 
+def joint_forward(model: nn.Module, *inputs: Tensor) -> tuple[Tensor, ...]:
+    """One forward pass over the concatenation of `inputs`, split back: the variants share BN batch statistics
+    (the single train-mode forward of SAT-R, METHODS.md §5)."""
+    logits = model(torch.cat(inputs))
+    return logits.split([len(x) for x in inputs])
+
+
 def accuracy(logits: Tensor, y: Tensor) -> Tensor:
     return (logits.detach().argmax(1) == y).float().mean()
