@@ -264,5 +264,6 @@ def test_every_attack_the_eval_package_writes_gets_its_label() -> None:
     from advtrain.eval import ATTACK_ALIASES, attack_specs
 
     labels = [attack_label(s.describe() | {"accuracy": 0.5}) for s in attack_specs(list(ATTACK_ALIASES), [0.1])]
-    assert labels == ["clean", "FGSM", "PGD-20 ×1 (step 0.0125)", "CW-PGD-20", "AutoAttack (standard)",
+    assert labels == ["clean", "FGSM", "PGD-20 ×1 (step 0.0125)", "I-FGSM-20 ×1 (step 0.0125)", "CW-PGD-20",
+                      "AutoAttack (standard)",
                       "AutoAttack (standard)", "AutoAttack (apgd: APGD-CE + APGD-T only)"]

@@ -98,3 +98,34 @@ def test_sat_r3_equals_the_hand_written_formula(reduction):
     else:
         penalty = torch.relu(l_lo - tau * l_hi).mean()
     check(method, model, reference, l_hi.mean() + lam * penalty, running_mean, seed)
+
+
+def test_sat_r_runs_select_their_checkpoint_on_validation_i_fgsm_3(tmp_path):
+    from advtrain.checkpoint import load_weights
+    from advtrain.config import load_config
+    from advtrain.data import load_dataset, split_validation, to_float
+    from advtrain.eval.checkpoints import load_checkpoint_model
+    from advtrain.train import train
+
+    config = load_config(None, ["method.name=sat_r2", "method.lam=5", "method.alpha=0.01", "threat.eps=0.2",
+                                "train.epochs=2", "train.batch_size=64", "monitor.enabled=false",
+                                "train.progress=quiet", "data.val_size=100"])
+    train(config, tmp_path / "run", log=lambda _: None)
+    import json
+
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all("val_ifgsm_acc" in r and "val_pgd_acc" not in r for r in rows)
+    _, meta = load_weights(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    assert meta["metric"] == "val_ifgsm_acc" and meta["value"] == rows[-1]["val_ifgsm_acc"]
+    # I-FGSM-3 by hand on the validation split: 3 steps of ε/3 from x, projected, in eval mode.
+    data = load_dataset("digits")
+    _, val_idx = split_validation(len(data.y_train), 100, config.seed, labels=data.y_train)
+    x, y = to_float(data.x_train[val_idx], data.pixel_max), data.y_train[val_idx]
+    model = load_checkpoint_model(tmp_path / "run" / "checkpoints" / "last.safetensors").model.eval()
+    survived = model(x).argmax(1) == y  # evaluate() counts an example broken at the first fooling iterate
+    x_adv = x.clone()
+    for _ in range(3):
+        x_adv = torch.min(torch.max(x_adv + 0.2 / 3 * ce_grad(model, x_adv, y).sign(), x - 0.2), x + 0.2).clamp(0, 1)
+        with torch.no_grad():
+            survived &= model(x_adv).argmax(1) == y
+    assert rows[-1]["val_ifgsm_acc"] == pytest.approx(survived.float().mean().item(), abs=1e-6)

@@ -95,7 +95,7 @@ class TrainConfig:
     val_max: Annotated[int, Ge(1)] | None = None  # validate on at most this many validation images
     # auto: the method's (val_pgd_acc, or val_clean_acc for standard). Only the validation accuracies the
     # trainer records can select a checkpoint; any other name would silently never select one.
-    select_metric: Literal["auto", "val_clean_acc", "val_pgd_acc"] = "auto"
+    select_metric: Literal["auto", "val_clean_acc", "val_pgd_acc", "val_ifgsm_acc"] = "auto"
     progress: Literal["bar", "quiet"] = "bar"
     # torch CPU threads; None = torch's default. Capped: torch would try to start every thread asked for.
     threads: Annotated[int, Ge(1), Le(1024)] | None = None

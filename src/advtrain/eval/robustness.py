@@ -20,6 +20,7 @@ ATTACK_ALIASES: dict[str, tuple[str, str | None]] = {
     "clean": ("clean", None),
     "fgsm": ("fgsm", None),
     "pgd": ("pgd", None),
+    "ifgsm": ("ifgsm", None),
     "cw": ("cw", None),
     "aa": ("autoattack", "standard"),
     "autoattack": ("autoattack", "standard"),
@@ -29,7 +30,7 @@ ATTACK_ALIASES: dict[str, tuple[str, str | None]] = {
 
 @dataclass(frozen=True)
 class AttackSpec:
-    attack: str  # clean | fgsm | pgd | cw | autoattack
+    attack: str  # clean | fgsm | pgd | ifgsm (PGD from x, no random start) | cw | autoattack
     eps: float = 0.0
     norm: Norm = "linf"
     steps: int = 0
@@ -42,7 +43,7 @@ class AttackSpec:
         row: dict[str, Any] = {"attack": self.attack, "eps": self.eps}
         if self.attack != "clean":
             row["norm"] = self.norm
-        if self.attack in ("pgd", "cw"):
+        if self.attack in ("pgd", "ifgsm", "cw"):
             row |= {"steps": self.steps, "restarts": self.restarts, "step_size": self.step_size}
         if self.attack == "autoattack":
             row["version"] = self.version
@@ -98,7 +99,7 @@ def attack_specs(
             attack, version = ATTACK_ALIASES[name]
             if attack == "clean":
                 continue
-            if attack in ("pgd", "cw"):
+            if attack in ("pgd", "ifgsm", "cw"):
                 size = default_step_size(eps, steps) if step_size is None else step_size
                 specs.append(AttackSpec(attack, eps, norm, steps, restarts, size))
             elif attack == "fgsm":
@@ -116,12 +117,12 @@ def run_attack(
         return x
     if spec.attack == "fgsm":
         return fgsm(model, x, y, eps=spec.eps, norm=spec.norm, keep="first_fooling")
-    if spec.attack in ("pgd", "cw"):
+    if spec.attack in ("pgd", "ifgsm", "cw"):
         generator = torch.Generator(device=x.device).manual_seed(seed)
         return pgd(
             model, x, y, eps=spec.eps, steps=spec.steps, step_size=spec.step_size, norm=spec.norm,
-            loss="ce" if spec.attack == "pgd" else "cw", restarts=spec.restarts, keep="first_fooling",
-            generator=generator,
+            loss="cw" if spec.attack == "cw" else "ce", restarts=spec.restarts, keep="first_fooling",
+            generator=generator, random_start=spec.attack != "ifgsm",
         )
     if spec.attack == "autoattack":
         return autoattack(

@@ -118,6 +118,9 @@ class Method(ABC):
     config_class: ClassVar[type[MethodConfig]]
     # Validation metric the best checkpoint is selected on (always measured on the validation split).
     selection_metric: ClassVar[str] = "val_pgd_acc"
+    # The validation attack: "pgd" (PGD-k, step ε/4, random start) or "ifgsm" (I-FGSM-3 from x, SAT-R §5);
+    # its accuracy is the metrics column val_<attack>_acc.
+    validation_attack: ClassVar[str] = "pgd"
 
     def __init__(self, config: MethodConfig, threat: ThreatModel) -> None:
         self.config = config

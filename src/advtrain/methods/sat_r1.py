@@ -38,6 +38,8 @@ class SATR1(Method):
     name = "sat_r1"
     config_class = SATR1Config
     config: SATR1Config
+    validation_attack = "ifgsm"  # §5: model selection against I-FGSM-3 on the validation split
+    selection_metric = "val_ifgsm_acc"
 
     def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         c, eps, norm = self.config, self.threat.eps, self.threat.norm

@@ -41,6 +41,8 @@ class SATR3(Method):
     name = "sat_r3"
     config_class = SATR3Config
     config: SATR3Config
+    validation_attack = "ifgsm"  # §5: model selection against I-FGSM-3 on the validation split
+    selection_metric = "val_ifgsm_acc"
 
     def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         c, norm = self.config, self.threat.norm

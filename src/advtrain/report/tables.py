@@ -122,8 +122,9 @@ def attack_label(result: Mapping[str, object]) -> str:
         return "clean"
     if name == "fgsm":
         return "FGSM"
-    if name == "pgd":
-        label = f"PGD-{steps}" if steps is not None else "PGD"
+    if name in ("pgd", "ifgsm"):
+        prefix = "PGD" if name == "pgd" else "I-FGSM"  # I-FGSM: PGD from x, without a random start
+        label = f"{prefix}-{steps}" if steps is not None else prefix
         restarts = result.get("restarts")
         if restarts is not None:
             label += f" ×{restarts}"

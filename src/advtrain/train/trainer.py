@@ -142,17 +142,21 @@ def keep_metrics_rows(path: Path, rows: int) -> None:
 
 
 def validate(
-    model: nn.Module, x: Tensor, y: Tensor, config: RunConfig, amp: torch.dtype | None, seed: int
+    model: nn.Module, x: Tensor, y: Tensor, config: RunConfig, amp: torch.dtype | None, seed: int,
+    attack: str = "pgd",
 ) -> tuple[float | None, float | None]:
-    """Clean and PGD accuracy on the validation split (PGD-k, step ε/4, random start)."""
+    """Clean and adversarial accuracy on the validation split: PGD-k (step ε/4, random start), or for
+    `attack="ifgsm"` I-FGSM-3 (step ε/3, from x; SAT-R's model selection, METHODS.md §5)."""
     if len(x) == 0:
         return None, None
     eps, steps = config.threat.eps, config.train.val_steps
     specs = [AttackSpec("clean")]
-    if steps > 0:
+    if attack == "ifgsm":
+        specs.append(AttackSpec("ifgsm", eps, config.threat.norm, 3, 1, eps / 3))
+    elif steps > 0:
         specs.append(AttackSpec("pgd", eps, config.threat.norm, steps, 1, eps / 4))
     results = evaluate(model, x, y, specs, batch_size=max(config.train.batch_size, 256), seed=seed, autocast_dtype=amp)
-    return results[0].accuracy, (results[1].accuracy if steps > 0 else None)
+    return results[0].accuracy, (results[1].accuracy if len(results) > 1 else None)
 
 
 class StopSignals:
@@ -305,6 +309,7 @@ def _train(
     averages = WeightAverages(config.averaging, model)
     schedule = LRSchedule(config.schedule, config.optim.lr, t.epochs)
     select_metric = method.selection_metric if t.select_metric == "auto" else t.select_metric
+    val_label = "I-FGSM-3" if method.validation_attack == "ifgsm" else f"PGD-{t.val_steps}"
     steps_per_epoch = len(batcher)
 
     progress = Progress()
@@ -433,8 +438,8 @@ def _train(
         averages.recalibrate(lambda: sample_train(t.batch_size, generator)[0])
         metrics: dict[str, Any] = {}
         for name, average in ready.items():
-            clean, pgd = validate(average, x_val, y_val, config, amp, config.seed)
-            metrics |= {f"val_{name}_clean_acc": clean, f"val_{name}_pgd_acc": pgd}
+            clean, adv = validate(average, x_val, y_val, config, amp, config.seed, method.validation_attack)
+            metrics |= {f"val_{name}_clean_acc": clean, f"val_{name}_{method.validation_attack}_acc": adv}
         return {"models": ready, "metrics": metrics}
 
     def read_monitor(epoch: int, step: int) -> dict[str, Any]:
@@ -511,7 +516,7 @@ def _train(
             check_losses(pending, epoch)
             train_seconds = progress.seconds + time.perf_counter() - start
             means = {key: float(value) / progress.seen for key, value in sums.items()}
-            val_clean, val_pgd = validate(model, x_val, y_val, config, amp, config.seed)
+            val_clean, val_adv = validate(model, x_val, y_val, config, amp, config.seed, method.validation_attack)
             reading = read_monitor(epoch, epoch * steps_per_epoch + progress.batch) if monitor.active else {}
             averages.after_epoch(model, epoch)
             averaged = validate_averages(epoch)
@@ -522,7 +527,7 @@ def _train(
             row = {
                 "epoch": epoch + 1, "lr": epoch_lr,
                 "train_loss": means.pop("loss"), "train_acc": means.pop("acc", None),
-                "val_clean_acc": val_clean, "val_pgd_acc": val_pgd,
+                "val_clean_acc": val_clean, f"val_{method.validation_attack}_acc": val_adv,
                 "seconds": progress.seconds + time.perf_counter() - start,
                 "images_per_s": progress.seen / max(train_seconds, 1e-9),
             } | reading | averaged["metrics"] | vulnerability | {f"train_{key}": value for key, value in means.items()}
@@ -547,7 +552,7 @@ def _train(
             save_train_state()
             log(
                 f"epoch {epoch + 1:>3}/{t.epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
-                f"acc {_pct(row['train_acc'])}  val clean {_pct(val_clean)}  val PGD-{t.val_steps} {_pct(val_pgd)}  "
+                f"acc {_pct(row['train_acc'])}  val clean {_pct(val_clean)}  val {val_label} {_pct(val_adv)}  "
                 f"{row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s"
             )
             if progress.stopped:
