@@ -1,4 +1,4 @@
-"""`advtrain train | eval | quickstart`: parse arguments, call one function, turn bad input into exit 2."""
+"""`advtrain train | eval | diagnose | quickstart`: parse arguments, call one function, turn bad input into exit 2."""
 
 from __future__ import annotations
 
@@ -100,6 +100,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="eval JSON path (default: RUN_DIR/eval.json; none for --weights; "
                    "required with --compare); figures go to RUN_DIR/figures or to OUT_STEM-figures next to it")
+
+    p = sub.add_parser("diagnose", parents=[debug],
+                       help="check a run or a weights file for gradient masking (METHODS.md §7.7)")
+    p.add_argument("run_dir", nargs="?", type=Path, help="a run directory made by `advtrain train`")
+    p.add_argument("--model", help="model name, for --weights files without a sidecar (e.g. resnet18)")
+    p.add_argument("--weights", type=Path, help=".safetensors (with its .json sidecar) or a plain .pt state_dict")
+    p.add_argument("--data", help="dataset name (digits, cifar10, cifar100, svhn, npz, synthetic)")
+    p.add_argument("--data-root", help="dataset folder or file")
+    p.add_argument("--n", type=int, default=500, help="diagnose on the first N test images (default 500)")
+    p.add_argument("--eps", type=_number, help="L∞ ε (default: the run's threat ε, else 8/255)")
+    p.add_argument("--surrogate", type=Path, metavar="RUN_DIR",
+                   help="a run to craft transfer attacks on (ideally standard-trained); without it the transfer "
+                   "check is skipped")
+    p.add_argument("--checkpoint", choices=["best", "last", "ema", "swa"], default="best",
+                   help="which checkpoint of the run (and of --surrogate)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="diagnose JSON path (default: RUN_DIR/diagnose.json; none for --weights); "
+                   "figures go to RUN_DIR/figures or to OUT_STEM-figures next to it")
 
     p = sub.add_parser("quickstart", parents=[debug],
                        help="train standard and PGD-AT CNNs on digits and compare them (2–3 min)")
@@ -239,6 +259,69 @@ def _eval(args: argparse.Namespace) -> None:
         write_run_report(args.run_dir)
 
 
+def _diagnose(args: argparse.Namespace) -> None:
+    import math
+
+    from advtrain.bounds import Ge, Lt
+    from advtrain.eval.api import check_fits, eval_images, load_for_eval
+    from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
+    from advtrain.eval.diagnose import diagnose, diagnose_text, write_diagnose_figures
+    from advtrain.fileio import atomic_write_text
+    from advtrain.rundir import read_config
+    from advtrain.runtime import SEED_LIMIT, resolve_device
+
+    # Every check on the flags, the model and the surrogate comes before the first attack: nothing is written
+    # unless all of them pass.
+    out = args.out or (args.run_dir / "diagnose.json" if args.run_dir is not None else None)
+    if out is not None and (out.is_dir() or not out.name):
+        raise UserError(f"--out {str(out) or repr('')} is a folder: give a file name such as diagnose.json")
+    for value, bounds, flag in ((args.n, (Ge(1), Lt(2**63)), "--n"), (args.batch_size, (Ge(1), Lt(2**63)),
+                                "--batch-size"), (args.seed, (Ge(0), Lt(SEED_LIMIT)), "--seed")):
+        for bound in bounds:
+            bound.check(value, flag)
+    if args.eps is not None and not (math.isfinite(args.eps) and 0 < args.eps <= 1):
+        raise UserError(f"--eps must be an L∞ radius in (0, 1] (images are in [0, 1]), got {args.eps!r}")
+    if args.surrogate is not None and not args.surrogate.is_dir():
+        raise UserError(f"--surrogate {args.surrogate} is not a run directory: pass one made by `advtrain train`")
+    device = resolve_device(args.device)
+    loaded, data = load_for_eval(run_dir=args.run_dir, weights=args.weights, model_name=args.model,
+                                 data_name=args.data, data_root=args.data_root, checkpoint=args.checkpoint)
+    eps = args.eps
+    if eps is None:
+        threat = read_config(args.run_dir).get("threat") if args.run_dir is not None else None
+        threat = threat if isinstance(threat, dict) else {}
+        if threat.get("norm", "linf") != "linf":
+            raise UserError(f"the run's threat model is {threat.get('norm')} but diagnose checks L∞: pass --eps")
+        eps = threat.get("eps", 8 / 255)
+        if not (isinstance(eps, int | float) and math.isfinite(eps) and 0 < eps <= 1):
+            raise UserError(f"the run's threat.eps {eps!r} is not an L∞ radius in (0, 1]: pass --eps")
+    surrogate = None
+    if args.surrogate is not None:
+        surrogate = load_checkpoint_model(checkpoint_path(args.surrogate, args.checkpoint))
+        check_fits(surrogate, data, f"pass a --surrogate trained on {data.name}")
+
+    x, y = eval_images(data, args.n, device)
+    report = diagnose(
+        loaded.model.to(device), x, y, eps=float(eps), seed=args.seed, batch_size=args.batch_size,
+        surrogate=None if surrogate is None else surrogate.model.to(device),
+        on_check=lambda c: print(f"  {c.name:<20} {c.verdict}", file=sys.stderr),
+    )
+    report = {
+        "model": loaded.spec.name, "data": data.name, "source": str(loaded.source),
+        "checkpoint": None if args.weights is not None else args.checkpoint, "epoch": loaded.metadata.get("epoch"),
+        "surrogate": None if surrogate is None else str(surrogate.source), "device": str(device),
+    } | report
+    print(diagnose_text(report))
+    if out is not None:
+        atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}")
+    figures = args.run_dir / "figures" if args.run_dir is not None else (
+        out.with_name(f"{out.stem}-figures") if out is not None else None)
+    if figures is not None:
+        for path in write_diagnose_figures(report, figures):
+            print(f"wrote {path}")
+
+
 def _quickstart(args: argparse.Namespace) -> None:
     from advtrain.quickstart import quickstart
 
@@ -250,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     128+N stopped by signal N (a checkpoint was saved)."""
     args = build_parser().parse_args(argv)
     try:
-        {"train": _train, "eval": _eval, "quickstart": _quickstart}[args.command](args)
+        {"train": _train, "eval": _eval, "diagnose": _diagnose, "quickstart": _quickstart}[args.command](args)
     except (UserError, TrainingStopped) as e:
         if args.debug:
             raise

@@ -10,6 +10,15 @@ from advtrain.eval.api import (
     load_group,
     split_attack_names,
 )
+from advtrain.eval.diagnose import (
+    CHECK_NAMES,
+    Check,
+    Probe,
+    diagnose,
+    diagnose_text,
+    transfer_accuracy,
+    write_diagnose_figures,
+)
 from advtrain.eval.inequality import INEQUALITY_EVALS, InequalityOptions, evaluate_inequality, inequality_text
 from advtrain.eval.robustness import ATTACK_ALIASES, AttackResult, AttackSpec, attack_specs, evaluate, run_attack
 from advtrain.eval.vulnerability import (
@@ -26,16 +35,21 @@ from advtrain.eval.vulnerability import (
 
 __all__ = [
     "ATTACK_ALIASES",
+    "CHECK_NAMES",
     "INEQUALITY_EVALS",
     "VULNERABILITY_EVALS",
     "AttackResult",
     "AttackSpec",
+    "Check",
     "EvalSettings",
     "InequalityOptions",
+    "Probe",
     "adversarial_vulnerability",
     "attack_specs",
     "compare_runs",
     "compare_vulnerability",
+    "diagnose",
+    "diagnose_text",
     "evaluate",
     "evaluate_analyses",
     "evaluate_inequality",
@@ -48,8 +62,10 @@ __all__ = [
     "read_training_vulnerability",
     "run_attack",
     "split_attack_names",
+    "transfer_accuracy",
     "vulnerability_history",
     "vulnerability_stats",
     "vulnerability_text",
+    "write_diagnose_figures",
     "write_vulnerability_figure",
 ]
