@@ -12,7 +12,13 @@ from advtrain.attacks.pgd import (
     project,
     random_start,
 )
-from advtrain.attacks.single_step import SingleStep, single_step, uniform_noise, zero_gradient_fraction
+from advtrain.attacks.single_step import (
+    SingleStep,
+    gradient_cosine,
+    single_step,
+    uniform_noise,
+    zero_gradient_fraction,
+)
 from advtrain.attacks.threat import MAX_DISTANCE, Norm, ThreatModel
 
 __all__ = [
@@ -32,6 +38,7 @@ __all__ = [
     "cw_margin",
     "default_step_size",
     "fgsm",
+    "gradient_cosine",
     "input_gradient",
     "pgd",
     "project",

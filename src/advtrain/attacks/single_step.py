@@ -59,3 +59,19 @@ def single_step(
         stepped = ascent_step(start, grad, step_size, norm)
         x_adv = stepped.clamp(0, 1) if eps is None else project(stepped, x, eps, norm)
     return SingleStep(x_adv.detach(), grad)
+
+
+def gradient_cosine(g1: Tensor, g2: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-example cos(g1ᵢ, g2ᵢ) on flattened gradients, and the mask of examples where both are non-zero.
+
+    Masked-out entries are 0; the square root only ever sees positive values, so double backprop through
+    it never meets 0·∞ (NaN) on an all-zero gradient.
+    """
+    a, b = g1.flatten(1), g2.flatten(1)
+    sq_a, sq_b = (a * a).sum(1), (b * b).sum(1)
+    mask = (sq_a != 0) & (sq_b != 0)
+    one = torch.ones_like(sq_a)
+    norm_a = torch.where(mask, sq_a, one).sqrt()
+    norm_b = torch.where(mask, sq_b, one).sqrt()
+    cos = (a / norm_a[:, None] * (b / norm_b[:, None])).sum(1)
+    return torch.where(mask, cos, torch.zeros_like(cos)), mask

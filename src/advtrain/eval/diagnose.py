@@ -61,7 +61,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks import Keep, bn_policy, default_step_size, fgsm, input_gradient, pgd, uniform_noise
+from advtrain.attacks import (
+    Keep,
+    bn_policy,
+    default_step_size,
+    fgsm,
+    gradient_cosine,
+    input_gradient,
+    pgd,
+    uniform_noise,
+    zero_gradient_fraction,
+)
 from advtrain.eval.robustness import AttackResult, AttackSpec, evaluate
 from advtrain.runtime import make_generator
 
@@ -241,11 +251,9 @@ def gradient_alignment(
             generator = make_generator(xb.device, seed, "gradalign", i)
             g1, _ = input_gradient(model, xb, yb)
             g2, _ = input_gradient(model, xb + uniform_noise(xb, eps, generator), yb)
-            a, b = g1.flatten(1).double(), g2.flatten(1).double()
-            valid = (a != 0).any(1) & (b != 0).any(1)
-            if valid.any():
-                total += float(F.cosine_similarity(a[valid], b[valid], dim=1).sum())
-                count += int(valid.sum())
+            cos, valid = gradient_cosine(g1.double(), g2.double())
+            total += float(cos.sum())  # 0 where either gradient is all zero
+            count += int(valid.sum())
     return (total / count if count else math.nan), count
 
 
@@ -255,7 +263,7 @@ def zero_gradient_share(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: i
     with bn_policy(model, "eval"):
         for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
             grad, _ = input_gradient(model, xb, yb)
-            zero += int((grad.flatten(1) == 0).all(1).sum())
+            zero += round(float(zero_gradient_fraction(grad)) * len(yb))
     return zero / len(y)
 
 

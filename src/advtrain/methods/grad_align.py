@@ -33,6 +33,7 @@ from advtrain.attacks import (
     at_least_fp32,
     attack_loss,
     bn_policy,
+    gradient_cosine,
     input_gradient,
     uniform_noise,
     zero_gradient_fraction,
@@ -55,22 +56,6 @@ class GradAlignConfig(MethodConfig):
     name: str = "grad_align"
     lam: Annotated[float, Ge(0)] | None = None  # None: 0.02·10^(255ε/8), the authors' schedule over ε
     bn_mode: BNMode = "train"  # BN mode while crafting the FGSM point (their code: train)
-
-
-def gradient_cosine(g1: Tensor, g2: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-example cos(g1ᵢ, g2ᵢ) on flattened gradients, and the mask of examples where both are non-zero.
-
-    Masked-out entries are 0; the square root only ever sees positive values, so double backprop through
-    it never meets 0·∞ (NaN) on an all-zero gradient.
-    """
-    a, b = g1.flatten(1), g2.flatten(1)
-    sq_a, sq_b = (a * a).sum(1), (b * b).sum(1)
-    mask = (sq_a != 0) & (sq_b != 0)
-    one = torch.ones_like(sq_a)
-    norm_a = torch.where(mask, sq_a, one).sqrt()
-    norm_b = torch.where(mask, sq_b, one).sqrt()
-    cos = (a / norm_a[:, None] * (b / norm_b[:, None])).sum(1)
-    return torch.where(mask, cos, torch.zeros_like(cos)), mask
 
 
 @register_method
@@ -122,4 +107,4 @@ class GradAlign(Method):
         return meta
 
 
-__all__ = ["GradAlign", "GradAlignConfig", "default_lambda", "gradient_cosine"]
+__all__ = ["GradAlign", "GradAlignConfig", "default_lambda"]

@@ -410,15 +410,15 @@ def _train(
     row: dict[str, Any] = {}
 
     vuln = config.vulnerability
-    x_vuln = to_float(batcher.x[: vuln.size], data.pixel_max)  # a fixed subset, index-matched across epochs
-    y_vuln = batcher.y[: vuln.size]
 
     def record_vulnerability(epoch: int) -> dict[str, Any]:
         """AV of the fixed training subset after the first epoch and every `every_epochs`; its mean and std."""
         if vuln.every_epochs is None or not (epoch == 0 or (epoch + 1) % vuln.every_epochs == 0):
             return {}
+        # A fixed subset: the first `size` training images, unaugmented, index-matched across epochs.
+        x, y = to_float(batcher.x[: vuln.size], data.pixel_max), batcher.y[: vuln.size]
         av = adversarial_vulnerability(
-            model, x_vuln, y_vuln, eps=config.threat.eps, norm=config.threat.norm, steps=vuln.steps,
+            model, x, y, eps=config.threat.eps, norm=config.threat.norm, steps=vuln.steps,
             step_size=config.threat.eps / 4, seed=derive_seed(config.seed, "vulnerability", epoch),
             batch_size=t.batch_size,
         )
