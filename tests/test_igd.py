@@ -138,7 +138,8 @@ def test_the_second_order_gradient_matches_central_finite_differences(teacher_pa
 
 
 def _igd_term(method: IGD, student, b: Batch) -> torch.Tensor:
-    from advtrain.methods.igd import class_score_gradient, gradient_distance
+    from advtrain.attacks import class_score_gradient
+    from advtrain.methods.igd import gradient_distance
 
     g_s = class_score_gradient(student, b.x, b.y, "logit", create_graph=True)
     g_t = class_score_gradient(method.teacher(student, b.x), b.x, b.y, "logit", create_graph=False)

@@ -10,9 +10,10 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks.losses import AttackLoss, attack_loss
+from advtrain.attacks.losses import AttackLoss, at_least_fp32, attack_loss
 from advtrain.attacks.threat import Norm
 
 # "last": the final iterate (Madry's training attack). "first_fooling": per example, the first
@@ -78,6 +79,25 @@ def input_gradient(
     per_example = attack_loss(logits, y, loss, clean_logits=clean_logits, kappa=kappa)
     (grad,) = torch.autograd.grad(per_example.sum(), x)
     return grad, logits.detach()
+
+
+ScoreTarget = Literal["logit", "ce"]
+
+
+def class_score_gradient(
+    model: nn.Module, x: Tensor, y: Tensor, target: ScoreTarget = "logit", *, create_graph: bool = False
+) -> Tensor:
+    """∇ₓ Σᵢ score(xᵢ, yᵢ): the true-class logit z_y (saliency; IGD) or the CE loss; with `create_graph` for
+    second-order training. Only the input gets a gradient; with `create_graph=False` the result is detached.
+    Runs under `enable_grad`, so a caller's `no_grad` cannot turn it off.
+    """
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        logits = at_least_fp32(model(x))
+        y = y.to(logits.device)
+        score = logits.gather(1, y[:, None]).sum() if target == "logit" else F.cross_entropy(logits, y, reduction="sum")
+        (grad,) = torch.autograd.grad(score, x, create_graph=create_graph)
+    return grad
 
 
 def _pgd_run(

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks import bn_policy
+from advtrain.attacks import bn_policy, class_score_gradient
 
 
 def _out_dtype(t: Tensor) -> torch.dtype:
@@ -31,13 +31,7 @@ def saliency(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     depends on. Returns fp32 (fp64 for an fp64 x). Leaves the model's mode alone: wrap in
     `bn_policy(model, "eval")` for evaluation.
     """
-    # enable_grad: a caller's torch.no_grad() must not turn the gradient off.
-    with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
-        logits = model(x)
-        z_y = logits.gather(1, y.view(-1, 1).to(logits.device)).sum()
-        (grad,) = torch.autograd.grad(z_y, x)
-    return grad.detach().to(_out_dtype(grad))
+    return class_score_gradient(model, x, y, "logit").to(_out_dtype(x))
 
 
 def integrated_gradients(model: nn.Module, x: Tensor, y: Tensor, steps: int = 50) -> Tensor:

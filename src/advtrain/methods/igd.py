@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks import ThreatModel, at_least_fp32
+from advtrain.attacks import ScoreTarget, ThreatModel, at_least_fp32, class_score_gradient
 from advtrain.bounds import Ge
 from advtrain.checkpoint import sha256_file
 from advtrain.errors import UserError
@@ -34,7 +33,6 @@ from advtrain.methods.registry import build_method, register_method
 from advtrain.models.loading import load_checkpoint_model
 from advtrain.models.spec import ModelSpec
 
-Target = Literal["logit", "ce"]
 Distance = Literal["cos", "l2"]
 BASES = ("pgd_at", "trades")  # the base losses of the paper: PGD-AT, and TRADES in the ablation
 COS_EPS = 1e-8  # METHODS.md §3: cosine per sample with eps 1e-8
@@ -49,7 +47,7 @@ class IGDConfig(MethodConfig):
     teacher_model: str | None = None  # architecture of a sidecar-less teacher file, e.g. resnet18
     lam: Annotated[float, Ge(0)] = 1.0  # the paper sweeps λ ∈ {1, 2, 3, 4} and keeps the one matching PGD-AT
     point: Literal["clean", "adv"] = "clean"  # where the student gradient is taken
-    target: Target = "logit"  # z_y (the paper), or the CE loss (ablation)
+    target: ScoreTarget = "logit"  # z_y (the paper), or the CE loss (ablation)
     distance: Distance = "cos"
     abs: bool = False  # compare |g| (ablation)
     # The adversarial loss the IGD term is added to; x' crafted in eval mode as in the IGD paper.
@@ -80,18 +78,6 @@ def teacher_file(teacher: str) -> Path:
     if not path.is_file():
         raise UserError(f"method.teacher: {path} not found: pass a run directory or a checkpoint file")
     return path
-
-
-def class_score_gradient(model: nn.Module, x: Tensor, y: Tensor, target: Target, *, create_graph: bool) -> Tensor:
-    """∇ₓ Σᵢ score(xᵢ, yᵢ): the true-class logit z_y, or the CE loss; with `create_graph` for second order.
-
-    Only the input gets a gradient here; with `create_graph=False` the result is detached.
-    """
-    x = x.detach().requires_grad_(True)
-    logits = at_least_fp32(model(x))
-    score = logits.gather(1, y[:, None]).sum() if target == "logit" else F.cross_entropy(logits, y, reduction="sum")
-    (grad,) = torch.autograd.grad(score, x, create_graph=create_graph)
-    return grad
 
 
 def gradient_distance(student: Tensor, teacher: Tensor, distance: Distance, absolute: bool) -> Tensor:
