@@ -11,8 +11,9 @@ from torch import nn
 from advtrain.checkpoint import load_weights
 from advtrain.config import AveragingConfig, load_config
 from advtrain.errors import UserError
+from advtrain.models.split_bn import recompute_bn_statistics as recalibrate_bn
 from advtrain.train import train
-from advtrain.train.averaging import WeightAverages, recalibrate_bn
+from advtrain.train.averaging import WeightAverages
 
 
 def tiny() -> nn.Module:
@@ -44,7 +45,7 @@ def test_ema_and_swa_follow_their_formulas():
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.1 * (epoch + 1))
-        averages.after_step(model)
+        averages.after_step(model, epoch, epoch)
         ema = [0.9 * e + 0.1 * p.detach() for e, p in zip(ema, model.parameters(), strict=True)]
         averages.after_epoch(model, epoch)
         if epoch >= 1:
@@ -91,3 +92,27 @@ def test_averaging_options_are_checked_when_the_config_loads():
         load_config(None, ["train.epochs=3", "averaging.swa_start=3"])
     with pytest.raises(UserError, match=r"averaging\.ema_decay"):
         load_config(None, ["averaging.ema_decay=1"])
+
+
+def test_swa_every_n_steps_averages_the_weights_after_every_nth_step_from_the_start_epoch():
+    model = tiny()
+    averages = WeightAverages(AveragingConfig(swa_start=1, swa_every_steps=3), model)
+    snapshots, step = [], 0
+    for epoch in range(3):
+        for _ in range(4):  # 4 steps per epoch
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(0.01 * (step + 1))
+            averages.after_step(model, epoch, step)
+            if epoch >= 1 and (step + 1) % 3 == 0:
+                snapshots.append([p.detach().clone() for p in model.parameters()])
+            step += 1
+        averages.after_epoch(model, epoch)  # no epoch-end average when averaging by steps
+    assert len(snapshots) == 3 and averages.swa_count == 3  # steps 6, 9 and 12 (1-based) of epochs 2 and 3
+    for i, avg in enumerate(averages.models["swa"].parameters()):
+        assert torch.allclose(avg, sum(s[i] for s in snapshots) / 3, atol=1e-12)
+
+
+def test_swa_every_steps_without_swa_start_is_refused():
+    with pytest.raises(UserError, match=r"swa_every_steps needs averaging\.swa_start"):
+        load_config(None, ["averaging.swa_every_steps=10"])

@@ -139,7 +139,9 @@ class AveragingConfig:
     with its BatchNorm statistics recomputed on `bn_batches` clean training batches first."""
 
     ema_decay: Annotated[float, Gt(0), Lt(1)] | None = None  # e.g. 0.999: θ_ema ← d·θ_ema + (1 − d)·θ each step
-    swa_start: Annotated[int, Ge(0)] | None = None  # SWA: mean of the epoch-end weights from this epoch (0-based)
+    swa_start: Annotated[int, Ge(0)] | None = None  # SWA: equal-weight mean of the weights from this epoch (0-based)
+    # None: average at each epoch end; N: after every N-th optimizer step (AR-AT's SWA: 500, from epoch 76)
+    swa_every_steps: Annotated[int, Ge(1)] | None = None
     bn_batches: Annotated[int, Ge(1)] = 50
 
 
@@ -464,6 +466,8 @@ def validate(config: RunConfig) -> None:
     if config.averaging.swa_start is not None and config.averaging.swa_start >= config.train.epochs:
         raise UserError(f"averaging.swa_start {config.averaging.swa_start} is not before train.epochs "
                         f"{config.train.epochs}: SWA would average nothing; use an earlier epoch (0-based)")
+    if config.averaging.swa_every_steps is not None and config.averaging.swa_start is None:
+        raise UserError("averaging.swa_every_steps needs averaging.swa_start (the 0-based epoch SWA starts at)")
     if config.optim.name == "adam" and len(config.optim.betas) != 2:
         raise UserError(f"optim.betas must be two numbers [beta1, beta2] for adam, got {config.optim.betas}")
     if config.optim.name == "sgd" and config.optim.nesterov and config.optim.momentum == 0:

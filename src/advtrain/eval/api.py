@@ -23,6 +23,7 @@ from advtrain.eval.inequality import (
     evaluate_inequality,
     write_inequality_figures,
 )
+from advtrain.eval.invariance import INVARIANCE_EVALS, evaluate_invariance, invariance_eps
 from advtrain.eval.robustness import ATTACK_ALIASES, AttackResult, attack_specs, check_attack_names, evaluate
 from advtrain.eval.vulnerability import VULNERABILITY_EVALS, VULNERABILITY_SPLITS, evaluate_vulnerability, first_eps
 from advtrain.models.spec import ModelSpec
@@ -113,15 +114,20 @@ def load_for_eval(
     return loaded, data
 
 
+# The evaluations `--attacks` takes besides the robustness attacks ("analyses"; EvalSettings.inequality).
+ANALYSIS_EVALS = (*INEQUALITY_EVALS, *VULNERABILITY_EVALS, *INVARIANCE_EVALS)
+
+
 def split_attack_names(names: Sequence[str]) -> tuple[list[str], list[str]]:
     """(robustness attacks, other evaluations) from one `--attacks` list, blanks dropped.
 
-    The other evaluations are the inequality ones (INEQUALITY_EVALS) and `vulnerability` (VULNERABILITY_EVALS);
-    they go to `EvalSettings.inequality`. One-line UserError, suggesting the closest valid name, for an unknown
-    name or an empty list. An evaluation named twice runs once (its results are keyed by name).
+    The other evaluations are the inequality ones (INEQUALITY_EVALS), `vulnerability` (VULNERABILITY_EVALS) and
+    `invariance` (INVARIANCE_EVALS); they go to `EvalSettings.inequality`. One-line UserError, suggesting the
+    closest valid name, for an unknown name or an empty list. An evaluation named twice runs once (its results
+    are keyed by name).
     """
     names = [str(name).strip() for name in names if str(name).strip()]
-    others = (*INEQUALITY_EVALS, *VULNERABILITY_EVALS)
+    others = ANALYSIS_EVALS
     valid = [*ATTACK_ALIASES, *others]
     for name in names:
         if name not in valid:
@@ -175,7 +181,8 @@ class EvalSettings:
     device: str = "auto"
     precision: str = "fp32"
     seed: int = 0
-    inequality: Sequence[str] = ()  # INEQUALITY_EVALS, run on the same images in fp32, and/or "vulnerability"
+    # INEQUALITY_EVALS, run on the same images in fp32, and/or "vulnerability", "invariance" (ANALYSIS_EVALS)
+    inequality: Sequence[str] = ()
     inequality_options: InequalityOptions | None = None
     vulnerability_split: str = "train"  # `vulnerability` runs on the first n images of this split
 
@@ -183,10 +190,14 @@ class EvalSettings:
     def vulnerability(self) -> bool:
         return any(e in VULNERABILITY_EVALS for e in self.inequality)
 
+    @property
+    def invariance(self) -> bool:
+        return any(e in INVARIANCE_EVALS for e in self.inequality)
+
     def check(self) -> None:
         """One-line UserError for an unknown name, nothing to run, or an out-of-range setting."""
         check_attack_names(self.attacks)
-        others = (*INEQUALITY_EVALS, *VULNERABILITY_EVALS)
+        others = ANALYSIS_EVALS
         unknown = [e for e in self.inequality if e not in others]
         if unknown:
             raise UserError(f"unknown inequality evaluation {unknown[0]!r}: choose from {', '.join(others)}")
@@ -194,6 +205,8 @@ class EvalSettings:
             raise UserError(f"--split {self.vulnerability_split!r}: choose from {', '.join(VULNERABILITY_SPLITS)}")
         if self.vulnerability:
             first_eps(self.eps)
+        if self.invariance:
+            invariance_eps(self.eps)
         if not self.attacks and not self.inequality:
             raise UserError("no attack to run: pass e.g. --attacks clean,pgd")
         check_eval_args(eps=self.eps, n=self.n, steps=self.steps, restarts=self.restarts,
@@ -211,10 +224,12 @@ def eval_images(
 def evaluate_analyses(
     models: Mapping[str, nn.Module], data: Dataset, settings: EvalSettings, device: torch.device
 ) -> dict[str, Any]:
-    """The "inequality" and "vulnerability" parts of the eval JSON (those `settings.inequality` asks for), for
-    one model or a group, in fp32. Inequality: the first `settings.n` test images; vulnerability: the first
-    `settings.n` images of `settings.vulnerability_split`, PGD-`steps` at the first ε (see
-    `evaluate_vulnerability`)."""
+    """The "inequality", "vulnerability" and "invariance" parts of the eval JSON (those `settings.inequality`
+    asks for), for one model or a group, in fp32. Inequality: the first `settings.n` test images; vulnerability:
+    the first `settings.n` images of `settings.vulnerability_split`, PGD-`steps` at the first ε (see
+    `evaluate_vulnerability`); invariance (METHODS.md §7.6): the first `settings.n` test images, PGD-`steps`
+    on CE at the first ε with the eval's step size (`settings.step_size`, default 2.5·ε/steps; see
+    `evaluate_invariance`)."""
     st = settings
     out: dict[str, Any] = {}
     inequality = [e for e in st.inequality if e in INEQUALITY_EVALS]
@@ -228,7 +243,22 @@ def evaluate_analyses(
             models, x, y, eps=first_eps(st.eps), norm=st.norm, steps=st.steps, step_size=st.step_size,
             seed=st.seed, batch_size=st.batch_size, split=st.vulnerability_split,
         )
+    if st.invariance:
+        x, y = eval_images(data, st.n, device)
+        out["invariance"] = evaluate_invariance(
+            models, x, y, eps=invariance_eps(st.eps), norm=st.norm, steps=st.steps, step_size=st.step_size,
+            seed=st.seed, batch_size=st.batch_size,
+        )
     return out
+
+
+def tradeoff_part(evals: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """{"tradeoff": `tradeoff_scores(evals)`} (METHODS.md §6, §7.6: clean + AutoAttack accuracy, or clean + the
+    strongest attack run, flagged as not being the sum), or {} when no run has a clean and a robust accuracy."""
+    from advtrain.report.tables import tradeoff_scores
+
+    scores = tradeoff_scores(evals)
+    return {} if scores is None else {"tradeoff": scores}
 
 
 def evaluate_loaded(
@@ -244,9 +274,10 @@ def evaluate_loaded(
 
     The inequality evaluations (see `INEQUALITY_EVALS`) run on the same images, fp32, and their results go
     under the JSON's "inequality" key, keyed by `label` (default: the model's name); `vulnerability` goes under
-    "vulnerability" (on `settings.vulnerability_split`, see `evaluate_analyses`). Every setting is checked
-    before the first attack runs, so a bad one fails with nothing printed or written. The messages name the
-    `advtrain eval` flags: a run's config was checked when it was loaded.
+    "vulnerability" (on `settings.vulnerability_split`, see `evaluate_analyses`), `invariance` under
+    "invariance". With a clean and a robust accuracy, "tradeoff" holds the trade-off score (`tradeoff_part`).
+    Every setting is checked before the first attack runs, so a bad one fails with nothing printed or written.
+    The messages name the `advtrain eval` flags: a run's config was checked when it was loaded.
     """
     st = settings
     st.check()
@@ -273,6 +304,7 @@ def evaluate_loaded(
         "torch_version": torch.__version__,
         "results": [r.as_dict() for r in results],
     }
+    report |= tradeoff_part({label or loaded.spec.name: report})
     report |= evaluate_analyses({label or loaded.spec.name: model}, data, st, dev)
     return report, results
 
@@ -349,7 +381,8 @@ def compare_runs(
     The robustness attacks run for every model (`evaluate_loaded`); the inequality evaluations run once on
     the whole group, so the noise and occlusion error rates are over the images every model classifies
     correctly. Layout: {"models": {label: {"model", "source", "checkpoint", "epoch", "results"}},
-    "inequality": {...}, "vulnerability": {...} (when they ran), "n", "data", "seed", ...}.
+    "tradeoff": {...} (`tradeoff_part`: one point per run with a clean and a robust accuracy),
+    "inequality": {...}, "vulnerability": {...}, "invariance": {...} (when they ran), "n", "data", "seed", ...}.
     `on_result(label, result)` reports each attack as it finishes.
     """
     st = settings
@@ -372,6 +405,7 @@ def compare_runs(
             "epoch": loaded.metadata.get("epoch"), "results": results,
         }
     out: dict[str, Any] = {"models": entries}
+    out |= tradeoff_part(entries)
     out |= evaluate_analyses({label: loaded.model.to(dev) for label, loaded in models.items()}, data, st, dev)
     amp = autocast_dtype(st.precision, dev)
     return out | {

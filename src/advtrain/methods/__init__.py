@@ -2,6 +2,7 @@
 
 # Importing the method modules registers them.
 from advtrain.methods import (  # noqa: F401
+    arat,
     awp,
     fgsm,
     fgsm_rs,

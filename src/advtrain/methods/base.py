@@ -21,11 +21,14 @@ How each method of METHODS.md §2–6 plugs in, with no special case in the trai
   γ·v once the optimizer has stepped. AWP wraps another method through `AdversarialMethod`'s split
   into `perturb` (craft x') and `objective` (the loss given x'), so the ascent direction is the
   wrapped method's own loss.
-- Split BatchNorm routing (AR-AT): `loss` runs the clean pass under a routing context on the model
-  (clean BN) and the adversarial pass under the default (adv BN); models' forward signatures stay.
+- Split BatchNorm routing (AR-AT): `prepare_model` converts the model before training (the trainer then
+  builds the optimizer from the converted model); `loss` runs the clean pass under a routing context on the
+  model (clean BN) and the adversarial pass under the default (adv BN); models' forward signatures stay.
+  Every weights file the trainer writes (best, last, averages) holds `export_model(model)`, the plain model
+  that keeps the adv branch, so evaluation never sees a split model.
 - Extra trainable modules (AR-AT predictors): returned by `extra_modules()`; the trainer adds their
   parameters to the optimizer with the same LR and weight decay and checkpoints them; they are
-  discarded when the model is exported.
+  discarded when the model is exported (they are never part of `export_model`).
 - Per-epoch hooks (AR-AT auto-balance α_e/β_e, ISEAT's λ per LR stage, AWP warm-up): in
   `on_epoch_start`, from `EpochContext` (epoch, lr and base lr, a sampler of augmented training
   batches); anything they compute lives in `state_dict()` so a resumed run continues exactly.
@@ -33,6 +36,9 @@ How each method of METHODS.md §2–6 plugs in, with no special case in the trai
   variants in eval mode, concatenates them, runs one train-mode forward and splits the logits.
 - A frozen teacher (IGD): held by the method, in eval mode, not in `extra_modules()` (so neither
   optimised nor checkpointed); its source path goes into `metadata()`.
+- BatchNorm statistics of a weight average (SWA, EMA): the trainer calls `recalibrate_bn(model, batches)`
+  before validating or saving an average; the default recomputes them on clean training batches, AR-AT
+  recomputes the adv-BN statistics on PGD examples crafted against the averaged model.
 - A method-specific validation attack or selection metric (SAT-R: I-FGSM-3; `standard`: clean
   accuracy): the class attribute `selection_metric`.
 
@@ -44,7 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -53,6 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advtrain.attacks import ThreatModel, at_least_fp32
+from advtrain.models.split_bn import recompute_bn_statistics
 
 
 @dataclass
@@ -126,8 +133,24 @@ class Method(ABC):
         self.config = config
         self.threat = threat
 
+    def prepare_model(self, model: nn.Module, example: Tensor) -> nn.Module:
+        """The model this method trains, made from the built one (AR-AT: split BatchNorm); `example` is a small
+        batch of the model's input shape on its device. Called once, before the optimizer is built."""
+        return model
+
+    def export_model(self, model: nn.Module) -> nn.Module:
+        """The plain model a weights file holds (AR-AT: the adv branch of every split BatchNorm)."""
+        return model
+
     def extra_modules(self) -> dict[str, nn.Module]:
         return {}
+
+    def recalibrate_bn(
+        self, model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], generator: torch.Generator | None = None
+    ) -> None:
+        """Recompute the BatchNorm statistics of a weight average from augmented training batches (x, y);
+        `generator` seeds any attack the method crafts for it."""
+        recompute_bn_statistics(model, (x for x, _ in batches))
 
     def on_epoch_start(self, model: nn.Module, ctx: EpochContext) -> None:  # noqa: B027 (optional hook)
         pass

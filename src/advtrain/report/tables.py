@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TypeGuard
+from typing import Any, TypeGuard
 
 MISSING = "–"
 
@@ -157,7 +157,9 @@ def eval_rows(eval_json: Mapping[str, object]) -> list[tuple[str, str, str]]:
     return rows
 
 
-def _comparison_grid(evals: Mapping[str, Mapping[str, object]]) -> tuple[list[str], list[list[str]]]:
+def _comparison_grid(
+    evals: Mapping[str, Mapping[str, object]], tradeoff: bool = False
+) -> tuple[list[str], list[list[str]]]:
     columns: list[str] = []
     per_run: list[tuple[str, dict[str, str]]] = []
     for run_name, ev in evals.items():
@@ -171,16 +173,124 @@ def _comparison_grid(evals: Mapping[str, Mapping[str, object]]) -> tuple[list[st
                 columns.append(key)
         per_run.append((str(run_name), values))
     rows = [[name] + [values.get(c, MISSING) for c in columns] for name, values in per_run]
+    scores = tradeoff_scores(evals) if tradeoff else None
+    if scores is not None:
+        columns.append(scores["score_name"])
+        points = scores["points"]
+        for row, (name, _) in zip(rows, per_run, strict=True):
+            row.append(fmt_acc(points[name]["score"]) if name in points else MISSING)
     return ["model", *columns], rows
 
 
-def comparison_table(evals: Mapping[str, Mapping[str, object]]) -> str:
-    """Several runs' eval.json side by side as markdown: one row per run, one column per attack@ε (%)."""
-    headers, rows = _comparison_grid(evals)
+def comparison_table(evals: Mapping[str, Mapping[str, object]], *, tradeoff: bool = False) -> str:
+    """Several runs' eval.json side by side as markdown: one row per run, one column per attack@ε (%).
+
+    With `tradeoff`, a last column holds the trade-off score of `tradeoff_scores` (the "sum" = clean + AutoAttack
+    when AutoAttack ran; otherwise clean + the strongest attack, labelled as not being the sum).
+    """
+    headers, rows = _comparison_grid(evals, tradeoff)
     return markdown_table(headers, rows)
 
 
-def comparison_text(evals: Mapping[str, Mapping[str, object]]) -> str:
+def comparison_text(evals: Mapping[str, Mapping[str, object]], *, tradeoff: bool = False) -> str:
     """The same comparison as `comparison_table`, as fixed-width text for a terminal."""
-    headers, rows = _comparison_grid(evals)
+    headers, rows = _comparison_grid(evals, tradeoff)
     return text_table(headers, rows)
+
+
+# --------------------------------------------------------------------------- robustness–accuracy trade-off
+
+
+def _accuracy(result: Mapping[str, object]) -> float | None:
+    value = result.get("accuracy")
+    return float(value) if _is_number(value) and math.isfinite(value) else None
+
+
+def tradeoff_scores(evals: Mapping[str, Mapping[str, object]]) -> dict[str, Any] | None:
+    """The robustness–accuracy trade-off of one or more evaluations (METHODS.md §6, §7.6); JSON-ready.
+
+    `evals` is {label: an eval.json, or any mapping with its "results" list}. Clean accuracy is the `clean`
+    result. The robust accuracy is taken at the first ε the results list (the eval's first `--eps`), from:
+
+    1. AutoAttack there (the `standard` version before the `apgd` preset): then the score is the paper's
+       "sum" = clean + AA accuracy, and "autoattack" is True;
+    2. else the strongest other attack there (the lowest mean accuracy over the runs), and the score is
+       clean + that accuracy, named as such and flagged "autoattack": False: it is *not* the AA sum.
+
+    An attack is one `attack_label` at one ε; the one chosen is the one present in the most runs. Returns
+    {"attack": its label, "eps", "autoattack", "robust_label": "<label> @ <ε>", "score_name",
+     "points": {label: {"clean", "robust", "score"}}} (fractions, e.g. score 1.2534 is 125.34 points) for the
+    runs that have both accuracies, or None when no run has a clean and a robust accuracy.
+    """
+    runs: dict[str, tuple[float, dict[tuple[str, float], float]]] = {}
+    order: list[tuple[str, float]] = []
+    kinds: dict[tuple[str, float], tuple[str, str]] = {}  # key → (attack, version)
+    for name, ev in evals.items():
+        results = ev.get("results") or []
+        if not isinstance(results, Sequence):
+            continue
+        clean: float | None = None
+        robust: dict[tuple[str, float], float] = {}
+        for r in results:
+            if not isinstance(r, Mapping) or (acc := _accuracy(r)) is None:
+                continue
+            attack = _norm_name(r.get("attack", "?"))
+            if attack == "clean":
+                clean = acc if clean is None else clean
+                continue
+            eps = r.get("eps")
+            if not _is_number(eps):
+                continue
+            key = (attack_label(r), float(eps))
+            robust.setdefault(key, acc)
+            if key not in kinds:
+                order.append(key)
+                kinds[key] = (attack, _norm_name(r.get("version") or ""))
+        if clean is not None and robust:
+            runs[str(name)] = (clean, robust)
+    keys = [k for k in order if any(k in robust for _, robust in runs.values())]
+    if not keys:
+        return None
+    eps = keys[0][1]
+    at_eps = [k for k in keys if k[1] == eps]
+
+    def coverage(key: tuple[str, float]) -> int:
+        return sum(key in robust for _, robust in runs.values())
+
+    def mean_accuracy(key: tuple[str, float]) -> float:
+        values = [robust[key] for _, robust in runs.values() if key in robust]
+        return sum(values) / len(values)
+
+    aa = [k for k in at_eps if kinds[k][0] == "autoattack"]
+    if aa:
+        rank = {k: (-coverage(k), kinds[k][1] != "standard", i) for i, k in enumerate(aa)}
+        chosen = min(aa, key=rank.__getitem__)
+    else:
+        rank = {k: (-coverage(k), mean_accuracy(k), i) for i, k in enumerate(at_eps)}
+        chosen = min(at_eps, key=rank.__getitem__)
+    label = chosen[0]
+    robust_label = f"{label} @ {fmt_eps(eps)}"
+    autoattack = bool(aa)
+    score_name = (f"sum = clean + {robust_label}" if autoattack
+                  else f"clean + {robust_label} (no AutoAttack: not the sum)")
+    points = {
+        name: {"clean": clean, "robust": robust[chosen], "score": clean + robust[chosen]}
+        for name, (clean, robust) in runs.items() if chosen in robust
+    }
+    return {"attack": label, "eps": eps, "autoattack": autoattack, "robust_label": robust_label,
+            "score_name": score_name, "points": points}
+
+
+def tradeoff_line(ev: Mapping[str, object]) -> str | None:
+    """One sentence stating the trade-off score of one evaluation (see `tradeoff_scores`), or None without a
+    clean and a robust accuracy; e.g. ``trade-off (METHODS.md §7.6): sum = clean + AutoAttack (standard) @ 8/255
+    = 81.23 + 44.11 = 125.34``. Without AutoAttack it says that there is no AA sum."""
+    scores = tradeoff_scores({"model": ev})
+    if scores is None:
+        return None
+    (point,) = scores["points"].values()
+    numbers = f"{fmt_acc(point['clean'])} + {fmt_acc(point['robust'])} = {fmt_acc(point['score'])}"
+    if scores["autoattack"]:
+        return f"trade-off (METHODS.md §7.6): sum = clean + {scores['robust_label']} = {numbers}"
+    return (f"trade-off (METHODS.md §7.6): AutoAttack was not run, so there is no clean + AA sum; "
+            f"clean + {scores['robust_label']} = {numbers}")

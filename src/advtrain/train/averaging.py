@@ -1,11 +1,12 @@
 """Weight averaging: an exponential moving average (EMA, every step) and stochastic weight averaging (SWA,
-an equal-weight mean of the weights at each epoch end from `swa_start`), with BatchNorm statistics
-recomputed before an averaged model is validated or saved.
+an equal-weight mean of the weights from epoch `swa_start`: at each epoch end, or every `swa_every_steps`
+optimizer steps as in AR-AT's SWA), with BatchNorm statistics recomputed before an averaged model is
+validated or saved.
 
 An average of weights is a new network whose BN running statistics belong to none of the averaged ones
-(Izmailov et al. 2018, §3.2), so they are recomputed: reset, then a cumulative average (momentum None) over
-`bn_batches` training batches in train mode, without gradients. The batches are clean training images with
-the run's augmentation: the statistics the averaged model sees at test time are those of clean inputs.
+(Izmailov et al. 2018, §3.2), so they are recomputed: reset, then a cumulative average over `bn_batches`
+augmented training batches. Which inputs is the method's choice (`Method.recalibrate_bn`): clean images by default,
+PGD examples crafted against the average through the adv BN for AR-AT (METHODS.md §6).
 """
 
 from __future__ import annotations
@@ -20,27 +21,6 @@ from torch import Tensor, nn
 from advtrain.config import AveragingConfig
 
 
-def recalibrate_bn(model: nn.Module, batches: Iterable[Tensor]) -> bool:
-    """Recompute every BatchNorm's running statistics as the plain average over `batches`; the model's mode
-    and the layers' momenta are restored. Returns whether the model has any BatchNorm layer."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return False
-    momenta = [m.momentum for m in norms]
-    was_training = model.training
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: every batch counts equally
-    model.train()
-    with torch.no_grad():
-        for x in batches:
-            model(x)
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    model.train(was_training)
-    return True
-
-
 class WeightAverages:
     """The averaged copies a run keeps: {"ema": ..., "swa": ...}, each only when configured."""
 
@@ -51,22 +31,31 @@ class WeightAverages:
             self.models["ema"] = _frozen_copy(model)
         if config.swa_start is not None:
             self.models["swa"] = _frozen_copy(model)
-        self.swa_count = 0  # epochs averaged into the SWA weights so far
+        self.swa_count = 0  # weight snapshots averaged into the SWA weights so far
 
     @property
     def active(self) -> bool:
         return bool(self.models)
 
-    def after_step(self, model: nn.Module) -> None:
-        """EMA: θ_ema ← d·θ_ema + (1 − d)·θ for every floating-point parameter."""
+    def after_step(self, model: nn.Module, epoch: int, step: int) -> None:
+        """EMA: θ_ema ← d·θ_ema + (1 − d)·θ for every floating-point parameter. SWA with `swa_every_steps` = N:
+        average after every N-th optimizer step (`step` is the 0-based global step just taken)."""
         if "ema" in self.models:
             decay = self.config.ema_decay
             with torch.no_grad():
                 for avg, p in zip(self.models["ema"].parameters(), model.parameters(), strict=True):
                     avg.lerp_(p.detach(), 1 - decay)
+        every = self.config.swa_every_steps
+        if every is not None and (step + 1) % every == 0:
+            self._swa_update(model, epoch)
 
     def after_epoch(self, model: nn.Module, epoch: int) -> None:
-        """SWA: from epoch `swa_start` (0-based) on, θ_swa ← (n·θ_swa + θ)/(n + 1) at each epoch end."""
+        """SWA without `swa_every_steps`: average the weights at each epoch end."""
+        if self.config.swa_every_steps is None:
+            self._swa_update(model, epoch)
+
+    def _swa_update(self, model: nn.Module, epoch: int) -> None:
+        """From epoch `swa_start` (0-based) on: θ_swa ← (n·θ_swa + θ)/(n + 1)."""
         start = self.config.swa_start
         if "swa" not in self.models or start is None or epoch < start:
             return
@@ -79,8 +68,13 @@ class WeightAverages:
         """The averages that hold something (SWA only once it has averaged an epoch)."""
         return {n: m for n, m in self.models.items() if n != "swa" or self.swa_count > 0}
 
-    def recalibrate(self, sample: Callable[[], Tensor]) -> None:
-        """Recompute the BN statistics of every ready average on `bn_batches` batches drawn by `sample`."""
+    def recalibrate(
+        self,
+        sample: Callable[[], tuple[Tensor, Tensor]],
+        recalibrate_bn: Callable[[nn.Module, Iterable[tuple[Tensor, Tensor]]], None],
+    ) -> None:
+        """Recompute the BN statistics of every ready average with `recalibrate_bn` on `bn_batches` batches
+        (x, y) drawn by `sample`."""
         for model in self.ready().values():
             recalibrate_bn(model, (sample() for _ in range(self.config.bn_batches)))
 

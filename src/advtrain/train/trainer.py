@@ -299,10 +299,11 @@ def _train(
 
     # Model, method and optimizer. Extra method modules (AR-AT predictors) train with the model.
     spec = ModelSpec.for_dataset(config.model.name, data, config.model.normalize, config.model.options)
-    model = spec.build().to(device)
+    method = build_method(config.method, config.threat_model())
+    # The method may convert the model (AR-AT: split BatchNorm) before the optimizer sees its parameters.
+    model = method.prepare_model(spec.build().to(device), to_float(batcher.x[:2], data.pixel_max))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    method = build_method(config.method, config.threat_model())
     extras = {name: module.to(device) for name, module in method.extra_modules().items()}
     params = list(model.parameters()) + [p for m in extras.values() for p in m.parameters()]
     optimizer = build_optimizer(params, config.optim)
@@ -435,7 +436,8 @@ def _train(
         if not ready:
             return {"models": {}, "metrics": {}}
         generator = make_generator(device, config.seed, "bn", epoch)
-        averages.recalibrate(lambda: sample_train(t.batch_size, generator)[0])
+        averages.recalibrate(lambda: sample_train(t.batch_size, generator),
+                             lambda average, batches: method.recalibrate_bn(average, batches, generator))
         metrics: dict[str, Any] = {}
         for name, average in ready.items():
             clean, adv = validate(average, x_val, y_val, config, amp, config.seed, method.validation_attack)
@@ -484,7 +486,7 @@ def _train(
                 optimizer.step()
                 if out.after_step is not None:
                     out.after_step()
-                averages.after_step(model)  # after after_step: the average never sees perturbed weights
+                averages.after_step(model, epoch, step)  # after after_step: the average never sees perturbed weights
                 # Metrics stay on the device; they are read once per progress refresh and per epoch.
                 pending.append((i, out.loss.detach()))
                 for key, value in {"loss": out.loss.detach(), **out.metrics}.items():
@@ -536,9 +538,11 @@ def _train(
             checkpoint_meta = sidecar | {"epoch": epoch + 1, "metric": select_metric, "value": value}
             with disk_errors(save_advice):
                 append_jsonl(run_dir / "metrics.jsonl", row)
-                save_weights(checkpoints / "last.safetensors", model.state_dict(), checkpoint_meta)
+                # Weights files hold the plain exported model (AR-AT: the adv BN branch, no predictors).
+                exported = method.export_model(model).state_dict()
+                save_weights(checkpoints / "last.safetensors", exported, checkpoint_meta)
                 for name, average in averaged["models"].items():
-                    save_weights(checkpoints / f"{name}.safetensors", average.state_dict(),
+                    save_weights(checkpoints / f"{name}.safetensors", method.export_model(average).state_dict(),
                                  sidecar | {"epoch": epoch + 1, "averaging": name})
                 # Without a validation split there is nothing to select on: best is then the last epoch.
                 # An epoch the CO monitor stopped is never best unless it is the only one (METHODS §7.7: keep
@@ -547,7 +551,7 @@ def _train(
                 if candidate and (value is None or value > progress.best_value):
                     progress.best_value = value if value is not None else -math.inf
                     progress.best_epoch = epoch + 1
-                    save_weights(checkpoints / "best.safetensors", model.state_dict(), checkpoint_meta)
+                    save_weights(checkpoints / "best.safetensors", exported, checkpoint_meta)
             progress.epoch, progress.batch, progress.rows = epoch + 1, 0, progress.rows + 1
             save_train_state()
             log(
