@@ -40,7 +40,8 @@ METHODS: list[tuple[str, list[str]]] = [
     ("iseat", ["method.name=iseat"]),
     ("sat_r1", ["method.name=sat_r1"]),
     ("sat_r2", ["method.name=sat_r2"]),
-    ("sat_r3", ["method.name=sat_r3"]),  # the teacher: a same-architecture file written by main() (cost is the same)
+    ("sat_r3", ["method.name=sat_r3"]),
+    ("arat", ["method.name=arat"]),  # the teacher: a same-architecture file written by main() (cost is the same)
 ]
 
 
@@ -52,7 +53,9 @@ def seconds_per_step(
     method = build_method(config.method, ThreatModel(config.threat.norm, config.threat.eps))
     torch.manual_seed(0)
     model = build_model(args.model, in_channels=x.shape[1], input_size=x.shape[-1]).to(args.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model = method.prepare_model(model, x[:2])  # as the trainer does (AR-AT: split BN and predictors)
+    params = [*model.parameters(), *(p for m in method.extra_modules().values() for p in m.parameters())]
+    optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     generator = torch.Generator(args.device).manual_seed(0)
     model.train()
 

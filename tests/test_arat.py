@@ -257,3 +257,14 @@ def test_in_the_trainer_weights_files_hold_the_plain_adv_model_and_a_resume_is_e
         a = load_weights(tmp_path / "full" / "checkpoints" / f"{which}.safetensors")[0]
         b = load_weights(tmp_path / "resumed" / "checkpoints" / f"{which}.safetensors")[0]
         assert all(torch.equal(a[k], b[k]) for k in a), which
+
+
+def test_awp_around_arat_keeps_its_split_bn_predictors_and_export(tmp_path):
+    config = load_config(None, [*RUN, "method.name=awp", "method.base.name=arat", "method.warmup_epochs=0",
+                                "train.epochs=1", "averaging.swa_start=0"])
+    train(config, tmp_path / "run", log=lambda _: None)
+    plain = set(build_model("small_cnn", in_channels=1, input_size=8).state_dict())
+    for which in ("last", "swa"):
+        assert set(load_weights(tmp_path / "run" / "checkpoints" / f"{which}.safetensors")[0]) == plain
+    state, _ = load_newest_state(tmp_path / "run" / "checkpoints", log=lambda _: None)
+    assert "bn1.clean.weight" in state["model"] and state["extras"]["predictors"]

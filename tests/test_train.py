@@ -159,6 +159,15 @@ PAPER_RECIPES = {
     "cifar10_resnet18_standard.yaml": ("resnet18", "standard", 150, 0.1, 5e-4, "plateau", None, {}),
     "cifar10_resnet18_igd.yaml": ("resnet18", "igd", 150, 0.1, 5e-4, "plateau", None,
                                   {"lam": 1.0, "point": "clean", "target": "logit", "distance": "cos"}),
+    **{name: ("resnet18", "arat", 100, 0.1, 5e-4, "multistep", [75, 90],
+              {"gamma": 30.0, "layers": ["layer4.0.bn1", "layer4.0.bn2", "layer4.1.bn1", "layer4.1.bn2"],
+               "predictor": True, "stop_gradient": True, "split_bn": True, "auto_balance": True, "steps": 10,
+               "step_size": 2 / 255, "official_noise": True})
+       for name in ("cifar10_resnet18_arat.yaml", "cifar10_resnet18_arat_swa.yaml")},
+    "cifar10_wrn34_10_arat.yaml": ("wrn34_10", "arat", 100, 0.1, 5e-4, "multistep", [75, 90],
+                                   {"gamma": 100.0, "predictor": True, "stop_gradient": True, "steps": 10,
+                                    "layers": [f"block3.layer.{i}.relu{j}" for i in range(5) for j in (1, 2)]
+                                    + ["avgpool"]}),
 }
 CONFIG_DIR = Path(__file__).parents[1] / "configs"
 
@@ -185,6 +194,8 @@ def test_every_shipped_cifar10_config_has_its_paper_recipe(tmp_path):
         if base is not None:  # AWP and IGD: the wrapped method runs PGD-10 with step ε/4
             assert base.steps == 10 and base.step_size == 2 / 255, name
     assert load_config(CONFIG_DIR / "cifar10_wrn34_10_trades_awp.yaml").method.base.name == "trades"
+    swa = load_config(CONFIG_DIR / "cifar10_resnet18_arat_swa.yaml")  # AR-AT + SWA: from epoch 76, every 500 steps
+    assert (swa.averaging.swa_start, swa.averaging.swa_every_steps, swa.eval.checkpoint) == (75, 500, "swa")
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("digits*.yaml")), ids=lambda p: p.stem)

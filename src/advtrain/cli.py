@@ -72,12 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="dataset folder or file")
     p.add_argument("--attacks", help="comma-separated robustness attacks clean,fgsm,pgd,cw,aa,apgd and/or inequality "
                    "evaluations gini,inductive_noise,random_noise,inductive_occlusion,corruptions and/or "
-                   "vulnerability (per-example AV = CE(x') - CE(x)) (default: the run's, or clean,pgd)")
+                   "vulnerability (per-example AV = CE(x') - CE(x)) and/or invariance (cosine of the penultimate "
+                   "features of x and PGD x', at the first --eps with --steps) (default: the run's, or clean,pgd)")
     p.add_argument("--split", choices=["train", "test"],
                    help="the images `vulnerability` runs on: the first --n of this split (default: train)")
     p.add_argument("--compare", nargs="+", type=Path, metavar="RUN_DIR",
                    help="evaluate several run directories side by side (noise and occlusion on the images all "
-                   "of them classify correctly); needs --out FILE.json; unset --eps/--steps/... follow the "
+                   "of them classify correctly), with a clean-vs-robust scatter (tradeoff.png); needs --out "
+                   "FILE.json; unset --eps/--steps/... follow the "
                    "first run's config")
     p.add_argument("--attribution", choices=["saliency", "integrated_gradients", "input_x_gradient", "smoothgrad"],
                    default="saliency", help="the attribution map `gini` measures (default: saliency, ∇ₓ z_y)")
@@ -199,6 +201,7 @@ def _eval(args: argparse.Namespace) -> None:
         evaluate_loaded,
         inequality_figures,
         inequality_text,
+        invariance_text,
         load_for_eval,
         load_group,
         split_attack_names,
@@ -207,7 +210,8 @@ def _eval(args: argparse.Namespace) -> None:
     )
     from advtrain.fileio import atomic_write_text
     from advtrain.report import write_run_report
-    from advtrain.report.tables import comparison_text, eval_rows, text_table
+    from advtrain.report.tables import comparison_text, eval_rows, text_table, tradeoff_line
+    from advtrain.report.tradeoff_figures import write_tradeoff_figure
 
     out = _eval_out(args)
     # Names given on the command line are checked before any model is loaded.
@@ -233,17 +237,21 @@ def _eval(args: argparse.Namespace) -> None:
         report = compare_runs(models, data, settings, checkpoint=checkpoint,
                               on_result=lambda label, r: print(f"{label}:{r.summary()}", file=sys.stderr))
         if settings.attacks:
-            print(comparison_text(report["models"]))
+            print(comparison_text(report["models"], tradeoff=True))
     else:
         (label,) = models
         report, _ = evaluate_loaded(loaded, data, settings, checkpoint=checkpoint, label=label,
                                     on_result=lambda r: print(r.summary(), file=sys.stderr))
         if settings.attacks:
             print(text_table(["attack", "eps", "accuracy %"], eval_rows(report)))
+            if (line := tradeoff_line(report)) is not None:
+                print(line)
     if "inequality" in report:
         print(inequality_text(report["inequality"]))
     if "vulnerability" in report:
         print(vulnerability_text(report["vulnerability"]))
+    if "invariance" in report:
+        print(invariance_text(report["invariance"]))
     if out is not None:
         atomic_write_text(out, json.dumps(report, indent=2) + "\n")
         print(f"wrote {out}")
@@ -255,6 +263,8 @@ def _eval(args: argparse.Namespace) -> None:
             print(f"wrote {path}")
     if figures is not None and "vulnerability" in report:
         print(f"wrote {write_vulnerability_figure(report['vulnerability'], figures)}")
+    if figures is not None and args.compare is not None and "tradeoff" in report:
+        print(f"wrote {write_tradeoff_figure(report['tradeoff'], figures)}")
     if args.run_dir is not None and out == args.run_dir / "eval.json":
         write_run_report(args.run_dir)
 

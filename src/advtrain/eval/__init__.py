@@ -1,6 +1,7 @@
 """Evaluation: robust accuracy under attacks, on checkpoints and run directories. Never imports `train`."""
 
 from advtrain.eval.api import (
+    ANALYSIS_EVALS,
     EvalSettings,
     compare_runs,
     evaluate_analyses,
@@ -9,6 +10,7 @@ from advtrain.eval.api import (
     load_for_eval,
     load_group,
     split_attack_names,
+    tradeoff_part,
 )
 from advtrain.eval.diagnose import (
     CHECK_NAMES,
@@ -20,6 +22,13 @@ from advtrain.eval.diagnose import (
     write_diagnose_figures,
 )
 from advtrain.eval.inequality import INEQUALITY_EVALS, InequalityOptions, evaluate_inequality, inequality_text
+from advtrain.eval.invariance import (
+    INVARIANCE_EVALS,
+    evaluate_invariance,
+    invariance_summary,
+    invariance_text,
+    representation_invariance,
+)
 from advtrain.eval.robustness import ATTACK_ALIASES, AttackResult, AttackSpec, attack_specs, evaluate, run_attack
 from advtrain.eval.vulnerability import (
     VULNERABILITY_EVALS,
@@ -34,9 +43,11 @@ from advtrain.eval.vulnerability import (
 )
 
 __all__ = [
+    "ANALYSIS_EVALS",
     "ATTACK_ALIASES",
     "CHECK_NAMES",
     "INEQUALITY_EVALS",
+    "INVARIANCE_EVALS",
     "VULNERABILITY_EVALS",
     "AttackResult",
     "AttackSpec",
@@ -53,15 +64,20 @@ __all__ = [
     "evaluate",
     "evaluate_analyses",
     "evaluate_inequality",
+    "evaluate_invariance",
     "evaluate_loaded",
     "evaluate_vulnerability",
     "inequality_figures",
     "inequality_text",
+    "invariance_summary",
+    "invariance_text",
     "load_for_eval",
     "load_group",
     "read_training_vulnerability",
+    "representation_invariance",
     "run_attack",
     "split_attack_names",
+    "tradeoff_part",
     "transfer_accuracy",
     "vulnerability_history",
     "vulnerability_stats",

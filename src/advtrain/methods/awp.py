@@ -21,7 +21,7 @@ takes the AT-AWP settings unless `gamma` / `warmup_epochs` are given.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -110,6 +110,18 @@ class AWP(Method):
                           _chain(out.after_step, lambda: shift(model, v, -self.gamma)))
 
     # Everything else is the wrapped method's.
+    # The wrapped method's model conversion, add-ons, hooks and state (e.g. AR-AT's split BN and predictors).
+    def prepare_model(self, model: nn.Module, example: Tensor) -> nn.Module:
+        return self.base.prepare_model(model, example)
+
+    def export_model(self, model: nn.Module) -> nn.Module:
+        return self.base.export_model(model)
+
+    def recalibrate_bn(
+        self, model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], generator: torch.Generator | None = None
+    ) -> None:
+        self.base.recalibrate_bn(model, batches, generator)
+
     def extra_modules(self) -> dict[str, nn.Module]:
         return self.base.extra_modules()
 

@@ -10,7 +10,15 @@ from typing import Any
 from advtrain.errors import UserError
 from advtrain.fileio import atomic_write_text
 from advtrain.report.figures import save_figure, training_curves
-from advtrain.report.tables import MISSING, eval_rows, fmt_acc, fmt_eps, fmt_float, markdown_table
+from advtrain.report.tables import (
+    MISSING,
+    eval_rows,
+    fmt_acc,
+    fmt_eps,
+    fmt_float,
+    markdown_table,
+    tradeoff_line,
+)
 from advtrain.rundir import read_config, run_dir_path
 
 FIGURE_NAME = "training_curves.png"
@@ -179,8 +187,37 @@ def _eval_section(
     rows = eval_rows(ev)
     if rows:
         lines.append(markdown_table(["attack", "ε", "accuracy (%)"], rows).rstrip("\n"))
+        tradeoff = tradeoff_line(ev)
+        if tradeoff is not None:
+            lines += ["", tradeoff[0].upper() + tradeoff[1:] + "."]
     else:
         lines.append("eval.json lists no results.")
+    invariance = ev.get("invariance")
+    if isinstance(invariance, Mapping):
+        lines += ["", *_invariance_section(invariance)]
+    return lines
+
+
+def _invariance_section(result: Mapping[str, Any]) -> list[str]:
+    """The "invariance" part of an eval.json (METHODS.md §7.6) as a sentence and a table."""
+    lines = [
+        "### Representation invariance",
+        "",
+        f"Cosine similarity of the penultimate features (the input of the last linear layer) of x and x' on the "
+        f"first {result.get('n', '?')} test images; x' = PGD-{result.get('steps', '?')} on CE, random start, "
+        f"last iterate, ε = {fmt_eps(result.get('eps'))} ({result.get('norm', '?')}), step "
+        f"{fmt_float(result.get('step_size'))}, eval mode.",
+        "",
+    ]
+    models = result.get("models")
+    rows = [
+        [label, fmt_float(s.get("mean")), fmt_float(s.get("mean_correct")), fmt_float(s.get("std")),
+         fmt_float(s.get("min")), fmt_acc(s.get("clean_accuracy"))]
+        for label, s in (models.items() if isinstance(models, Mapping) else ())
+        if isinstance(s, Mapping)
+    ]
+    headers = ["model", "mean cos", "mean cos (clean-correct)", "std", "min", "clean acc (%)"]
+    lines.append(markdown_table(headers, rows).rstrip("\n") if rows else "No model results.")
     return lines
 
 
