@@ -152,6 +152,8 @@ def _teacher_file() -> Path:
 
 # Options a method needs before any of its fields can be checked.
 REQUIRED = {"igd": [f"method.teacher={_teacher_file()}"]}
+# Options a single field needs before it can be checked.
+FIELD_REQUIRED = {"averaging.swa_every_steps": ["averaging.swa_start=0"]}
 
 
 def _bounded_fields() -> list[tuple[str, list[str], Bound, type]]:
@@ -162,7 +164,8 @@ def _bounded_fields() -> list[tuple[str, list[str], Bound, type]]:
     found = _bounds_of(get_type_hints(RunConfig, include_extras=True)["seed"], "seed", [])
     for section, cls, extra in sections:
         for name, tp in get_type_hints(cls, include_extras=True).items():
-            found += _bounds_of(tp, f"{section}.{name}", extra)
+            key = f"{section}.{name}"
+            found += _bounds_of(tp, key, [*extra, *FIELD_REQUIRED.get(key, [])])
     return found
 
 

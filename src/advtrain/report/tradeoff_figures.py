@@ -80,13 +80,15 @@ def tradeoff_scatter(
                 if not x0 + y0 < level < x1 + y1:
                     continue
                 ax.plot([x0, x1], [level - x0, level - x1], color="0.6", linestyle="--", linewidth=0.8, zorder=1)
-                # Label each line where it leaves the plot on the right or at the top.
-                lx = min(x1, level - y0)
-                ly = level - lx
-                if ly > y1:
-                    ly, lx = y1, level - y1
-                ax.annotate(f"{name} {level:g}", (lx, ly), xytext=(-2, -2), textcoords="offset points",
-                            ha="right", va="top", fontsize="x-small", color="0.45")
+                # Label each line inside the plot: where it leaves on the right, else where it enters (top/left).
+                if level - x1 >= y0:
+                    at, ha, va, offset = (x1, level - x1), "right", "bottom", (-2, 2)
+                elif level - y1 >= x0:
+                    at, ha, va, offset = (level - y1, y1), "left", "top", (3, -2)
+                else:
+                    at, ha, va, offset = (x0, level - x0), "left", "bottom", (2, 2)
+                ax.annotate(f"{name} {level:g}", at, xytext=offset, textcoords="offset points", ha=ha, va=va,
+                            fontsize="x-small", color="0.45")
     else:
         _no_data(ax)
     ax.set_xlabel("clean accuracy (%)")
