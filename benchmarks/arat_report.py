@@ -18,7 +18,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 ORDER = ["pgd_at", "trades", "arat", "arat_symmetric", "arat_no_predictor", "arat_shared_bn"]
 NAMES = {"pgd_at": "PGD-AT", "trades": "TRADES", "arat": "AR-AT", "arat_symmetric": "AR-AT, no stop-gradient",

@@ -18,7 +18,7 @@ for seed in 0 1 2; do
   for name in pgd_at trades arat arat_symmetric arat_no_predictor arat_shared_bn; do
     dir="$out/$name-s$seed"
     [ -f "$dir/eval.json" ] && continue
-    sets=(--set "seed=$seed" --set "eval.attacks=[clean]")
+    sets=(--set "seed=$seed" --set "eval.attacks=[clean]" --set train.channels_last=false)
     for s in ${variants[$name]}; do sets+=(--set "$s"); done
     advtrain train --config configs/digits.yaml "${sets[@]}" --quiet --overwrite --out "$dir"
   done

@@ -23,6 +23,7 @@ from advtrain.config import load_config
 from advtrain.methods import Batch, StepContext, build_method
 from advtrain.models import build_model
 from advtrain.models.spec import ModelSpec
+from advtrain.train.step import train_step
 
 # (label, --set overrides for the method section); all at the threat model given on the command line.
 METHODS: list[tuple[str, list[str]]] = [
@@ -60,12 +61,7 @@ def seconds_per_step(
     model.train()
 
     def step(i: int) -> None:
-        out = method.loss(model, Batch(x, y), StepContext(0, i, generator))
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
-        if out.after_step is not None:
-            out.after_step()
+        train_step(method, model, optimizer, Batch(x, y), StepContext(0, i, generator))
 
     for i in range(args.warmup):
         step(i)

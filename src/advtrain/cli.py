@@ -123,6 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="diagnose JSON path (default: RUN_DIR/diagnose.json; none for --weights); "
                    "figures go to RUN_DIR/figures or to OUT_STEM-figures next to it")
 
+    p = sub.add_parser("bench", parents=[debug],
+                       help="images/s of each method's training step and of PGD evaluation, against a reference "
+                       "loop written like the papers' code, measured in the same run")
+    p.add_argument("--model", default="small_cnn", help="registered model name (default small_cnn)")
+    p.add_argument("--methods", default="pgd_at", help="comma-separated methods (default pgd_at)")
+    p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    p.add_argument("--shape", default="3x32x32", help="input C×H×W, e.g. 1x8x8 (default 3x32x32)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 autocast on CUDA, fp32 on CPU (the reference loop is always fp32)")
+    p.add_argument("--eps", type=_number, default=8 / 255)
+    p.add_argument("--attack-steps", type=int, default=10, help="PGD-k of the training attack (default 10)")
+    p.add_argument("--eval-steps", type=int, default=20, help="PGD-k of the evaluation attack (default 20)")
+    p.add_argument("--iterations", type=int, default=5, help="timed steps per repeat (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating repeats; the median is reported (default 3)")
+    p.add_argument("--out", type=Path, help="write the results as JSON here")
+
     p = sub.add_parser("quickstart", parents=[debug],
                        help="train standard and PGD-AT CNNs on digits and compare them (2–3 min)")
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="folder for the two run directories")
@@ -332,6 +350,26 @@ def _diagnose(args: argparse.Namespace) -> None:
             print(f"wrote {path}")
 
 
+def _bench(args: argparse.Namespace) -> None:
+    from advtrain.bench import BenchSettings, bench_text, parse_shape, run_bench
+    from advtrain.fileio import atomic_write_text
+
+    settings = BenchSettings(
+        model=args.model, methods=[m.strip() for m in args.methods.split(",") if m.strip()], batch=args.batch,
+        shape=parse_shape(args.shape), device=args.device, eps=args.eps, attack_steps=args.attack_steps,
+        eval_steps=args.eval_steps, iterations=args.iterations, warmup=args.warmup, repeats=args.repeats,
+        precision=args.precision,
+    )
+    settings.check()
+    if args.out is not None and args.out.is_dir():
+        raise UserError(f"--out {args.out} is a folder: give a file path such as bench.json")
+    result = run_bench(settings, log=lambda line: print(line, file=sys.stderr))
+    print(bench_text(result))
+    if args.out is not None:
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
 def _quickstart(args: argparse.Namespace) -> None:
     from advtrain.quickstart import quickstart
 
@@ -343,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     128+N stopped by signal N (a checkpoint was saved)."""
     args = build_parser().parse_args(argv)
     try:
-        {"train": _train, "eval": _eval, "diagnose": _diagnose, "quickstart": _quickstart}[args.command](args)
+        commands = {"train": _train, "eval": _eval, "diagnose": _diagnose, "bench": _bench, "quickstart": _quickstart}
+        commands[args.command](args)
     except (UserError, TrainingStopped) as e:
         if args.debug:
             raise

@@ -90,7 +90,7 @@ class TrainConfig:
     batch_size: Annotated[int, Ge(1)] = 128
     device: str = "auto"  # auto: cuda when available, else cpu
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    channels_last: bool | None = None  # None: on for CUDA, off for CPU
+    channels_last: bool | None = None  # None (auto): on, CPU and CUDA (runtime.use_channels_last)
     val_steps: Annotated[int, Ge(0)] = 10  # validation PGD steps (step ε/4, random start); 0: clean only
     val_max: Annotated[int, Ge(1)] | None = None  # validate on at most this many validation images
     # auto: the method's (val_pgd_acc, or val_clean_acc for standard). Only the validation accuracies the

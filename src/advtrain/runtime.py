@@ -31,6 +31,13 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if precision == "bf16" else None
 
 
+def use_channels_last(setting: bool | None) -> bool:
+    """`train.channels_last`; None (auto) means on, on CUDA and on CPU alike: convolutions in channels_last ran
+    1.2–1.6× faster in PGD-AT on this project's CPU machine as well as being the fast layout on CUDA
+    (docs/benchmarks.md)."""
+    return True if setting is None else setting
+
+
 # Seeds are in [0, 2**63): torch generators refuse seeds >= 2**64 and derived seeds are 63-bit, and a negative
 # seed would map to different streams in numpy (which takes it mod 2**32) and torch.
 SEED_LIMIT = 2**63

@@ -19,7 +19,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,14 @@ from advtrain.eval.vulnerability import adversarial_vulnerability
 from advtrain.fileio import atomic_write_bytes, atomic_write_text
 from advtrain.methods import Batch, EpochContext, StepContext, build_method
 from advtrain.models.spec import ModelSpec
-from advtrain.runtime import autocast_dtype, derive_seed, make_generator, resolve_device, seed_everything
+from advtrain.runtime import (
+    autocast_dtype,
+    derive_seed,
+    make_generator,
+    resolve_device,
+    seed_everything,
+    use_channels_last,
+)
 from advtrain.train.averaging import WeightAverages
 from advtrain.train.monitor import CollapseMonitor
 from advtrain.train.schedule import LRSchedule, build_optimizer
@@ -52,6 +58,7 @@ from advtrain.train.state import (
     restore_rng,
     save_state,
 )
+from advtrain.train.step import autocast_context, train_step
 
 # Losses are checked for NaN/Inf in one device sync every this many steps (and before every save), so
 # the check costs no per-step synchronisation; the message still names the first bad step exactly.
@@ -277,7 +284,7 @@ def _train(
     seed_everything(config.seed)
     device = resolve_device(t.device)
     amp = autocast_dtype(t.precision, device)
-    channels_last = device.type == "cuda" if t.channels_last is None else t.channels_last
+    channels_last = use_channels_last(t.channels_last)
 
     # Data: the validation split is carved from the training set, never from the test set.
     data = load_run_data(config) if data is None else data
@@ -405,7 +412,7 @@ def _train(
             128 + signum,
         )
 
-    autocast = (lambda: torch.autocast(device.type, dtype=amp)) if amp is not None else nullcontext
+    autocast = autocast_context(device, amp)
     every = t.checkpoint_every
     monitor_every = config.monitor.every_steps if monitor.active else None
     row: dict[str, Any] = {}
@@ -479,13 +486,7 @@ def _train(
                     x = x.contiguous(memory_format=torch.channels_last)
                 step = epoch * steps_per_epoch + i
                 ctx = StepContext(epoch, step, make_generator(device, config.seed, "step", epoch, i))
-                with autocast():
-                    out = method.loss(model, Batch(x, y), ctx)
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                optimizer.step()
-                if out.after_step is not None:
-                    out.after_step()
+                out = train_step(method, model, optimizer, Batch(x, y), ctx, autocast)
                 averages.after_step(model, epoch, step)  # after after_step: the average never sees perturbed weights
                 # Metrics stay on the device; they are read once per progress refresh and per epoch.
                 pending.append((i, out.loss.detach()))

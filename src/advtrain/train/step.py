@@ -1,0 +1,43 @@
+"""One optimizer step of any method: the only training step there is (the trainer, `advtrain bench` and
+benchmarks/method_cost.py all run this function).
+
+Nothing in it synchronises with the host: no `.item()`, no `.cpu()`, no Python branch on a tensor value; the
+returned outputs stay on the device until the caller reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+from torch import nn
+
+from advtrain.methods import Batch, Method, StepContext, StepOutput
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Callable[[], AbstractContextManager]:
+    """A factory of the autocast context for `dtype` on `device` (no autocast when None)."""
+    if dtype is None:
+        return nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def train_step(
+    method: Method,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    ctx: StepContext,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+) -> StepOutput:
+    """method.loss under autocast (fp32 master weights), backward, optimizer step, then the method's
+    `after_step` (e.g. removing a weight perturbation)."""
+    with autocast():
+        out = method.loss(model, batch, ctx)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    optimizer.step()
+    if out.after_step is not None:
+        out.after_step()
+    return out
