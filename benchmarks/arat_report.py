@@ -3,9 +3,10 @@
     python benchmarks/arat_report.py OUT_DIR FIGURE_DIR
 
 Reads OUT_DIR/compare_{last,best}.json (runs labelled METHOD-sSEED), prints one markdown table per checkpoint
-(mean ± std over seeds of clean, PGD-20, AutoAttack, the sum clean + AutoAttack and the mean cosine of the
-penultimate features of x and x'), the paired per-seed differences of the sum against PGD-AT, and writes
-FIGURE_DIR/tradeoff_{last,best}.png (clean vs AutoAttack: each seed and each method's mean).
+(mean ± std over seeds of clean, PGD-20, AutoAttack (standard, or the apgd preset as labelled), the sum
+clean + AutoAttack and the mean cosine of the penultimate features of x and x'), the paired per-seed
+differences of the sum against PGD-AT, and writes FIGURE_DIR/tradeoff_{last,best}.png (clean vs AutoAttack:
+each seed and each method's mean).
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ def accuracy(results: list[dict], attack: str) -> float:
     return 100 * row["accuracy"]
 
 
+def autoattack_version(compare: dict) -> str:
+    """'standard' or 'apgd' (APGD-CE + APGD-T), as the comparison ran it."""
+    (version,) = {r.get("version") for e in compare["models"].values() for r in e["results"]
+                  if r["attack"] == "autoattack"}
+    return version
+
+
 def per_run(compare: dict) -> dict[str, dict[int, dict[str, float]]]:
     """method → seed → {clean, pgd, aa, sum, cos}."""
     table: dict[str, dict[int, dict[str, float]]] = {}
@@ -49,8 +57,8 @@ def mean_std(values: list[float], digits: int = 1) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
-def markdown(table: dict[str, dict[int, dict[str, float]]]) -> str:
-    lines = ["| method | clean % | PGD-20 % | AutoAttack % | sum (clean + AA) | feature cos |",
+def markdown(table: dict[str, dict[int, dict[str, float]]], aa: str) -> str:
+    lines = [f"| method | clean % | PGD-20 % | {aa} % | sum (clean + AA) | feature cos |",
              "|---|---:|---:|---:|---:|---:|"]
     for method in ORDER:
         seeds = table[method].values()
@@ -66,7 +74,7 @@ def markdown(table: dict[str, dict[int, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def figure(table: dict[str, dict[int, dict[str, float]]], path: Path, title: str) -> None:
+def figure(table: dict[str, dict[int, dict[str, float]]], path: Path, title: str, aa: str) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for colour, method in zip(colours, ORDER, strict=False):
@@ -79,7 +87,7 @@ def figure(table: dict[str, dict[int, dict[str, float]]], path: Path, title: str
         ax.plot([lo, hi], [total - lo, total - hi], ls="--", lw=0.6, color="grey")
     ax.set_xlim(lo, hi)
     ax.set_xlabel("clean accuracy %")
-    ax.set_ylabel("AutoAttack accuracy % (standard, ε = 0.2)")
+    ax.set_ylabel(f"{aa} accuracy % (ε = 0.2)")
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -91,12 +99,14 @@ def main() -> None:
     out, figures = Path(sys.argv[1]), Path(sys.argv[2])
     figures.mkdir(parents=True, exist_ok=True)
     for which in ("last", "best"):
-        table = per_run(json.loads((out / f"compare_{which}.json").read_text()))
+        compare = json.loads((out / f"compare_{which}.json").read_text())
+        table = per_run(compare)
+        aa = "AutoAttack" if autoattack_version(compare) == "standard" else "AutoAttack (apgd preset)"
         epochs = sorted({s["epoch"] for m in table.values() for s in m.values()})
         print(f"\n### {which} checkpoint (epochs {epochs[0]}–{epochs[-1]})\n" if len(epochs) > 1
               else f"\n### {which} checkpoint (epoch {epochs[0]})\n")
-        print(markdown(table))
-        figure(table, figures / f"tradeoff_{which}.png", f"digits, {which} checkpoint, 3 seeds (diamond: mean)")
+        print(markdown(table, aa))
+        figure(table, figures / f"tradeoff_{which}.png", f"digits, {which} checkpoint, 3 seeds (diamond: mean)", aa)
 
 
 if __name__ == "__main__":

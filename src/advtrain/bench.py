@@ -35,6 +35,7 @@ from advtrain.errors import UserError
 from advtrain.methods import Batch, StepContext, build_method, list_methods, method_class
 from advtrain.models import build_model
 from advtrain.runtime import autocast_dtype, resolve_device, use_channels_last
+from advtrain.train.schedule import build_optimizer
 from advtrain.train.step import autocast_context, train_step
 
 
@@ -180,7 +181,9 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
 
     # The reference: fp32, NCHW, for-loop SGD.
     ref_model = copy.deepcopy(initial)
-    ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, foreach=False)
+    optim = load_config(None, []).optim
+    ref_opt = torch.optim.SGD(ref_model.parameters(), lr=optim.lr, momentum=optim.momentum,
+                              weight_decay=optim.weight_decay, foreach=False)
 
     def reference(_: int) -> None:
         reference_pgd_at_step(ref_model, ref_opt, x_host, y_host, eps=eps, step_size=alpha, steps=k, device=device)
@@ -196,8 +199,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         params = [*model.parameters(), *(p for m in method.extra_modules().values() for p in m.parameters())]
-        fused = {"fused": True} if device.type == "cuda" else {}
-        optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4, **fused)
+        optimizer = build_optimizer(params, config.optim)  # the trainer's optimizer (torch's default kernels)
         generator = torch.Generator(device).manual_seed(settings.seed)
         autocast = autocast_context(device, amp)
         model.train()
