@@ -21,6 +21,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -155,7 +156,17 @@ def forward_flops_per_image(model: nn.Module, shape: tuple[int, int, int], devic
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s)"
+    name = platform.processor() or platform.machine()
+    try:  # Linux names the CPU model here; platform.processor() is often empty
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {torch.get_num_threads()} thread(s)"
+
+
+def _rate(images_per_s: float) -> str:
+    return f"{images_per_s:.0f}" if images_per_s >= 100 else f"{images_per_s:.2f}"
 
 
 def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -284,10 +295,10 @@ def bench_text(result: dict[str, Any]) -> str:
     ]
     for r in result["train"]:
         tflops = f"{r['tflops']:>10.1f}" if "tflops" in r else ""
-        lines.append(f"{r['method']:<14}{r['images_per_s']:>10.0f}{r['reference_images_per_s']:>18.0f}"
+        lines.append(f"{r['method']:<14}{_rate(r['images_per_s']):>10}{_rate(r['reference_images_per_s']):>18}"
                      f"{r['ratio']:>13.2f}{tflops}")
     e = result["eval"]
-    lines.append(f"{'eval ' + e['attack']:<14}{e['images_per_s']:>10.0f}{e['reference_images_per_s']:>18.0f}"
+    lines.append(f"{'eval ' + e['attack']:<14}{_rate(e['images_per_s']):>10}{_rate(e['reference_images_per_s']):>18}"
                  f"{e['ratio']:>13.2f}")
     lines.append("reference: " + result["reference"])
     return "\n".join(lines)
