@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Training half of the AR-AT experiment of docs/experiments/arat.md: PGD-AT, TRADES, AR-AT and its three
 # ablations (symmetric = no stop-gradient, no predictor, shared BN) on digits with the quick-start recipe
-# (small CNN, ε = 0.2, 30 epochs, LR ×0.1 at epochs 20 and 25; fp32 NCHW for every run), seeds 0..2. The evaluation half is
-# benchmarks/arat_eval.sh. Usage: bash benchmarks/arat_train.sh OUT_DIR   (one training at a time, one thread)
+# (small CNN, ε = 0.2, 30 epochs, LR ×0.1 at epochs 20 and 25; fp32 NCHW in every run), seeds 0..2. The
+# evaluation half is benchmarks/arat_eval.sh. Usage: bash benchmarks/arat_train.sh OUT_DIR   (one at a time, one thread)
 set -euo pipefail
 out=${1:?usage: arat_train.sh OUT_DIR}
 advtrain() { OMP_NUM_THREADS=1 python -m advtrain "$@"; }
