@@ -360,7 +360,6 @@ def _bench(args: argparse.Namespace) -> None:
         eval_steps=args.eval_steps, iterations=args.iterations, warmup=args.warmup, repeats=args.repeats,
         precision=args.precision,
     )
-    settings.check()
     if args.out is not None and args.out.is_dir():
         raise UserError(f"--out {args.out} is a folder: give a file path such as bench.json")
     result = run_bench(settings, log=lambda line: print(line, file=sys.stderr))

@@ -20,7 +20,6 @@ Everything returned is fp32/fp64 on the CPU; the functions never leave the model
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,20 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks import Norm, bn_policy, default_step_size, pgd
+from advtrain.attacks import Norm, default_step_size
 from advtrain.errors import UserError
+from advtrain.eval.robustness import last_iterate_pgd
 from advtrain.models.features import classifier_layer, penultimate_features
 
 INVARIANCE_EVALS = ("invariance",)  # the name `advtrain eval --attacks` takes
-
-
-def _check_args(x: Tensor, y: Tensor, eps: float, norm: str, steps: int, batch_size: int) -> None:
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{x.shape[0]} images but {y.shape[0]} labels")
-    if not (math.isfinite(eps) and eps >= 0) or steps < 0 or batch_size < 1:
-        raise ValueError(f"need a finite eps >= 0, steps >= 0, batch_size >= 1; got {eps}, {steps}, {batch_size}")
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
 
 
 def _invariance_parts(
@@ -57,22 +48,19 @@ def _invariance_parts(
     batch_size: int,
 ) -> tuple[Tensor, Tensor]:
     """(per-example cosine, clean-correct mask), both on the CPU; see `representation_invariance`."""
-    _check_args(x, y, eps, norm, steps, batch_size)
+    batches = last_iterate_pgd(model, x, y, eps=eps, norm=norm, steps=steps, step_size=step_size, seed=seed,
+                               batch_size=batch_size)
     classifier_layer(model)  # a model without nn.Linear fails here, before any attack runs
     if x.shape[0] == 0:
         return torch.zeros(0), torch.zeros(0, dtype=torch.bool)
     cosines: list[Tensor] = []
     correct: list[Tensor] = []
-    with bn_policy(model, "eval"):
-        for i, (xb, yb) in enumerate(zip(x.split(batch_size), y.split(batch_size), strict=True)):
-            generator = torch.Generator(device=xb.device).manual_seed(seed + i)
-            x_adv = pgd(model, xb, yb, eps=eps, steps=steps, step_size=step_size, norm=norm, loss="ce",
-                        random_start=True, keep="last", generator=generator)
-            with torch.no_grad():
-                logits, clean_features = penultimate_features(model, xb)
-                _, adv_features = penultimate_features(model, x_adv)
-                cosines.append(F.cosine_similarity(clean_features.float(), adv_features.float(), dim=1).cpu())
-                correct.append((logits.argmax(1) == yb).cpu())
+    for xb, yb, x_adv in batches:
+        with torch.no_grad():
+            logits, clean_features = penultimate_features(model, xb)
+            _, adv_features = penultimate_features(model, x_adv)
+            cosines.append(F.cosine_similarity(clean_features.float(), adv_features.float(), dim=1).cpu())
+            correct.append((logits.argmax(1) == yb).cpu())
     return torch.cat(cosines), torch.cat(correct)
 
 

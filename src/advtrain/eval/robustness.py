@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,3 +171,39 @@ def evaluate(
             if on_result is not None:
                 on_result(result)
     return results
+
+
+def last_iterate_pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    norm: Norm = "linf",
+    steps: int = 10,
+    step_size: float | None = None,
+    random_start: bool = True,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """(x, y, x') chunk by chunk for the per-example analyses (vulnerability, invariance): x' = PGD on CE keeping
+    the last iterate (it maximises the loss rather than stopping at the first fooling one), the model in eval mode
+    while the chunks are drawn. Chunk i of `batch_size` examples draws its random start from a generator seeded
+    with `seed + i`, as `evaluate` does, so the same seed and batch size give the same x'. `step_size` defaults
+    to 2.5·ε/steps. Inconsistent arguments are a ValueError, raised here rather than at the first chunk."""
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{x.shape[0]} images but {y.shape[0]} labels")
+    if not (math.isfinite(eps) and eps >= 0) or steps < 0 or batch_size < 1:
+        raise ValueError(f"need a finite eps >= 0, steps >= 0, batch_size >= 1; got {eps}, {steps}, {batch_size}")
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+
+    def chunks() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        with bn_policy(model, "eval"):
+            for i, (xb, yb) in enumerate(zip(x.split(batch_size), y.split(batch_size), strict=True)):
+                generator = torch.Generator(device=xb.device).manual_seed(seed + i)
+                x_adv = pgd(model, xb, yb, eps=eps, steps=steps, step_size=step_size, norm=norm, loss="ce",
+                            random_start=random_start, keep="last", generator=generator)
+                yield xb, yb, x_adv
+
+    return chunks()

@@ -170,7 +170,7 @@ class ARAT(AdversarialMethod):
         metrics = {
             "acc": accuracy(adv_logits, batch.y), "clean_acc": accuracy(clean_logits, batch.y),
             "align": regulariser.detach(), "feature_cos": invariance.detach() / len(self.layers),
-            "alpha": torch.tensor(self.alpha, device=adv_logits.device),
+            "alpha": adv_logits.new_full((), self.alpha, dtype=torch.float32),  # a fill, no host→device copy
         }
         return StepOutput(loss, metrics)
 
