@@ -142,7 +142,7 @@ def test_awp_step_equals_a_hand_written_perturb_step_restore():
         weights = {"0.weight": proxy[0].weight, "4.weight": proxy[4].weight}
         grads = torch.autograd.grad(unperturbed, list(weights.values()))
         v = {n: w.detach().norm() * g / (g.norm() + 1e-20) for (n, w), g in zip(weights.items(), grads, strict=True)}
-        assert set(method.weight_perturbation(copy.deepcopy(reference), Batch(x, y), x_adv)) == set(v)
+        assert set(method.weight_perturbation(copy.deepcopy(reference), Batch(x, y), x_adv, ctx(seed))) == set(v)
         params = dict(reference.named_parameters())
         with torch.no_grad():
             for n, d in v.items():

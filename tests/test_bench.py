@@ -49,16 +49,21 @@ def test_the_fast_paths_keep_pgd_accuracy_and_never_take_all_zero_steps():
     x, y = torch.cat([x_train, x_test]), torch.cat([y_train, y_test])
     model = trained_digits_cnn()
     spec = [AttackSpec("pgd", 0.1, "linf", 10, 1, 0.025)]
-    (fp32,) = evaluate(model, x, y, spec)
     fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    (channels_last,) = evaluate(fast, x_cl, y, spec)
-    (bf16,) = evaluate(fast, x_cl, y, spec, autocast_dtype=torch.bfloat16)
-    assert 0.3 < fp32.accuracy < 0.7  # a real attack on a real model: not trivially 0 or 1
-    assert torch.equal(channels_last.correct, fp32.correct)  # the layout changes nothing here
-    # bf16 autocast on this CPU: 1.06 points below fp32 (48.9% vs 50.0%), just over issue 9's 1-point goal;
-    # the bound below records what holds today, the gap is reported in docs/benchmarks.md.
-    assert abs(bf16.accuracy - fp32.accuracy) <= 0.015
+    fp32, channels_last, bf16 = [], [], []
+    # Three random starts each: one start's accuracy moves by up to 0.6 points from seed to seed in fp32 alone,
+    # so single-seed differences would measure the seed, not the precision.
+    for seed in (0, 1000, 2000):
+        fp32.append(evaluate(model, x, y, spec, seed=seed)[0])
+        channels_last.append(evaluate(fast, x_cl, y, spec, seed=seed)[0])
+        bf16.append(evaluate(fast, x_cl, y, spec, seed=seed, autocast_dtype=torch.bfloat16)[0])
+    assert all(0.3 < r.accuracy < 0.7 for r in fp32)  # a real attack on a real model: not trivially 0 or 1
+    for a, b in zip(channels_last, fp32, strict=True):
+        assert torch.equal(a.correct, b.correct)  # the layout changes nothing here
+    # bf16 autocast on this CPU: 0.85 points below fp32 on average (per seed 1.06, 1.06, 0.45).
+    mean = lambda results: sum(r.accuracy for r in results) / len(results)  # noqa: E731
+    assert abs(mean(bf16) - mean(fp32)) <= 0.01
     # Every attack step under bf16 + channels_last moves every example (no underflowed, all-zero gradient).
     x_adv = x_cl.clone()
     with torch.autocast("cpu", dtype=torch.bfloat16), bn_policy(fast, "eval"):

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +33,9 @@ import advtrain
 from advtrain.attacks import ThreatModel, bn_policy, pgd
 from advtrain.config import load_config
 from advtrain.errors import UserError
-from advtrain.methods import Batch, StepContext, build_method, list_methods, method_class
+from advtrain.methods import Batch, Method, StepContext, build_method, list_methods, method_class
 from advtrain.models import build_model
-from advtrain.runtime import autocast_dtype, resolve_device, use_channels_last
+from advtrain.runtime import CompileMode, autocast_dtype, compile_checked, resolve_device, use_channels_last
 from advtrain.train.schedule import build_optimizer
 from advtrain.train.step import autocast_context, train_step
 
@@ -55,6 +55,7 @@ class BenchSettings:
     repeats: int = 3
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     channels_last: bool | None = None  # None: as the trainer (runtime.use_channels_last)
+    compile: CompileMode = "eager"  # as train.compile: checked against eager, double-backprop methods stay eager
     seed: int = 0
 
     def check(self) -> None:
@@ -68,6 +69,8 @@ class BenchSettings:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.warmup < 0:
             raise UserError(f"--warmup must be 0 or more, got {self.warmup}")
+        if self.compile not in get_args(CompileMode):
+            raise UserError(f"--compile must be one of {', '.join(get_args(CompileMode))}, got {self.compile!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise UserError(f"--precision must be auto, fp32 or bf16, got {self.precision!r}")
 
@@ -200,6 +203,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
         reference_pgd_at_step(ref_model, ref_opt, x_host, y_host, eps=eps, step_size=alpha, steps=k, device=device)
 
     contenders: dict[str, Callable[[int], object]] = {"reference": reference}
+    compiled: dict[str, bool] = {}  # method → compiled (False: fell back to eager, the reason was logged)
     for name in settings.methods:
         overrides = [f"method.name={name}", f"threat.eps={eps}"]
         if "steps" in _fields(name):
@@ -209,9 +213,11 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
         model = method.prepare_model(copy.deepcopy(initial), x_dev[:2])
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        params = [*model.parameters(), *(p for m in method.extra_modules().values() for p in m.parameters())]
-        optimizer = build_optimizer(params, config.optim)  # the trainer's optimizer (torch's default kernels)
         generator = torch.Generator(device).manual_seed(settings.seed)
+        if settings.compile != "eager":
+            model, compiled[name] = _compiled(model, method, settings.compile, x_dev, y_dev, generator, log)
+        params = [*model.parameters(), *(p for m in method.extra_modules().values() for p in m.parameters())]
+        optimizer = build_optimizer(params, config.optim)  # the trainer's optimizer (fused)
         autocast = autocast_context(device, amp)
         model.train()
 
@@ -225,6 +231,11 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
     eval_model = copy.deepcopy(initial).eval()
     if channels_last:
         eval_model = eval_model.to(memory_format=torch.channels_last)
+    if settings.compile != "eager":
+        eval_model, reason = compile_checked(eval_model, settings.compile, x_dev, y_dev)
+        compiled["eval"] = reason is None
+        if reason is not None:
+            log(f"eval: {reason}; measured eagerly")
     eval_ref_model = copy.deepcopy(initial).eval()
     eval_alpha = 2.5 * eps / settings.eval_steps
     eval_gen = torch.Generator(device).manual_seed(settings.seed)
@@ -271,10 +282,31 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
         "precision": "bf16" if amp is not None else "fp32", "channels_last": channels_last,
         "torch_version": torch.__version__, "advtrain_version": advtrain.__version__,
         "forward_flops_per_image": flops, "pgd_at_train_flops_per_image": train_flops,
-        "train": rows, "eval": evaluation,
+        "compiled": compiled, "train": rows, "eval": evaluation,
         "reference": "fp32, NCHW, eager, host→device copy per step, loss.backward() in the attack, for-loop SGD, "
                      ".item() per step",
     }
+
+
+def _compiled(
+    model: nn.Module, method: Method, mode: CompileMode, x: Tensor, y: Tensor, generator: torch.Generator,
+    log: Callable[[str], None],
+) -> tuple[nn.Module, bool]:
+    """The model compiled as the trainer's `train.compile` does it, and whether it was."""
+    if method.double_backprop:
+        log(f"{method.name}: double backprop, which torch.compile cannot differentiate: measured eagerly")
+        return model, False
+    state = generator.get_state()
+
+    def one_step_loss(m: nn.Module) -> Tensor:
+        generator.set_state(state)
+        return method.loss(m, Batch(x, y), StepContext(0, 0, generator)).loss
+
+    model, reason = compile_checked(model, mode, x, y, one_step_loss)
+    generator.set_state(state)
+    if reason is not None:
+        log(f"{method.name}: {reason}; measured eagerly")
+    return model, reason is None
 
 
 def _fields(method: str) -> set[str]:
@@ -287,7 +319,9 @@ def bench_text(result: dict[str, Any]) -> str:
     lines = [
         f"{s['model']}, batch {s['batch']}×{c}×{h}×{w}, ε = {s['eps']:.4g}, PGD-{s['attack_steps']} training attack, "
         f"{result['device']} ({result['hardware']}), {result['precision']}, "
-        f"channels_last {'on' if result['channels_last'] else 'off'}, torch {result['torch_version']}",
+        f"channels_last {'on' if result['channels_last'] else 'off'}, compile {s['compile']}"
+        + "".join(f" ({name}: eager fallback)" for name, ok in result["compiled"].items() if not ok)
+        + f", torch {result['torch_version']}",
         f"forward FLOPs per image: {result['forward_flops_per_image'] / 1e6:.2f} M",
         "",
         f"{'method':<14}{'img/s':>10}{'reference img/s':>18}{'× reference':>13}" + (

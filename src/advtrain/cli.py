@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -39,6 +40,16 @@ def _number(text: str) -> float:
     if len(values) != 1:
         raise argparse.ArgumentTypeError(f"expected one number such as 2/255, got {text!r}")
     return values[0]
+
+
+def _batch_size(text: str) -> int | str:
+    """An integer or "auto"; the integer's range is checked with the other settings, naming --batch-size."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, help="evaluate the first N test images (default: all)")
     p.add_argument("--checkpoint", choices=["best", "last", "ema", "swa"], default="best",
                    help="which checkpoint of a run (ema/swa: its weight averages, when the run kept them)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_batch_size, default="auto",
+                   help="images per attack batch, or auto: as many as fit the GPU's free memory, 256 on CPU "
+                   "(default auto; the batch size that ran is recorded in the eval JSON)")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--seed", type=int, default=0)
@@ -117,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "check is skipped")
     p.add_argument("--checkpoint", choices=["best", "last", "ema", "swa"], default="best",
                    help="which checkpoint of the run (and of --surrogate)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_batch_size, default=256,
+                   help="images per attack batch, or auto: as many as fit the GPU's free memory, 256 on CPU "
+                   "(default 256)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="diagnose JSON path (default: RUN_DIR/diagnose.json; none for --weights); "
@@ -139,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=5, help="timed steps per repeat (default 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     p.add_argument("--repeats", type=int, default=3, help="alternating repeats; the median is reported (default 3)")
+    p.add_argument("--compile", default="eager",
+                   help="torch.compile mode: eager (none), default, reduce-overhead (CUDA graphs) or max-autotune; "
+                   "checked against eager gradients as train.compile is")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
 
     p = sub.add_parser("quickstart", parents=[debug],
@@ -158,16 +176,17 @@ def _train(args: argparse.Namespace) -> None:
                  if value]
         if given:
             raise UserError(f"--resume continues a run with its own config.yaml: drop {', '.join(given)}")
-        resume_and_evaluate(args.resume, quiet=args.quiet)
+        report = resume_and_evaluate(args.resume, quiet=args.quiet)
         out = args.resume
     else:
         if args.out is None:
             raise UserError("train needs --out NEW_RUN_DIR (or --resume RUN_DIR to continue a run)")
         flags = [("train.progress=quiet", args.quiet), ("train.deterministic=true", args.deterministic)]
         config = load_config(args.config, [*args.overrides, *(o for o, on in flags if on)])
-        train_and_evaluate(config, args.out, overwrite=args.overwrite)
+        report = train_and_evaluate(config, args.out, overwrite=args.overwrite)
         out = args.out
-    print(f"done: {out}/report.md, {out}/eval.json")
+    if report is not None:  # None: a torchrun process other than rank 0, which wrote nothing
+        print(f"done: {out}/report.md, {out}/eval.json")
 
 
 def _eval_out(args: argparse.Namespace) -> Path | None:
@@ -277,7 +296,7 @@ def _eval(args: argparse.Namespace) -> None:
         out.with_name(f"{out.stem}-figures") if out is not None else None)
     if figures is not None and "inequality" in report:
         for path in inequality_figures(models, data, report["inequality"], figures, n=args.n, device=args.device,
-                                       batch_size=args.batch_size):
+                                       batch_size=report["batch_size"]):
             print(f"wrote {path}")
     if figures is not None and "vulnerability" in report:
         print(f"wrote {write_vulnerability_figure(report['vulnerability'], figures)}")
@@ -292,6 +311,7 @@ def _diagnose(args: argparse.Namespace) -> None:
 
     from advtrain.bounds import Ge, Lt
     from advtrain.eval.api import check_fits, eval_images, load_for_eval
+    from advtrain.eval.batching import check_batch_setting, resolve_eval_batch
     from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
     from advtrain.eval.diagnose import diagnose, diagnose_text, write_diagnose_figures
     from advtrain.fileio import atomic_write_text
@@ -303,10 +323,10 @@ def _diagnose(args: argparse.Namespace) -> None:
     out = args.out or (args.run_dir / "diagnose.json" if args.run_dir is not None else None)
     if out is not None and (out.is_dir() or not out.name):
         raise UserError(f"--out {str(out) or repr('')} is a folder: give a file name such as diagnose.json")
-    for value, bounds, flag in ((args.n, (Ge(1), Lt(2**63)), "--n"), (args.batch_size, (Ge(1), Lt(2**63)),
-                                "--batch-size"), (args.seed, (Ge(0), Lt(SEED_LIMIT)), "--seed")):
+    for value, bounds, flag in ((args.n, (Ge(1), Lt(2**63)), "--n"), (args.seed, (Ge(0), Lt(SEED_LIMIT)), "--seed")):
         for bound in bounds:
             bound.check(value, flag)
+    check_batch_setting(args.batch_size, "--batch-size")
     if args.eps is not None and not (math.isfinite(args.eps) and 0 < args.eps <= 1):
         raise UserError(f"--eps must be an L∞ radius in (0, 1] (images are in [0, 1]), got {args.eps!r}")
     if args.surrogate is not None and not args.surrogate.is_dir():
@@ -329,15 +349,20 @@ def _diagnose(args: argparse.Namespace) -> None:
         check_fits(surrogate, data, f"pass a --surrogate trained on {data.name}")
 
     x, y = eval_images(data, args.n, device)
+    model = loaded.model.to(device)
+    surrogate_model = None if surrogate is None else surrogate.model.to(device)
+    # Diagnose runs in fp32; transfer attacks are crafted on the surrogate with the same batch size.
+    batch = min(resolve_eval_batch(m, x, y, len(y), args.batch_size, None)
+                for m in (model, surrogate_model) if m is not None)
     report = diagnose(
-        loaded.model.to(device), x, y, eps=float(eps), seed=args.seed, batch_size=args.batch_size,
-        surrogate=None if surrogate is None else surrogate.model.to(device),
+        model, x, y, eps=float(eps), seed=args.seed, batch_size=batch, surrogate=surrogate_model,
         on_check=lambda c: print(f"  {c.name:<20} {c.verdict}", file=sys.stderr),
     )
     report = {
         "model": loaded.spec.name, "data": data.name, "source": str(loaded.source),
         "checkpoint": None if args.weights is not None else args.checkpoint, "epoch": loaded.metadata.get("epoch"),
         "surrogate": None if surrogate is None else str(surrogate.source), "device": str(device),
+        "batch_size": batch,
     } | report
     print(diagnose_text(report))
     if out is not None:
@@ -358,7 +383,7 @@ def _bench(args: argparse.Namespace) -> None:
         model=args.model, methods=[m.strip() for m in args.methods.split(",") if m.strip()], batch=args.batch,
         shape=parse_shape(args.shape), device=args.device, eps=args.eps, attack_steps=args.attack_steps,
         eval_steps=args.eval_steps, iterations=args.iterations, warmup=args.warmup, repeats=args.repeats,
-        precision=args.precision,
+        precision=args.precision, compile=args.compile,
     )
     if args.out is not None and args.out.is_dir():
         raise UserError(f"--out {args.out} is a folder: give a file path such as bench.json")
@@ -381,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"train": _train, "eval": _eval, "diagnose": _diagnose, "bench": _bench, "quickstart": _quickstart}
+        if args.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError(f"{args.command} runs in one process; only train runs under torchrun: run advtrain "
+                            f"{args.command} without torchrun")
         commands[args.command](args)
     except (UserError, TrainingStopped) as e:
         if args.debug:

@@ -29,7 +29,7 @@ from advtrain.errors import UserError
 from advtrain.eval.robustness import check_attack_names
 from advtrain.methods import MethodConfig, method_class
 from advtrain.models.registry import check_model_args
-from advtrain.runtime import SEED_LIMIT
+from advtrain.runtime import SEED_LIMIT, CompileMode
 
 
 @dataclass
@@ -68,6 +68,9 @@ class OptimConfig:
     nesterov: bool = False
     # Adam's (β1, β2); torch refuses values outside [0, 1).
     betas: list[Annotated[float, Ge(0), Lt(1)]] = field(default_factory=lambda: [0.9, 0.999])
+    # The update kernel: false (default) runs torch's multi-tensor (foreach) kernel, true its fused one (one kernel
+    # for every parameter). Both take the for-loop step, SGD bit for bit (tests/test_train.py).
+    fused: bool = False
 
 
 @dataclass
@@ -102,6 +105,10 @@ class TrainConfig:
     # A resumable state is written at every epoch end; this adds one every N optimizer steps.
     checkpoint_every: Annotated[int, Ge(1)] | None = None  # 0 would divide by zero in the step counter
     deterministic: bool = False  # refuse non-deterministic kernels (torch.use_deterministic_algorithms)
+    # torch.compile of the model, opt-in: eager (none) | default | reduce-overhead (CUDA graphs) | max-autotune.
+    # Used only after its input gradients match eager ones (runtime.compile_checked); methods with double
+    # backprop (IGD, GradAlign), which torch.compile cannot differentiate twice, train eagerly.
+    compile: CompileMode = "eager"
 
 
 @dataclass
@@ -154,7 +161,8 @@ class EvalConfig:
     step_size: Annotated[float, Gt(0), Le(MAX_DISTANCE)] | None = None  # None: 2.5·ε/steps
     n: Annotated[int, Ge(1)] | None = None  # first n test images; None = all
     checkpoint: Literal["best", "last", "ema", "swa"] = "best"  # ema/swa need the `averaging` section
-    batch_size: Annotated[int, Ge(1)] = 256
+    # auto: sized to the device's free memory (256 on CPU), see advtrain.eval.batching
+    batch_size: Annotated[int, Ge(1)] | Literal["auto"] = "auto"
 
 
 @dataclass
@@ -275,7 +283,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             try:
                 return _coerce(value, option, where)
             except UserError as e:
-                errors.append(str(e))
+                # A Literal of words speaks for strings only: for a number (`eval.batch_size: 0`), the numeric
+                # option's error says what is wrong (its bound), not "choose one of auto".
+                if get_origin(option) is not Literal or isinstance(value, str):
+                    errors.append(str(e))
         raise UserError(errors[-1] if errors else f"{where}: bad value {value!r}")
     if origin is Literal:
         allowed = get_args(tp)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import math
 import random
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from advtrain.errors import UserError
 
@@ -59,3 +65,80 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+CompileMode = Literal["eager", "default", "reduce-overhead", "max-autotune"]
+
+
+def compile_checked(
+    model: nn.Module,
+    mode: CompileMode,
+    x: Tensor,
+    y: Tensor,
+    training_loss: Callable[[nn.Module], Tensor] | None = None,
+    *,
+    rtol: float = 1e-3,
+) -> tuple[nn.Module, str | None]:
+    """`model` compiled in place by `torch.compile(mode=...)` (nn.Module.compile: the same module, names, state
+    dict and hooks) when it passes the checks below; otherwise an eager copy of the model as it was, and the
+    reason in one line. Call it before an optimizer is built: on fallback the returned module is another object.
+
+    Checks, each against an eager copy: (1) the input gradient ∇ₓCE on (x, y), in train and in eval mode, within
+    max |Δ| ≤ rtol·max |∇ eager| and not all zero: torch.compile on CPU (torch 2.13) can silently return zero
+    input gradients (seen for Conv→ReLU→MaxPool2d in some shapes), and PGD on zero gradients takes no step.
+    (2) `training_loss(model)`, e.g. one step of the training method's loss with a fixed seed, runs, and its
+    value and parameter-gradient norm agree within 1e-2 relative (loose: sign steps of a PGD inside it may flip
+    on gradients near zero). Some methods' losses fail under compile (a train-mode BatchNorm buffer updated in
+    place between two forwards and one backward); they then train eagerly. Checks run in fp32 and leave the
+    parameters, buffers, gradients and training flag as they were. `reduce-overhead` is torch's CUDA-graph mode.
+    """
+    if mode == "eager":
+        return model, None
+    # One model meets dynamo in several variants (train/eval, grad/no-grad, input with/without requires_grad,
+    # batch sizes); past the default limit of 8 dynamo silently runs the rest eagerly.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    reference = copy.deepcopy(model)
+    # Parameters too: a loss may leave weights perturbed until its after-step hook (AWP), which the check skips.
+    saved = {name: t.detach().clone() for name, t in model.state_dict(keep_vars=True).items()}
+    training = model.training
+    model.compile(mode=mode)
+    reason = None
+    try:
+        for train_mode in (True, False):
+            expected = _input_gradient(reference.train(train_mode), x, y)
+            got = _input_gradient(model.train(train_mode), x, y)
+            scale, error = float(expected.abs().max()), float((got - expected).abs().max())
+            if error > rtol * scale or (scale > 0 and not bool(got.any())):
+                reason = (f"torch.compile's input gradients differ from eager ones in "
+                          f"{'train' if train_mode else 'eval'} mode (max |Δ| {error:.3g}, eager max {scale:.3g})")
+                break
+        if reason is None and training_loss is not None:
+            (loss_e, norm_e), (loss_c, norm_c) = (_loss_and_grad_norm(m.train(training), training_loss)
+                                                  for m in (reference, model))
+            if not (math.isclose(loss_c, loss_e, rel_tol=1e-2) and math.isclose(norm_c, norm_e, rel_tol=1e-2)):
+                reason = (f"the training loss under torch.compile differs from eager ({loss_c:.6g} vs {loss_e:.6g}, "
+                          f"gradient norm {norm_c:.6g} vs {norm_e:.6g})")
+    except Exception as e:  # no C++ compiler, an unsupported op, an in-place buffer update, ...: eager
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = f"torch.compile failed: {first_line}"
+    with torch.no_grad():
+        for m in (model, reference):
+            for name, t in m.state_dict(keep_vars=True).items():
+                t.copy_(saved[name])
+            m.train(training)
+            m.zero_grad(set_to_none=True)
+    return (model, None) if reason is None else (reference, reason)
+
+
+def _input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    x = x.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x).float(), y, reduction="sum"), x)
+    return grad
+
+
+def _loss_and_grad_norm(model: nn.Module, training_loss: Callable[[nn.Module], Tensor]) -> tuple[float, float]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss = training_loss(model).float()
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None]))
+    return float(loss.detach()), float(norm)

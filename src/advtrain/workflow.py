@@ -20,10 +20,13 @@ from advtrain.train import load_run_data, train
 def train_and_evaluate(
     config: RunConfig, run_dir: Path, *, log: Callable[[str], None] = print, resume: bool = False,
     overwrite: bool = False,
-) -> dict[str, Any]:
-    """The whole `advtrain train` command; returns the eval JSON it wrote."""
+) -> dict[str, Any] | None:
+    """The whole `advtrain train` command; returns the eval JSON it wrote (None in the torchrun processes other
+    than rank 0: rank 0 alone evaluates, once it has written the checkpoints)."""
     data = load_run_data(config)
     result = train(config, run_dir, data=data, log=log, resume=resume, overwrite=overwrite)
+    if not result.main:
+        return None
     e = config.eval
     which = e.checkpoint
     log(f"evaluating the {which} checkpoint on {min(e.n or len(data.y_test), len(data.y_test))} test images")
@@ -39,7 +42,9 @@ def train_and_evaluate(
     return report
 
 
-def resume_and_evaluate(run_dir: Path, *, quiet: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+def resume_and_evaluate(
+    run_dir: Path, *, quiet: bool = False, log: Callable[[str], None] = print
+) -> dict[str, Any] | None:
     """`advtrain train --resume RUN_DIR`: finish training from the newest intact checkpoint, then evaluate."""
     config = config_from_dict(read_config(run_dir))
     if quiet:

@@ -12,6 +12,7 @@ from advtrain.eval.api import (
     split_attack_names,
     tradeoff_part,
 )
+from advtrain.eval.batching import batch_for_memory, resolve_eval_batch
 from advtrain.eval.diagnose import (
     CHECK_NAMES,
     Check,
@@ -57,6 +58,7 @@ __all__ = [
     "Probe",
     "adversarial_vulnerability",
     "attack_specs",
+    "batch_for_memory",
     "compare_runs",
     "compare_vulnerability",
     "diagnose",
@@ -75,6 +77,7 @@ __all__ = [
     "load_group",
     "read_training_vulnerability",
     "representation_invariance",
+    "resolve_eval_batch",
     "run_attack",
     "split_attack_names",
     "tradeoff_part",

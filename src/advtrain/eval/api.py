@@ -16,6 +16,7 @@ from advtrain.attacks import MAX_DISTANCE, Norm
 from advtrain.bounds import Bound, Ge, Gt, Le, Lt
 from advtrain.data import Dataset, load_dataset, to_float
 from advtrain.errors import UserError
+from advtrain.eval.batching import check_batch_setting, out_of_memory_as_user_error, resolve_eval_batch
 from advtrain.eval.checkpoints import LoadedModel, checkpoint_path, load_checkpoint_model
 from advtrain.eval.inequality import (
     INEQUALITY_EVALS,
@@ -146,7 +147,7 @@ def check_eval_args(
     steps: int,
     restarts: int,
     step_size: float | None,
-    batch_size: int,
+    batch_size: int | str,
     seed: int,
 ) -> None:
     """One-line UserError, naming the `advtrain eval` flag, for the first out-of-range setting."""
@@ -156,7 +157,6 @@ def check_eval_args(
         (n, (Ge(1), Lt(2**63)), "--n"),
         (steps, (Ge(1),), "--steps"),
         (restarts, (Ge(1),), "--restarts"),
-        (batch_size, (Ge(1), Lt(2**63)), "--batch-size"),  # torch splits take 64-bit sizes
         (step_size, (Gt(0), Le(MAX_DISTANCE)), "--step-size"),
         (seed, (Ge(0), Lt(SEED_LIMIT)), "--seed"),
         *((e, (Ge(0), Le(MAX_DISTANCE)), "--eps") for e in eps),
@@ -164,6 +164,7 @@ def check_eval_args(
     for value, bounds, flag in checks:
         for bound in bounds:
             bound.check(value, flag)
+    check_batch_setting(batch_size, "--batch-size")
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,8 @@ class EvalSettings:
     restarts: int = 1
     step_size: float | None = None
     n: int | None = None  # the first n test images; None: all
-    batch_size: int = 256
+    # "auto": sized to the device's free memory once per model, before the first attack (eval.batching)
+    batch_size: int | str = "auto"
     device: str = "auto"
     precision: str = "fp32"
     seed: int = 0
@@ -229,26 +231,30 @@ def evaluate_analyses(
     the first `settings.n` images of `settings.vulnerability_split`, PGD-`steps` at the first ε (see
     `evaluate_vulnerability`); invariance (METHODS.md §7.6): the first `settings.n` test images, PGD-`steps`
     on CE at the first ε with the eval's step size (`settings.step_size`, default 2.5·ε/steps; see
-    `evaluate_invariance`)."""
+    `evaluate_invariance`). A `settings.batch_size` of "auto" is resolved for each model in fp32 on the test
+    images (`resolve_eval_batch`) and the smallest is used; the batch size that ran goes under "batch_size"."""
     st = settings
-    out: dict[str, Any] = {}
+    if not st.inequality:
+        return {}
+    x, y = eval_images(data, st.n, device)
+    batch = min(resolve_eval_batch(model, x, y, len(y), st.batch_size, None) for model in models.values())
+    out: dict[str, Any] = {"batch_size": batch}
     inequality = [e for e in st.inequality if e in INEQUALITY_EVALS]
-    if inequality:
-        x, y = eval_images(data, st.n, device)
-        out["inequality"] = evaluate_inequality(models, x, y, evals=inequality, seed=st.seed,
-                                                batch_size=st.batch_size, options=st.inequality_options)
-    if st.vulnerability:
-        x, y = eval_images(data, st.n, device, st.vulnerability_split)
-        out["vulnerability"] = evaluate_vulnerability(
-            models, x, y, eps=first_eps(st.eps), norm=st.norm, steps=st.steps, step_size=st.step_size,
-            seed=st.seed, batch_size=st.batch_size, split=st.vulnerability_split,
-        )
-    if st.invariance:
-        x, y = eval_images(data, st.n, device)
-        out["invariance"] = evaluate_invariance(
-            models, x, y, eps=invariance_eps(st.eps), norm=st.norm, steps=st.steps, step_size=st.step_size,
-            seed=st.seed, batch_size=st.batch_size,
-        )
+    with out_of_memory_as_user_error(min(batch, len(y))):
+        if inequality:
+            out["inequality"] = evaluate_inequality(models, x, y, evals=inequality, seed=st.seed,
+                                                    batch_size=batch, options=st.inequality_options)
+        if st.vulnerability:
+            xv, yv = eval_images(data, st.n, device, st.vulnerability_split)
+            out["vulnerability"] = evaluate_vulnerability(
+                models, xv, yv, eps=first_eps(st.eps), norm=st.norm, steps=st.steps, step_size=st.step_size,
+                seed=st.seed, batch_size=batch, split=st.vulnerability_split,
+            )
+        if st.invariance:
+            out["invariance"] = evaluate_invariance(
+                models, x, y, eps=invariance_eps(st.eps), norm=st.norm, steps=st.steps, step_size=st.step_size,
+                seed=st.seed, batch_size=batch,
+            )
     return out
 
 
@@ -276,6 +282,8 @@ def evaluate_loaded(
     under the JSON's "inequality" key, keyed by `label` (default: the model's name); `vulnerability` goes under
     "vulnerability" (on `settings.vulnerability_split`, see `evaluate_analyses`), `invariance` under
     "invariance". With a clean and a robust accuracy, "tradeoff" holds the trade-off score (`tradeoff_part`).
+    A `settings.batch_size` of "auto" is resolved once, before the first attack (`resolve_eval_batch`: under
+    the attacks' precision, or in fp32 when analyses run, as they do), and "batch_size" records what ran.
     Every setting is checked before the first attack runs, so a bad one fails with nothing printed or written.
     The messages name the `advtrain eval` flags: a run's config was checked when it was loaded.
     """
@@ -288,6 +296,10 @@ def evaluate_loaded(
     amp = autocast_dtype(st.precision, dev)
     specs = attack_specs(st.attacks, st.eps, norm=st.norm, steps=st.steps, restarts=st.restarts,
                          step_size=st.step_size)
+    # One batch size for the attacks and the analyses. The analyses run in fp32, which takes at least the
+    # memory of bf16, so with any of them the memory is measured in fp32.
+    st = replace(st, batch_size=resolve_eval_batch(model, x, y, len(y), st.batch_size,
+                                                   None if st.inequality else amp))
     results = evaluate(
         model, x, y, specs, batch_size=st.batch_size, seed=st.seed, autocast_dtype=amp, on_result=on_result,
     ) if specs else []
@@ -299,6 +311,7 @@ def evaluate_loaded(
         "checkpoint": checkpoint,
         "epoch": loaded.metadata.get("epoch"),
         "seed": st.seed,
+        "batch_size": st.batch_size,
         "precision": "bf16" if amp is not None else "fp32",
         "device": str(dev),
         "torch_version": torch.__version__,
@@ -380,9 +393,11 @@ def compare_runs(
 
     The robustness attacks run for every model (`evaluate_loaded`); the inequality evaluations run once on
     the whole group, so the noise and occlusion error rates are over the images every model classifies
-    correctly. Layout: {"models": {label: {"model", "source", "checkpoint", "epoch", "results"}},
+    correctly. Layout: {"models": {label: {"model", "source", "checkpoint", "epoch", "batch_size", "results"}},
     "tradeoff": {...} (`tradeoff_part`: one point per run with a clean and a robust accuracy),
-    "inequality": {...}, "vulnerability": {...}, "invariance": {...} (when they ran), "n", "data", "seed", ...}.
+    "inequality": {...}, "vulnerability": {...}, "invariance": {...}, "batch_size" (when they ran; with "auto",
+    the smallest of the models', see `evaluate_analyses`), "n", "data", "seed", ...}. A model's "batch_size" is
+    the one its attacks ran with (None without attacks).
     `on_result(label, result)` reports each attack as it finishes.
     """
     st = settings
@@ -394,15 +409,16 @@ def compare_runs(
     entries: dict[str, dict[str, Any]] = {}
     for label, loaded in models.items():
         results: list[dict[str, Any]] = []
+        batch: int | None = None
         if st.attacks:
             report, _ = evaluate_loaded(
                 loaded, data, attacks_only, checkpoint=checkpoint,
                 on_result=None if on_result is None else lambda r, label=label: on_result(label, r),
             )
-            results = report["results"]
+            results, batch = report["results"], report["batch_size"]
         entries[label] = {
             "model": loaded.spec.name, "source": str(loaded.source), "checkpoint": checkpoint,
-            "epoch": loaded.metadata.get("epoch"), "results": results,
+            "epoch": loaded.metadata.get("epoch"), "batch_size": batch, "results": results,
         }
     out: dict[str, Any] = {"models": entries}
     out |= tradeoff_part(entries)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from advtrain.attacks import Norm, bn_policy, default_step_size, fgsm, pgd
 from advtrain.attacks.autoattack import autoattack
 from advtrain.errors import UserError
+from advtrain.eval.batching import out_of_memory_as_user_error
 
 # Names accepted on the command line → (attack, AutoAttack version).
 ATTACK_ALIASES: dict[str, tuple[str, str | None]] = {
@@ -148,6 +149,8 @@ def evaluate(
 
     `x`, `y` must be on the model's device. PGD/CW count an example as broken as soon as any
     iterate fools the model (keep="first_fooling"); AutoAttack runs on the whole set at once.
+    Chunk i draws its random start from `seed + i`. A CUDA out-of-memory error is a one-line UserError
+    naming a smaller batch (see `advtrain.eval.batching`).
     """
     results = []
     autocast = (
@@ -155,7 +158,8 @@ def evaluate(
         if autocast_dtype is not None
         else contextlib.nullcontext()
     )
-    with bn_policy(model, "eval"), autocast:
+    # The batches that run are never larger than the set, so the message halves the size that ran.
+    with out_of_memory_as_user_error(min(batch_size, len(y))), bn_policy(model, "eval"), autocast:
         for spec in specs:
             if spec.attack == "autoattack":
                 chunks = [(x, y)]

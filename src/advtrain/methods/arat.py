@@ -41,6 +41,7 @@ from advtrain.methods.base import (
     Batch,
     EpochContext,
     MethodConfig,
+    QuarterEpsStep,
     StepContext,
     StepOutput,
     accuracy,
@@ -81,7 +82,7 @@ def _key(layer: str) -> str:
 
 
 @register_method
-class ARAT(AdversarialMethod):
+class ARAT(QuarterEpsStep, AdversarialMethod):
     name = "arat"
     config_class = ARATConfig
     config: ARATConfig
@@ -95,10 +96,6 @@ class ARAT(AdversarialMethod):
         self.predictors: nn.ModuleDict | None = None
         self.alpha = self.config.alpha
         self.beta = self.config.beta
-
-    @property
-    def step_size(self) -> float:
-        return self.threat.eps / 4 if self.config.step_size is None else self.config.step_size
 
     # -- the model -----------------------------------------------------------------------------------------------
     def prepare_model(self, model: nn.Module, example: Tensor) -> nn.Module:

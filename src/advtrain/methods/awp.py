@@ -92,18 +92,24 @@ class AWP(Method):
     def selection_metric(self) -> str:  # type: ignore[override]
         return self.base.selection_metric
 
-    def weight_perturbation(self, model: nn.Module, batch: Batch, x_adv: Tensor) -> dict[str, Tensor]:
-        """v: per perturbed tensor, ‖W‖·g/(‖g‖ + 1e-20), g = ∇_W of the base objective at x' (BN frozen)."""
+    @property  # type: ignore[override]
+    def double_backprop(self) -> bool:  # type: ignore[override]
+        return self.base.double_backprop
+
+    def weight_perturbation(self, model: nn.Module, batch: Batch, x_adv: Tensor, ctx: StepContext) -> dict[str, Tensor]:
+        """v: per perturbed tensor, ‖W‖·g/(‖g‖ + 1e-20), g = ∇_W of the base objective at x' (BN frozen), g
+        averaged over the whole batch when it is split across processes."""
         params = perturbed_parameters(model)
         with bn_policy(model, "train_frozen"):
             loss = self.base.objective(model, batch, x_adv).loss
-        return layerwise_direction(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True))
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        return layerwise_direction(params, ctx.average_gradients(list(params.values()), grads))
 
     def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         if ctx.epoch < self.warmup_epochs or self.gamma == 0:
             return self.base.loss(model, batch, ctx)
         x_adv, attack_metrics = self.base.perturb_with_metrics(model, batch, ctx)
-        v = self.weight_perturbation(model, batch, x_adv)
+        v = self.weight_perturbation(model, batch, x_adv, ctx)
         shift(model, v, self.gamma)
         out = self.base.objective(model, batch, x_adv)
         return StepOutput(out.loss, attack_metrics | out.metrics,

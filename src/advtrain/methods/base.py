@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -95,6 +95,11 @@ class StepContext:
     epoch: int  # 0-based
     step: int  # global step, 0-based
     generator: torch.Generator  # on the batch's device, seeded from (seed, epoch, batch index)
+    # (params, grads) → the global-batch mean of gradients this process computed on its share of the batch
+    # (data-parallel training, train/distributed.py); the identity in one process. For gradients a method takes
+    # itself and acts on before the optimizer step (AWP's and ISEAT's weight perturbation direction).
+    average_gradients: Callable[[Sequence[Tensor], Sequence[Tensor | None]], list[Tensor | None]] = (
+        lambda params, grads: list(grads))
 
 
 @dataclass
@@ -128,6 +133,9 @@ class Method(ABC):
     # The validation attack: "pgd" (PGD-k, step ε/4, random start) or "ifgsm" (I-FGSM-3 from x, SAT-R §5);
     # its accuracy is the metrics column val_<attack>_acc.
     validation_attack: ClassVar[str] = "pgd"
+    # The loss differentiates an input gradient again (create_graph=True): torch.compile cannot run its
+    # backward, so `train.compile` leaves such a method's model eager.
+    double_backprop: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig, threat: ThreatModel) -> None:
         self.config = config
@@ -193,6 +201,18 @@ class AdversarialMethod(Method):
         out = self.objective(model, batch, x_adv)
         out.metrics.update(metrics)
         return out
+
+
+class QuarterEpsStep:
+    """Mixin: the multi-step training attack's `step_size` is the config's, or ε/4 when that is None (2/255 at
+    ε = 8/255, as in the PGD-AT, TRADES, MART, ISEAT and AR-AT codes)."""
+
+    config: Any
+    threat: ThreatModel
+
+    @property
+    def step_size(self) -> float:
+        return self.threat.eps / 4 if self.config.step_size is None else self.config.step_size
 
 
 def joint_forward(model: nn.Module, *inputs: Tensor) -> tuple[Tensor, ...]:

@@ -62,6 +62,7 @@ class GradAlignConfig(MethodConfig):
 class GradAlign(Method):
     name = "grad_align"
     config_class = GradAlignConfig
+    double_backprop = True
     config: GradAlignConfig
 
     def __init__(self, config: GradAlignConfig, threat: ThreatModel) -> None:

@@ -94,6 +94,7 @@ def gradient_distance(student: Tensor, teacher: Tensor, distance: Distance, abso
 class IGD(AdversarialMethod):
     name = "igd"
     config_class = IGDConfig
+    double_backprop = True
     config: IGDConfig
 
     def __init__(self, config: IGDConfig, threat: ThreatModel) -> None:

@@ -41,7 +41,16 @@ from advtrain.attacks import (
     project,
 )
 from advtrain.bounds import Ge, Gt, Le
-from advtrain.methods.base import Batch, EpochContext, Method, MethodConfig, StepContext, StepOutput, accuracy
+from advtrain.methods.base import (
+    Batch,
+    EpochContext,
+    Method,
+    MethodConfig,
+    QuarterEpsStep,
+    StepContext,
+    StepOutput,
+    accuracy,
+)
 from advtrain.methods.registry import register_method
 from advtrain.methods.weight_perturbation import layerwise_direction, perturbed_parameters, shift
 
@@ -71,7 +80,7 @@ def rank_weights(av: Tensor) -> Tensor:
 
 
 @register_method
-class ISEAT(Method):
+class ISEAT(QuarterEpsStep, Method):
     name = "iseat"
     config_class = ISEATConfig
     config: ISEATConfig
@@ -79,10 +88,6 @@ class ISEAT(Method):
     def __init__(self, config: MethodConfig, threat: ThreatModel) -> None:
         super().__init__(config, threat)
         self.stage_lam = self.config.lam_before_decay
-
-    @property
-    def step_size(self) -> float:
-        return self.threat.eps / 4 if self.config.step_size is None else self.config.step_size
 
     def on_epoch_start(self, model: nn.Module, ctx: EpochContext) -> None:
         decayed = ctx.lr < ctx.base_lr and ctx.epoch > 0
@@ -109,17 +114,19 @@ class ISEAT(Method):
             return pgd(model, x, batch.y, eps=eps, steps=self.config.steps - 1, step_size=alpha, norm=norm,
                        x_init=first)
 
-    def weight_direction(self, model: nn.Module, batch: Batch, x_adv: Tensor) -> dict[str, Tensor]:
-        """v of §4.3: the layer-wise scaled gradient of the unweighted adversarial CE at θ."""
+    def weight_direction(self, model: nn.Module, batch: Batch, x_adv: Tensor, ctx: StepContext) -> dict[str, Tensor]:
+        """v of §4.3: the layer-wise scaled gradient of the unweighted adversarial CE at θ (averaged over the
+        whole batch when it is split across processes)."""
         params = perturbed_parameters(model)
         with bn_policy(model, "train_frozen"):
             loss = F.cross_entropy(at_least_fp32(model(x_adv)), batch.y)
-        return layerwise_direction(params, torch.autograd.grad(loss, list(params.values()), allow_unused=True))
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        return layerwise_direction(params, ctx.average_gradients(list(params.values()), grads))
 
     def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         clean_logits, clean_grad = self.clean_branch(model, batch)
         x_adv = self.attack(model, batch, clean_grad)
-        v = self.weight_direction(model, batch, x_adv)
+        v = self.weight_direction(model, batch, x_adv, ctx)
         gamma = self.config.gamma
         shift(model, v, gamma)
         adv_logits = model(x_adv)

@@ -27,7 +27,15 @@ from torch import Tensor, nn
 
 from advtrain.attacks import MAX_DISTANCE, BNMode, at_least_fp32, bn_policy, pgd
 from advtrain.bounds import Ge, Gt, Le
-from advtrain.methods.base import AdversarialMethod, Batch, MethodConfig, StepContext, StepOutput, accuracy
+from advtrain.methods.base import (
+    AdversarialMethod,
+    Batch,
+    MethodConfig,
+    QuarterEpsStep,
+    StepContext,
+    StepOutput,
+    accuracy,
+)
 from advtrain.methods.registry import register_method
 
 
@@ -44,14 +52,10 @@ class MARTConfig(MethodConfig):
 
 
 @register_method
-class MART(AdversarialMethod):
+class MART(QuarterEpsStep, AdversarialMethod):
     name = "mart"
     config_class = MARTConfig
     config: MARTConfig
-
-    @property
-    def step_size(self) -> float:
-        return self.threat.eps / 4 if self.config.step_size is None else self.config.step_size
 
     def perturb(self, model: nn.Module, batch: Batch, ctx: StepContext) -> Tensor:
         x = batch.x.detach()

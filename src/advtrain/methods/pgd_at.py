@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from advtrain.attacks import MAX_DISTANCE, AttackLoss, BNMode, bn_policy, pgd
 from advtrain.bounds import Ge, Gt, Le
-from advtrain.methods.base import AdversarialMethod, Batch, MethodConfig, StepContext
+from advtrain.methods.base import AdversarialMethod, Batch, MethodConfig, QuarterEpsStep, StepContext
 from advtrain.methods.registry import register_method
 
 
@@ -25,14 +25,10 @@ class PGDATConfig(MethodConfig):
 
 
 @register_method
-class PGDAT(AdversarialMethod):
+class PGDAT(QuarterEpsStep, AdversarialMethod):
     name = "pgd_at"
     config_class = PGDATConfig
     config: PGDATConfig
-
-    @property
-    def step_size(self) -> float:
-        return self.threat.eps / 4 if self.config.step_size is None else self.config.step_size
 
     def perturb(self, model: nn.Module, batch: Batch, ctx: StepContext) -> Tensor:
         with bn_policy(model, self.config.bn_mode):

@@ -22,7 +22,15 @@ from torch import Tensor, nn
 
 from advtrain.attacks import MAX_DISTANCE, BNMode, at_least_fp32, bn_policy, pgd
 from advtrain.bounds import Ge, Gt, Le
-from advtrain.methods.base import AdversarialMethod, Batch, MethodConfig, StepContext, StepOutput, accuracy
+from advtrain.methods.base import (
+    AdversarialMethod,
+    Batch,
+    MethodConfig,
+    QuarterEpsStep,
+    StepContext,
+    StepOutput,
+    accuracy,
+)
 from advtrain.methods.registry import register_method
 
 
@@ -43,14 +51,10 @@ def kl_batchmean(clean_logits: Tensor, adv_logits: Tensor) -> Tensor:
 
 
 @register_method
-class TRADES(AdversarialMethod):
+class TRADES(QuarterEpsStep, AdversarialMethod):
     name = "trades"
     config_class = TRADESConfig
     config: TRADESConfig
-
-    @property
-    def step_size(self) -> float:
-        return self.threat.eps / 4 if self.config.step_size is None else self.config.step_size
 
     def perturb(self, model: nn.Module, batch: Batch, ctx: StepContext) -> Tensor:
         x = batch.x.detach()

@@ -12,13 +12,32 @@ from advtrain.config import OptimConfig, ScheduleConfig
 
 
 def build_optimizer(params: list[torch.nn.Parameter], config: OptimConfig) -> torch.optim.Optimizer:
+    """SGD or Adam with the multi-tensor (foreach) update, or the fused one when `config.fused`.
+
+    The fused CPU kernel of torch 2.13 assumes every .grad and state tensor has its parameter's strides: a
+    contiguous gradient or momentum buffer on a channels_last weight is applied wrongly, silently. Backward makes
+    gradients in their parameter's layout; `match_state_layout` does it for a loaded optimizer state.
+    """
+    kernel = {"fused": True} if config.fused else {"foreach": True}
     if config.name == "sgd":
         return torch.optim.SGD(
             params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
-            nesterov=config.nesterov,
+            nesterov=config.nesterov, **kernel,
         )
     beta1, beta2 = config.betas
-    return torch.optim.Adam(params, lr=config.lr, betas=(beta1, beta2), weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, betas=(beta1, beta2), weight_decay=config.weight_decay,
+                            **kernel)
+
+
+def match_state_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give every per-parameter state tensor (momentum, Adam moments) its parameter's memory layout, as a fresh
+    optimizer has it; a loaded state comes back contiguous (see build_optimizer)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.shape == p.shape and value.stride() != p.stride():
+                    state[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 class LRSchedule:

@@ -30,13 +30,17 @@ def train_step(
     batch: Batch,
     ctx: StepContext,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
+    average_gradients: Callable[[], None] | None = None,
 ) -> StepOutput:
-    """method.loss under autocast (fp32 master weights), backward, optimizer step, then the method's
-    `after_step` (e.g. removing a weight perturbation)."""
+    """method.loss under autocast (fp32 master weights), backward, `average_gradients` (data-parallel training:
+    the mean over processes, train/distributed.py), optimizer step, then the method's `after_step` (e.g. removing
+    a weight perturbation)."""
     with autocast():
         out = method.loss(model, batch, ctx)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
+    if average_gradients is not None:
+        average_gradients()
     optimizer.step()
     if out.after_step is not None:
         out.after_step()

@@ -10,6 +10,7 @@ non-finite loss or weight stops training before anything non-finite is saved.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import math
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -40,6 +42,7 @@ from advtrain.methods import Batch, EpochContext, StepContext, build_method
 from advtrain.models.spec import ModelSpec
 from advtrain.runtime import (
     autocast_dtype,
+    compile_checked,
     derive_seed,
     make_generator,
     resolve_device,
@@ -47,8 +50,9 @@ from advtrain.runtime import (
     use_channels_last,
 )
 from advtrain.train.averaging import WeightAverages
+from advtrain.train.distributed import Processes, local_device, start_processes
 from advtrain.train.monitor import CollapseMonitor
-from advtrain.train.schedule import LRSchedule, build_optimizer
+from advtrain.train.schedule import LRSchedule, build_optimizer, match_state_layout
 from advtrain.train.state import (
     Position,
     capture_rng,
@@ -64,6 +68,7 @@ from advtrain.train.step import autocast_context, train_step
 # the check costs no per-step synchronisation; the message still names the first bad step exactly.
 FINITE_CHECK_EVERY = 10
 EXIT_DIVERGED = 3
+EXIT_PEER_FAILED = 4  # data-parallel training: another process of the run failed
 RUN_FILES = ("config.yaml", "metrics.jsonl", "monitor.jsonl", "checkpoints", "eval.json", "report.md", "figures",
              "vulnerability")
 
@@ -75,6 +80,7 @@ class TrainResult:
     best_value: float | None
     select_metric: str
     last: dict[str, Any]
+    main: bool = True  # rank 0, the process that wrote the run (always, without torchrun)
 
 
 @dataclass
@@ -224,11 +230,14 @@ def disk_errors(advice: str) -> Iterator[None]:
         raise UserError(f"cannot write {e.filename or 'the run directory'}: {e.strerror or e}; {advice}") from None
 
 
-def first_nonfinite(losses: list[tuple[int, Tensor]]) -> tuple[int, float] | None:
-    """(batch index, value) of the first non-finite loss among `losses`, with one device sync."""
+def first_nonfinite(losses: list[tuple[int, Tensor]], procs: Processes | None = None) -> tuple[int, float] | None:
+    """(batch index, value) of the first non-finite loss among `losses`, with one device sync; data-parallel, the
+    losses are summed over processes first, so every process finds the same one and they all stop."""
     if not losses:
         return None
     values = torch.stack([loss.float() for _, loss in losses])
+    if procs is not None:
+        values = procs.sum(values)
     bad = (~torch.isfinite(values)).nonzero()
     if len(bad) == 0:
         return None
@@ -254,12 +263,34 @@ def train(
     A fresh run needs an empty or new `run_dir` (or `overwrite`); `data` skips a second load.
     """
     with torch_settings(config.train.threads, config.train.deterministic):
-        return _train(config, Path(run_dir), data, log, resume, overwrite)
+        device = resolve_device(local_device(config.train.device))
+        procs, started = start_processes(device)
+        try:
+            return _train(config, Path(run_dir), data, log if procs.main else _silent, resume, overwrite, device,
+                          procs)
+        except (RuntimeError, dist.DistBackendError) as e:
+            if not procs.active or isinstance(e, TrainingStopped):
+                raise
+            # A collective failed: another process of the run died (killed, out of memory, ...). Every state
+            # on disk was written atomically by rank 0, so the newest one is intact.
+            raise TrainingStopped(
+                f"training process {procs.rank} of {procs.world} stopped: another process of the run failed "
+                f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}); the newest checkpoint "
+                f"in {Path(run_dir) / 'checkpoints'} is intact: continue with: advtrain train --resume {run_dir}",
+                EXIT_PEER_FAILED,
+            ) from None
+        finally:
+            if started:
+                dist.destroy_process_group()
+
+
+def _silent(_: str) -> None:
+    """The log of processes other than rank 0: one process speaks for the run."""
 
 
 def _train(
     config: RunConfig, run_dir: Path, data: Dataset | None, log: Callable[[str], None], resume: bool,
-    overwrite: bool,
+    overwrite: bool, device: torch.device, procs: Processes,
 ) -> TrainResult:
     checkpoints = run_dir / "checkpoints"
     t = config.train
@@ -267,9 +298,10 @@ def _train(
     save_advice = f"the previous checkpoint is intact: free space or fix the folder, then {resume_hint}"
     state: dict[str, Any] | None = None
     if resume:
-        with disk_errors("fix the folder's permissions and resume again"):
-            checkpoints.mkdir(exist_ok=True)  # missing when the run was killed right after config.yaml
-            remove_incomplete_writes(checkpoints)
+        if procs.main:  # only rank 0 writes; the others read what it leaves
+            with disk_errors("fix the folder's permissions and resume again"):
+                checkpoints.mkdir(exist_ok=True)  # missing when the run was killed right after config.yaml
+                remove_incomplete_writes(checkpoints)
         if list_states(checkpoints):
             state, meta = load_newest_state(checkpoints, log)
             if meta.get("config_hash") != config.digest():
@@ -279,10 +311,9 @@ def _train(
                 )
         else:
             log(f"{run_dir} was stopped before its first checkpoint: training it from the start")
-    else:
+    elif procs.main:
         check_run_dir(run_dir, overwrite)
     seed_everything(config.seed)
-    device = resolve_device(t.device)
     amp = autocast_dtype(t.precision, device)
     channels_last = use_channels_last(t.channels_last)
 
@@ -311,6 +342,24 @@ def _train(
     model = method.prepare_model(spec.build().to(device), to_float(batcher.x[:2], data.pixel_max))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if t.compile != "eager":
+        if method.double_backprop:
+            log(f"train.compile={t.compile}: {config.method.name} differentiates input gradients twice, which "
+                "torch.compile cannot: training eagerly")
+        else:
+            n_check = min(64, len(batcher.y))
+            x_check = to_float(batcher.x[:n_check], data.pixel_max)
+            if channels_last:
+                x_check = x_check.contiguous(memory_format=torch.channels_last)
+            y_check = batcher.y[:n_check]
+
+            def one_step_loss(m: nn.Module) -> Tensor:  # the method's loss on a fixed batch, seeded alike per call
+                ctx = StepContext(0, 0, make_generator(device, config.seed, "compile check"))
+                return method.loss(m, Batch(x_check, y_check), ctx).loss
+
+            model, reason = compile_checked(model, t.compile, x_check, y_check, one_step_loss)
+            if reason is not None:
+                log(f"train.compile={t.compile}: {reason}; training eagerly")
     extras = {name: module.to(device) for name, module in method.extra_modules().items()}
     params = list(model.parameters()) + [p for m in extras.values() for p in m.parameters()]
     optimizer = build_optimizer(params, config.optim)
@@ -319,6 +368,11 @@ def _train(
     select_metric = method.selection_metric if t.select_metric == "auto" else t.select_metric
     val_label = "I-FGSM-3" if method.validation_attack == "ifgsm" else f"PGD-{t.val_steps}"
     steps_per_epoch = len(batcher)
+    smallest_batch = len(batcher.y) - (steps_per_epoch - 1) * t.batch_size
+    if procs.world > smallest_batch:
+        raise UserError(f"the last batch of each epoch has {smallest_batch} images, fewer than the {procs.world} "
+                        "training processes: change train.batch_size or data.val_size so that it has at least one "
+                        "per process")
 
     progress = Progress()
     if state is not None:
@@ -327,6 +381,7 @@ def _train(
         for name, module in extras.items():
             load_state_into(module, state["extras"][name], f"checkpoint in {checkpoints} ({name})")
         optimizer.load_state_dict(state["optimizer"])
+        match_state_layout(optimizer)
         schedule.load_state_dict(state["schedule"])
         method.load_state_dict(state["method"])
         monitor.load_state_dict(state["monitor"])
@@ -341,7 +396,9 @@ def _train(
             log(f"{run_dir} had finished training: nothing left to train")
         else:
             log(f"resuming {run_dir} at epoch {progress.epoch + 1}, batch {progress.batch + 1} of {steps_per_epoch}")
-    if resume:
+    if not procs.main:
+        pass  # only rank 0 writes
+    elif resume:
         with disk_errors(f"fix the folder, then {resume_hint}"):
             keep_metrics_rows(run_dir / "metrics.jsonl", progress.rows)
             keep_metrics_rows(run_dir / "monitor.jsonl", progress.monitor_rows)
@@ -374,9 +431,29 @@ def _train(
                 EXIT_DIVERGED,
             )
 
-    def save_train_state() -> Path:
-        """Write a resumable state at `progress`; a non-finite model is never saved."""
+    fresh: dict[str, Any] = {}  # this process's metric sums (and "seen") not yet added into progress.sums
+
+    def reduce_sums() -> None:
+        """Add every process's fresh sums into progress.sums and progress.seen: the same global totals in every
+        process (the processes run the same steps, so they hold the same keys)."""
+        if not fresh:
+            return
+        keys = sorted(fresh)
+        totals = procs.sum(torch.stack([torch.as_tensor(fresh[k], device=device, dtype=torch.float64)
+                                        for k in keys]))
+        for key, total in zip(keys, totals, strict=True):
+            if key == "seen":
+                progress.seen += int(total)
+            else:
+                progress.sums[key] = progress.sums.get(key, 0) + total
+        fresh.clear()
+
+    def save_train_state() -> None:
+        """Write a resumable state at `progress` (rank 0); a non-finite model is never saved."""
         check_weights()
+        reduce_sums()
+        if not procs.main:
+            return
         tree = {
             "model": model.state_dict(), "extras": {n: m.state_dict() for n, m in extras.items()},
             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "method": method.state_dict(),
@@ -384,14 +461,14 @@ def _train(
             "rng": capture_rng(),
         }
         with disk_errors(save_advice):
-            return save_state(checkpoints, Position(progress.epoch, progress.batch), tree, sidecar)
+            save_state(checkpoints, Position(progress.epoch, progress.batch), tree, sidecar)
 
     def newest_state() -> str:
         states = list_states(checkpoints)
         return str(states[0][1]) if states else "none was written yet"
 
     def check_losses(pending: list[tuple[int, Tensor]], epoch: int) -> None:
-        bad = first_nonfinite(pending)
+        bad = first_nonfinite(pending, procs)
         pending.clear()
         if bad is not None:
             batch, value = bad
@@ -432,9 +509,10 @@ def _train(
         )
         buffer = io.BytesIO()
         np.save(buffer, av.numpy().astype(np.float32))
-        with disk_errors(save_advice):
-            (run_dir / "vulnerability").mkdir(exist_ok=True)
-            atomic_write_bytes(run_dir / "vulnerability" / f"epoch-{epoch + 1:04d}.npy", buffer.getvalue())
+        if procs.main:
+            with disk_errors(save_advice):
+                (run_dir / "vulnerability").mkdir(exist_ok=True)
+                atomic_write_bytes(run_dir / "vulnerability" / f"epoch-{epoch + 1:04d}.npy", buffer.getvalue())
         return {"vuln_mean": float(av.mean()), "vuln_std": float(av.std())}
 
     def validate_averages(epoch: int) -> dict[str, Any]:
@@ -453,8 +531,9 @@ def _train(
 
     def read_monitor(epoch: int, step: int) -> dict[str, Any]:
         reading = monitor.read(model, amp)
-        with disk_errors(f"free space or fix the folder, then {resume_hint}"):
-            append_jsonl(run_dir / "monitor.jsonl", {"epoch": epoch + 1, "step": step, **reading})
+        if procs.main:
+            with disk_errors(f"free space or fix the folder, then {resume_hint}"):
+                append_jsonl(run_dir / "monitor.jsonl", {"epoch": epoch + 1, "step": step, **reading})
         progress.monitor_rows += 1
         return reading
 
@@ -473,50 +552,61 @@ def _train(
                 )
             start = time.perf_counter()
             model.train()
-            sums = progress.sums
             pending: list[tuple[int, Tensor]] = []  # losses not yet checked for NaN/Inf
             bar = tqdm(total=steps_per_epoch, initial=progress.batch, desc=f"epoch {epoch + 1}/{t.epochs}",
-                       leave=False, disable=True if t.progress != "bar" else None,  # None: off when not a TTY
+                       leave=False, disable=True if t.progress != "bar" or not procs.main else None,  # None: TTY only
                        dynamic_ncols=True)
             for i, (x, y) in enumerate(batcher.epoch(epoch, progress.batch), start=progress.batch):
                 lr = schedule.lr_at(epoch + i / steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
+                # Data-parallel: this process's contiguous part of the global batch (all of it in one process).
+                n_global = len(y)
+                part = procs.shard(n_global)
+                x, y = x[part], y[part]
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 step = epoch * steps_per_epoch + i
-                ctx = StepContext(epoch, step, make_generator(device, config.seed, "step", epoch, i))
-                out = train_step(method, model, optimizer, Batch(x, y), ctx, autocast)
+                ctx = StepContext(epoch, step, make_generator(device, config.seed, "step", epoch, i),
+                                  functools.partial(procs.average_gradients, local=len(y), total=n_global))
+                sync = functools.partial(procs.average_parameter_gradients, params, len(y), n_global)
+                out = train_step(method, model, optimizer, Batch(x, y), ctx, autocast, sync if procs.active else None)
+                procs.broadcast_buffers([model, *extras.values()])
                 averages.after_step(model, epoch, step)  # after after_step: the average never sees perturbed weights
                 # Metrics stay on the device; they are read once per progress refresh and per epoch.
                 pending.append((i, out.loss.detach()))
                 for key, value in {"loss": out.loss.detach(), **out.metrics}.items():
-                    sums[key] = sums.get(key, 0) + value.float() * len(y)
-                progress.seen += len(y)
+                    fresh[key] = fresh.get(key, 0) + value.float() * len(y)
+                fresh["seen"] = fresh.get("seen", 0) + len(y)
                 progress.batch = i + 1
                 bar.update(1)
-                save_now = stop.signum is not None or (every is not None and (step + 1) % every == 0)
+                # Processes stop at the same step: a signal seen by any of them stops them all.
+                signalled = procs.any(stop.signum is not None)
+                save_now = signalled or (every is not None and (step + 1) % every == 0)
                 if len(pending) >= FINITE_CHECK_EVERY or save_now:
                     check_losses(pending, epoch)
                 if save_now and progress.batch < steps_per_epoch:  # the epoch end saves anyway
                     progress.seconds += time.perf_counter() - start
                     start = time.perf_counter()
                     save_train_state()
-                    if stop.signum is not None:
-                        raise stop_for_signal(stop.signum)
+                    if signalled:
+                        raise stop_for_signal(stop.signum or signal.SIGTERM)
                 read_now = monitor_every is not None and (step + 1) % monitor_every == 0
                 if read_now and progress.batch < steps_per_epoch:  # the epoch end reads anyway
                     collapse = read_monitor(epoch, step + 1)["co_collapse"]
                     if collapse and config.monitor.stop_on_collapse:
                         progress.stopped = True
                         break
-                if t.progress == "bar" and (i % 10 == 0 or i == steps_per_epoch - 1):
+                if t.progress == "bar" and procs.main and (i % 10 == 0 or i == steps_per_epoch - 1):
+                    # This process's share only (the exact global sums are added up at saves and epoch ends).
                     elapsed = progress.seconds + time.perf_counter() - start
-                    bar.set_postfix(loss=f"{float(sums['loss']) / progress.seen:.3f}",
-                                    acc=f"{float(sums.get('acc', 0)) / progress.seen:.3f}",
-                                    img_s=f"{progress.seen / max(elapsed, 1e-9):.0f}")
+                    seen = progress.seen + procs.world * float(fresh["seen"])
+                    loss = float(progress.sums.get("loss", 0) + procs.world * fresh["loss"]) / seen
+                    bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{seen / max(elapsed, 1e-9):.0f}")
             bar.close()
             check_losses(pending, epoch)
+            reduce_sums()
+            sums = progress.sums
             train_seconds = progress.seconds + time.perf_counter() - start
             means = {key: float(value) / progress.seen for key, value in sums.items()}
             val_clean, val_adv = validate(model, x_val, y_val, config, amp, config.seed, method.validation_attack)
@@ -537,22 +627,25 @@ def _train(
             check_weights()
             value = row.get(select_metric)
             checkpoint_meta = sidecar | {"epoch": epoch + 1, "metric": select_metric, "value": value}
-            with disk_errors(save_advice):
-                append_jsonl(run_dir / "metrics.jsonl", row)
-                # Weights files hold the plain exported model (AR-AT: the adv BN branch, no predictors).
-                exported = method.export_model(model).state_dict()
-                save_weights(checkpoints / "last.safetensors", exported, checkpoint_meta)
-                for name, average in averaged["models"].items():
-                    save_weights(checkpoints / f"{name}.safetensors", method.export_model(average).state_dict(),
-                                 sidecar | {"epoch": epoch + 1, "averaging": name})
-                # Without a validation split there is nothing to select on: best is then the last epoch.
-                # An epoch the CO monitor stopped is never best unless it is the only one (METHODS §7.7: keep
-                # the best state from before the collapse); the evaluation then reads that best checkpoint.
-                candidate = not progress.stopped or progress.best_epoch == 0
-                if candidate and (value is None or value > progress.best_value):
-                    progress.best_value = value if value is not None else -math.inf
-                    progress.best_epoch = epoch + 1
-                    save_weights(checkpoints / "best.safetensors", exported, checkpoint_meta)
+            # Without a validation split there is nothing to select on: best is then the last epoch. An epoch the
+            # CO monitor stopped is never best unless it is the only one (METHODS §7.7: keep the best state from
+            # before the collapse); the evaluation then reads that best checkpoint.
+            candidate = not progress.stopped or progress.best_epoch == 0
+            new_best = candidate and (value is None or value > progress.best_value)
+            if new_best:
+                progress.best_value = value if value is not None else -math.inf
+                progress.best_epoch = epoch + 1
+            if procs.main:
+                with disk_errors(save_advice):
+                    append_jsonl(run_dir / "metrics.jsonl", row)
+                    # Weights files hold the plain exported model (AR-AT: the adv BN branch, no predictors).
+                    exported = method.export_model(model).state_dict()
+                    save_weights(checkpoints / "last.safetensors", exported, checkpoint_meta)
+                    for name, average in averaged["models"].items():
+                        save_weights(checkpoints / f"{name}.safetensors", method.export_model(average).state_dict(),
+                                     sidecar | {"epoch": epoch + 1, "averaging": name})
+                    if new_best:
+                        save_weights(checkpoints / "best.safetensors", exported, checkpoint_meta)
             progress.epoch, progress.batch, progress.rows = epoch + 1, 0, progress.rows + 1
             save_train_state()
             log(
@@ -570,7 +663,7 @@ def _train(
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
         row = json.loads(lines[-1]) if lines else {}
     best = None if progress.best_value == -math.inf else progress.best_value
-    return TrainResult(run_dir, progress.best_epoch, best, select_metric, row)
+    return TrainResult(run_dir, progress.best_epoch, best, select_metric, row, procs.main)
 
 
 def _pct(x: float | None) -> str:
