@@ -33,11 +33,11 @@ import advtrain
 from advtrain.attacks import ThreatModel, bn_policy, pgd
 from advtrain.config import load_config
 from advtrain.errors import UserError
-from advtrain.methods import Batch, Method, StepContext, build_method, list_methods, method_class
+from advtrain.methods import Batch, StepContext, build_method, list_methods, method_class
 from advtrain.models import build_model
 from advtrain.runtime import CompileMode, autocast_dtype, compile_checked, resolve_device, use_channels_last
 from advtrain.train.schedule import build_optimizer
-from advtrain.train.step import autocast_context, train_step
+from advtrain.train.step import autocast_context, compile_for_training, train_step
 
 
 @dataclass
@@ -213,11 +213,15 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
         model = method.prepare_model(copy.deepcopy(initial), x_dev[:2])
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        generator = torch.Generator(device).manual_seed(settings.seed)
         if settings.compile != "eager":
-            model, compiled[name] = _compiled(model, method, settings.compile, x_dev, y_dev, generator, log)
+            model, reason = compile_for_training(model, method, settings.compile, Batch(x_dev, y_dev),
+                                                 lambda: torch.Generator(device).manual_seed(settings.seed))
+            compiled[name] = reason is None
+            if reason is not None:
+                log(f"{name}: {reason}; measured eagerly")
+        generator = torch.Generator(device).manual_seed(settings.seed)
         params = [*model.parameters(), *(p for m in method.extra_modules().values() for p in m.parameters())]
-        optimizer = build_optimizer(params, config.optim)  # the trainer's optimizer (fused)
+        optimizer = build_optimizer(params, config.optim)  # the trainer's optimizer (foreach kernel)
         autocast = autocast_context(device, amp)
         model.train()
 
@@ -286,27 +290,6 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
         "reference": "fp32, NCHW, eager, host→device copy per step, loss.backward() in the attack, for-loop SGD, "
                      ".item() per step",
     }
-
-
-def _compiled(
-    model: nn.Module, method: Method, mode: CompileMode, x: Tensor, y: Tensor, generator: torch.Generator,
-    log: Callable[[str], None],
-) -> tuple[nn.Module, bool]:
-    """The model compiled as the trainer's `train.compile` does it, and whether it was."""
-    if method.double_backprop:
-        log(f"{method.name}: double backprop, which torch.compile cannot differentiate: measured eagerly")
-        return model, False
-    state = generator.get_state()
-
-    def one_step_loss(m: nn.Module) -> Tensor:
-        generator.set_state(state)
-        return method.loss(m, Batch(x, y), StepContext(0, 0, generator)).loss
-
-    model, reason = compile_checked(model, mode, x, y, one_step_loss)
-    generator.set_state(state)
-    if reason is not None:
-        log(f"{method.name}: {reason}; measured eagerly")
-    return model, reason is None
 
 
 def _fields(method: str) -> set[str]:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from advtrain.methods import Batch, Method, StepContext, StepOutput
+from advtrain.runtime import CompileMode, compile_checked
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Callable[[], AbstractContextManager]:
@@ -21,6 +22,22 @@ def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Callabl
     if dtype is None:
         return nullcontext
     return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def compile_for_training(
+    model: nn.Module, method: Method, mode: CompileMode, batch: Batch, generator: Callable[[], torch.Generator]
+) -> tuple[nn.Module, str | None]:
+    """`runtime.compile_checked` for training `method` (the trainer's `train.compile`, `advtrain bench
+    --compile`): the model compiled, or an eager one and why. The training-loss check is one step of the
+    method's loss on `batch`, with a fresh `generator()` per call so eager and compiled draw the same attack.
+    A method with double backprop stays eager without trying."""
+    if method.double_backprop:
+        return model, f"{method.name} differentiates input gradients twice, which torch.compile cannot"
+
+    def one_step_loss(m: nn.Module) -> torch.Tensor:
+        return method.loss(m, batch, StepContext(0, 0, generator())).loss
+
+    return compile_checked(model, mode, batch.x, batch.y, one_step_loss)
 
 
 def train_step(

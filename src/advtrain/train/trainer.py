@@ -42,7 +42,6 @@ from advtrain.methods import Batch, EpochContext, StepContext, build_method
 from advtrain.models.spec import ModelSpec
 from advtrain.runtime import (
     autocast_dtype,
-    compile_checked,
     derive_seed,
     make_generator,
     resolve_device,
@@ -62,7 +61,7 @@ from advtrain.train.state import (
     restore_rng,
     save_state,
 )
-from advtrain.train.step import autocast_context, train_step
+from advtrain.train.step import autocast_context, compile_for_training, train_step
 
 # Losses are checked for NaN/Inf in one device sync every this many steps (and before every save), so
 # the check costs no per-step synchronisation; the message still names the first bad step exactly.
@@ -268,8 +267,8 @@ def train(
         try:
             return _train(config, Path(run_dir), data, log if procs.main else _silent, resume, overwrite, device,
                           procs)
-        except (RuntimeError, dist.DistBackendError) as e:
-            if not procs.active or isinstance(e, TrainingStopped):
+        except RuntimeError as e:  # gloo reports a dead peer as a plain RuntimeError
+            if not procs.active:
                 raise
             # A collective failed: another process of the run died (killed, out of memory, ...). Every state
             # on disk was written atomically by rank 0, so the newest one is intact.
@@ -343,23 +342,14 @@ def _train(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if t.compile != "eager":
-        if method.double_backprop:
-            log(f"train.compile={t.compile}: {config.method.name} differentiates input gradients twice, which "
-                "torch.compile cannot: training eagerly")
-        else:
-            n_check = min(64, len(batcher.y))
-            x_check = to_float(batcher.x[:n_check], data.pixel_max)
-            if channels_last:
-                x_check = x_check.contiguous(memory_format=torch.channels_last)
-            y_check = batcher.y[:n_check]
-
-            def one_step_loss(m: nn.Module) -> Tensor:  # the method's loss on a fixed batch, seeded alike per call
-                ctx = StepContext(0, 0, make_generator(device, config.seed, "compile check"))
-                return method.loss(m, Batch(x_check, y_check), ctx).loss
-
-            model, reason = compile_checked(model, t.compile, x_check, y_check, one_step_loss)
-            if reason is not None:
-                log(f"train.compile={t.compile}: {reason}; training eagerly")
+        n_check = min(64, len(batcher.y))
+        x_check = to_float(batcher.x[:n_check], data.pixel_max)
+        if channels_last:
+            x_check = x_check.contiguous(memory_format=torch.channels_last)
+        model, reason = compile_for_training(model, method, t.compile, Batch(x_check, batcher.y[:n_check]),
+                                             lambda: make_generator(device, config.seed, "compile check"))
+        if reason is not None:
+            log(f"train.compile={t.compile}: {reason}; training eagerly")
     extras = {name: module.to(device) for name, module in method.extra_modules().items()}
     params = list(model.parameters()) + [p for m in extras.values() for p in m.parameters()]
     optimizer = build_optimizer(params, config.optim)
@@ -396,13 +386,11 @@ def _train(
             log(f"{run_dir} had finished training: nothing left to train")
         else:
             log(f"resuming {run_dir} at epoch {progress.epoch + 1}, batch {progress.batch + 1} of {steps_per_epoch}")
-    if not procs.main:
-        pass  # only rank 0 writes
-    elif resume:
+    if procs.main and resume:  # only rank 0 writes
         with disk_errors(f"fix the folder, then {resume_hint}"):
             keep_metrics_rows(run_dir / "metrics.jsonl", progress.rows)
             keep_metrics_rows(run_dir / "monitor.jsonl", progress.monitor_rows)
-    else:
+    elif procs.main:
         with disk_errors("choose an --out folder on a writable disk with free space"):
             create_run_dir(run_dir, config, overwrite)
         log(
@@ -569,8 +557,9 @@ def _train(
                 step = epoch * steps_per_epoch + i
                 ctx = StepContext(epoch, step, make_generator(device, config.seed, "step", epoch, i),
                                   functools.partial(procs.average_gradients, local=len(y), total=n_global))
-                sync = functools.partial(procs.average_parameter_gradients, params, len(y), n_global)
-                out = train_step(method, model, optimizer, Batch(x, y), ctx, autocast, sync if procs.active else None)
+                sync = functools.partial(procs.average_parameter_gradients, params, len(y), n_global) \
+                    if procs.active else None
+                out = train_step(method, model, optimizer, Batch(x, y), ctx, autocast, sync)
                 procs.broadcast_buffers([model, *extras.values()])
                 averages.after_step(model, epoch, step)  # after after_step: the average never sees perturbed weights
                 # Metrics stay on the device; they are read once per progress refresh and per epoch.
