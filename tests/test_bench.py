@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from advtrain.attacks import ThreatModel, bn_policy, input_gradient, zero_gradient_fraction
-from advtrain.bench import BenchSettings, parse_shape, reference_pgd_at_step, run_bench
+from advtrain.bench import BenchSettings, bench_text, parse_shape, reference_pgd_at_step, run_bench
 from advtrain.cli import main
 from advtrain.errors import UserError
 from advtrain.eval.robustness import AttackSpec, evaluate
@@ -89,6 +89,19 @@ def test_run_bench_reports_every_method_against_the_reference():
     assert "tflops" not in result["train"][0]  # only on CUDA
 
 
+def test_bench_compiles_as_the_trainer_does_and_keeps_double_backprop_eager():
+    torch._dynamo.reset()
+    logs: list[str] = []
+    result = run_bench(BenchSettings(model="small_cnn", methods=["pgd_at", "grad_align"], batch=8, shape=(1, 8, 8),
+                                     attack_steps=2, eval_steps=2, iterations=1, warmup=0, repeats=1,
+                                     compile="default"), log=logs.append)
+    torch._dynamo.reset()
+    assert result["compiled"] == {"pgd_at": True, "grad_align": False, "eval": True}
+    assert any("grad_align differentiates input gradients twice" in line and "measured eagerly" in line
+               for line in logs)
+    assert "grad_align: eager fallback" in bench_text(result)
+
+
 def test_the_bench_command_writes_json_and_refuses_bad_input_with_one_line(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--shape", "1x8x8", "--batch", "4", "--attack-steps", "1", "--eval-steps", "1",
@@ -97,7 +110,7 @@ def test_the_bench_command_writes_json_and_refuses_bad_input_with_one_line(tmp_p
     assert "× reference" in capsys.readouterr().out
     for args, fragment in [(["--shape", "3x32"], "--shape '3x32'"), (["--methods", "pgd"], "unknown method"),
                            (["--batch", "0"], "--batch must be"), (["--model", "resnet9"], "unknown model"),
-                           (["--out", str(tmp_path)], "is a folder")]:
+                           (["--out", str(tmp_path)], "is a folder"), (["--compile", "banana"], "--compile must be")]:
         assert main(["bench", "--iterations", "1", "--repeats", "1", "--warmup", "0", *args]) == 2
         err = capsys.readouterr().err.strip()
         assert fragment in err and "\n" not in err, err

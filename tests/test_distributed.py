@@ -22,6 +22,7 @@ from torch import nn
 from advtrain.config import load_config
 from advtrain.train import train
 from advtrain.train.distributed import Processes
+from advtrain.train.state import load_newest_state
 
 RUN = ["--set", "train.batch_size=128", "--set", "train.val_steps=2", "--set", "train.progress=quiet",
        "--set", "data.val_size=200", "--set", "threat.eps=0.2", "--set", "eval.attacks=[clean]",
@@ -52,8 +53,9 @@ def _average_in_two_processes(rank: int, store: str, result: str) -> None:
     params = list(model.parameters())
     procs.average_parameter_gradients(params, len(y[part]), len(y))
     procs.broadcast_buffers([model])
+    signalled = procs.any(rank == 0)  # a stop signal seen by rank 0 only
     if rank == 1:
-        torch.save({"grads": [p.grad for p in params], "stat": model.stat,
+        torch.save({"grads": [p.grad for p in params], "stat": model.stat, "signalled": signalled,
                     "strides_kept": all(p.grad.stride() == p.stride() for p in params)}, result)
     dist.destroy_process_group()
 
@@ -69,6 +71,7 @@ def test_averaged_gradients_of_uneven_shards_equal_the_full_batch_gradient(tmp_p
         torch.testing.assert_close(a, p.grad, rtol=1e-5, atol=1e-7)
     assert got["strides_kept"]  # the fused optimizer needs .grad in its parameter's layout
     assert torch.equal(got["stat"], torch.zeros(2))  # rank 0's buffers everywhere
+    assert got["signalled"] is True  # rank 1 stops too
 
 
 def _torchrun(args: list[str], cwd: Path) -> subprocess.Popen:
@@ -96,6 +99,9 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, metho
     assert run.returncode == 0, err[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "two/metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]  # written once, by rank 0 only
+    # The epoch's metric sums count every process's examples: all 1,237 training images, not one half.
+    state, _ = load_newest_state(tmp_path / "two/checkpoints", log=lambda _: None)
+    assert state["progress"]["seen"] == 1237
     assert out.count("done:") == 1 and out.count("epoch   2/2") == 1
     # Per-process BatchNorm statistics (half batches) are the only difference from one process. Measured: weights
     # 2.9% (pgd_at) and 2.0% (trades) apart, training losses within 0.01; validation accuracy on 200 images after
