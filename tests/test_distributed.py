@@ -148,3 +148,13 @@ def test_commands_other_than_train_refuse_to_run_under_torchrun(monkeypatch, cap
     assert main(["eval", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "only train runs under torchrun" in err
+
+
+def test_a_last_batch_smaller_than_the_process_count_is_refused_before_anything_is_written(tmp_path):
+    # 1,237 training images in batches of 1,236 leave a last batch of one image for two processes.
+    run = _torchrun(["train", "--out", str(tmp_path / "run"), *RUN, "--set", "train.batch_size=1236"], tmp_path)
+    _, err = run.communicate(timeout=300)
+    assert run.returncode != 0
+    refused = [line for line in err.splitlines() if "fewer than the 2 training processes" in line]
+    assert refused and refused[0].startswith("advtrain: error: the last batch of each epoch has 1 image,")
+    assert not (tmp_path / "run").exists()

@@ -360,7 +360,8 @@ def _train(
     steps_per_epoch = len(batcher)
     smallest_batch = len(batcher.y) - (steps_per_epoch - 1) * t.batch_size
     if procs.world > smallest_batch:
-        raise UserError(f"the last batch of each epoch has {smallest_batch} images, fewer than the {procs.world} "
+        raise UserError(f"the last batch of each epoch has {smallest_batch} image{'s' * (smallest_batch != 1)}, "
+                        f"fewer than the {procs.world} "
                         "training processes: change train.batch_size or data.val_size so that it has at least one "
                         "per process")
 
