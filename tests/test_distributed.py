@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from advtrain.config import load_config
+from advtrain.distributed import Processes
 from advtrain.train import train
-from advtrain.train.distributed import Processes
 from advtrain.train.state import load_newest_state
 
 RUN = ["--set", "train.batch_size=128", "--set", "train.val_steps=2", "--set", "train.progress=quiet",
@@ -141,13 +141,89 @@ def test_a_killed_process_stops_the_run_cleanly_and_resume_continues_it(tmp_path
     assert [r["epoch"] for r in rows] == list(range(1, 31))
 
 
-def test_commands_other_than_train_refuse_to_run_under_torchrun(monkeypatch, capsys, tmp_path):
+def test_commands_other_than_train_and_eval_refuse_to_run_under_torchrun(monkeypatch, capsys, tmp_path):
     from advtrain.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["eval", str(tmp_path)]) == 2
+    assert main(["diagnose", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "only train runs under torchrun" in err
+    assert len(err.splitlines()) == 1 and "only train and eval run under torchrun" in err
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("eval") / "run"
+    train(load_config(None, [*RUN[1::2], "train.epochs=2"]), run_dir, log=lambda _: None)
+    return run_dir
+
+
+EVAL = ["--attacks", "clean,pgd,apgd", "--eps", "0.2", "--steps", "5", "--device", "cpu"]
+
+
+def _eval_one_process(run_dir: Path, out: Path, *extra: str) -> str:
+    """`advtrain eval` in this process (no torchrun); its stdout."""
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    from advtrain.cli import main
+
+    with redirect_stdout(StringIO()) as stdout:
+        assert main(["eval", str(run_dir), *EVAL, "--out", str(out), *extra]) == 0
+    return stdout.getvalue()
+
+
+def _per_example(out: Path) -> tuple[list[str], torch.Tensor]:
+    import numpy as np
+
+    saved = np.load(out.with_name(f"{out.stem}.examples.npz"))
+    return list(saved["attacks"]), torch.from_numpy(saved["correct_0"])
+
+
+def test_sharded_evaluation_gives_exactly_the_per_example_results_of_one_process(trained_run, tmp_path):
+    _eval_one_process(trained_run, tmp_path / "one.json", "--batch-size", "32")
+    run = _torchrun(["eval", str(trained_run), *EVAL, "--batch-size", "32", "--out", str(tmp_path / "two.json")],
+                    tmp_path)
+    out, err = run.communicate(timeout=300)
+    assert run.returncode == 0, err[-2000:]
+    assert out.count("wrote") == 2  # rank 0 alone writes (the JSON and the per-example file)
+    attacks, expected = _per_example(tmp_path / "one.json")
+    assert _per_example(tmp_path / "two.json")[0] == attacks and len(attacks) == 3  # clean, PGD, AutoAttack
+    assert torch.equal(_per_example(tmp_path / "two.json")[1], expected)
+    assert expected.shape == (3, 360) and 0 < expected[2].sum() < expected[0].sum()  # AutoAttack broke some
+    one_json, two_json = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert one_json["results"] == two_json["results"] and two_json["parts"] == {"reused": 0, "total": 36}
+    assert not (tmp_path / "two.json.parts").exists()  # removed once the JSON is written
+
+
+def test_a_killed_evaluation_resumes_without_evaluating_a_part_twice_or_skipping_one(trained_run, tmp_path):
+    small = ("--batch-size", "8", "--num-images", "160")  # torchrun's parser takes --n for its own options
+    _eval_one_process(trained_run, tmp_path / "reference.json", *small)
+    out = tmp_path / "eval.json"
+    parts = tmp_path / "eval.json.parts"
+    total = 3 * 20  # three attacks × 160 images in chunks of 8
+    run = _torchrun(["eval", str(trained_run), *EVAL, *small, "--out", str(out)], tmp_path)
+    deadline = time.time() + 240
+    # Kill one process midway through AutoAttack, the last attack (clean and PGD make 40 parts).
+    while len(list(parts.glob("*.pt"))) < 44 and run.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert run.poll() is None, run.communicate()[1][-2000:]
+    workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True,
+                                              text=True).stdout.split()]
+    rank1 = next(pid for pid in workers if b"RANK=1" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+    os.kill(rank1, signal.SIGKILL)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode != 0 and not out.exists()
+    stopped = [line for line in err.splitlines() if "stopped: another process of the run failed" in line]
+    assert not stopped or f"the finished parts in {parts} are intact" in stopped[0]
+    finished = len(list(parts.glob("*.pt")))
+    assert 44 <= finished < total
+
+    # Resumed in one process (another world size): every finished part read back, only the others attacked.
+    resumed = _eval_one_process(trained_run, out, *small)
+    assert f"resumed: {finished} finished part(s)" in resumed
+    assert json.loads(out.read_text())["parts"] == {"reused": finished, "total": total}
+    assert torch.equal(_per_example(out)[1], _per_example(tmp_path / "reference.json")[1])
+    assert not parts.exists()
 
 
 def test_a_last_batch_smaller_than_the_process_count_is_refused_before_anything_is_written(tmp_path):

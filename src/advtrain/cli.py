@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="PGD/CW steps (default 20)")
     p.add_argument("--restarts", type=int, help="PGD/CW restarts (default 1)")
     p.add_argument("--step-size", type=_number, help="PGD/CW step size (default 2.5·ε/steps)")
-    p.add_argument("--n", type=int, help="evaluate the first N test images (default: all)")
+    # --num-images: under torchrun, whose own parser takes --n for an abbreviation of its options.
+    p.add_argument("--n", "--num-images", dest="n", type=int,
+                   help="evaluate the first N test images (default: all; under torchrun write --num-images N)")
     p.add_argument("--checkpoint", choices=["best", "last", "ema", "swa"], default="best",
                    help="which checkpoint of a run (ema/swa: its weight averages, when the run kept them)")
     p.add_argument("--batch-size", type=_batch_size, default="auto",
@@ -233,6 +235,9 @@ def _eval_settings(args: argparse.Namespace, names: tuple[list[str], list[str]] 
 
 
 def _eval(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from advtrain.distributed import local_device, processes
     from advtrain.eval import (
         compare_runs,
         evaluate_loaded,
@@ -245,10 +250,13 @@ def _eval(args: argparse.Namespace) -> None:
         vulnerability_text,
         write_vulnerability_figure,
     )
+    from advtrain.eval.parts import EvalParts
+    from advtrain.eval.robustness import AttackResult, write_per_example
     from advtrain.fileio import atomic_write_text
     from advtrain.report import write_run_report
     from advtrain.report.tables import comparison_text, eval_rows, text_table, tradeoff_line
     from advtrain.report.tradeoff_figures import write_tradeoff_figure
+    from advtrain.runtime import resolve_device
 
     out = _eval_out(args)
     # Names given on the command line are checked before any model is loaded.
@@ -270,19 +278,41 @@ def _eval(args: argparse.Namespace) -> None:
         models = {args.run_dir.resolve().name if args.run_dir is not None else args.weights.stem: loaded}
     settings = _eval_settings(args, names)
     checkpoint = None if args.weights is not None else args.checkpoint
-    if args.compare is not None:
-        report = compare_runs(models, data, settings, checkpoint=checkpoint,
-                              on_result=lambda label, r: print(f"{label}:{r.summary()}", file=sys.stderr))
-        if settings.attacks:
-            print(comparison_text(report["models"], tradeoff=True))
-    else:
-        (label,) = models
-        report, _ = evaluate_loaded(loaded, data, settings, checkpoint=checkpoint, label=label,
-                                    on_result=lambda r: print(r.summary(), file=sys.stderr))
-        if settings.attacks:
-            print(text_table(["attack", "eps", "accuracy %"], eval_rows(report)))
-            if (line := tradeoff_line(report)) is not None:
-                print(line)
+    # Finished parts go next to the JSON, so rerunning a killed evaluation resumes it (advtrain.eval.parts).
+    parts = EvalParts(out.with_name(f"{out.name}.parts")) if out is not None else None
+    settings = replace(settings, device=local_device(settings.device))
+    intact = (f"the finished parts in {parts.folder} are intact: rerun the same command to resume"
+              if parts is not None else "pass --out FILE.json to keep finished parts for a rerun")
+    with processes(resolve_device(settings.device), "evaluation", intact) as procs:
+        # Under torchrun every process attacks its part of the images; rank 0 alone prints and writes.
+        if not procs.main:
+            if args.compare is not None:
+                compare_runs(models, data, settings, checkpoint=checkpoint, procs=procs, parts=parts)
+            else:
+                evaluate_loaded(loaded, data, settings, checkpoint=checkpoint, procs=procs, parts=parts)
+            return
+        per_example: dict[str, list[AttackResult]] = {}
+
+        def progress(label: str, result: AttackResult) -> None:
+            per_example.setdefault(label, []).append(result)
+            print(f"{label}:{result.summary()}" if args.compare is not None else result.summary(), file=sys.stderr)
+
+        if args.compare is not None:
+            report = compare_runs(models, data, settings, checkpoint=checkpoint, procs=procs, parts=parts,
+                                  on_result=progress)
+            if settings.attacks:
+                print(comparison_text(report["models"], tradeoff=True))
+        else:
+            (label,) = models
+            report, _ = evaluate_loaded(loaded, data, settings, checkpoint=checkpoint, label=label, procs=procs,
+                                        parts=parts, on_result=lambda r: progress(label, r))
+            if settings.attacks:
+                print(text_table(["attack", "eps", "accuracy %"], eval_rows(report)))
+                if (line := tradeoff_line(report)) is not None:
+                    print(line)
+    entries = report["models"].values() if args.compare is not None else [report]
+    if parts is not None and (reused := sum(e.get("parts", {}).get("reused", 0) for e in entries)):
+        print(f"resumed: {reused} finished part(s) read back from {parts.folder}")
     if "inequality" in report:
         print(inequality_text(report["inequality"]))
     if "vulnerability" in report:
@@ -292,6 +322,10 @@ def _eval(args: argparse.Namespace) -> None:
     if out is not None:
         atomic_write_text(out, json.dumps(report, indent=2) + "\n")
         print(f"wrote {out}")
+        if per_example:
+            print(f"wrote {write_per_example(out.with_name(f'{out.stem}.examples.npz'), per_example)}")
+        if parts is not None:
+            parts.remove()
     figures = args.run_dir / "figures" if args.run_dir is not None else (
         out.with_name(f"{out.stem}-figures") if out is not None else None)
     if figures is not None and "inequality" in report:
@@ -406,9 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {"train": _train, "eval": _eval, "diagnose": _diagnose, "bench": _bench, "quickstart": _quickstart}
-        if args.command != "train" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise UserError(f"{args.command} runs in one process; only train runs under torchrun: run advtrain "
-                            f"{args.command} without torchrun")
+        if args.command not in ("train", "eval") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UserError(f"{args.command} runs in one process; only train and eval run under torchrun: run "
+                            f"advtrain {args.command} without torchrun")
         commands[args.command](args)
     except (UserError, TrainingStopped) as e:
         if args.debug:

@@ -12,7 +12,8 @@ class UserError(Exception):
 
 
 class TrainingStopped(Exception):
-    """Training ended before its last epoch, on purpose (a signal) or by a guard (a non-finite loss).
+    """Training ended before its last epoch, on purpose (a signal) or by a guard (a non-finite loss); or a
+    torchrun process (training or evaluation) stopped because another one failed.
 
     The message is one line that says where training stopped and what was kept; the CLI exits with
     ``exit_code``.

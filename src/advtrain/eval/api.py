@@ -15,6 +15,7 @@ from torch import nn
 from advtrain.attacks import MAX_DISTANCE, Norm
 from advtrain.bounds import Bound, Ge, Gt, Le, Lt
 from advtrain.data import Dataset, load_dataset, to_float
+from advtrain.distributed import Processes
 from advtrain.errors import UserError
 from advtrain.eval.batching import check_batch_setting, out_of_memory_as_user_error, resolve_eval_batch
 from advtrain.eval.checkpoints import LoadedModel, checkpoint_path, load_checkpoint_model
@@ -25,6 +26,7 @@ from advtrain.eval.inequality import (
     write_inequality_figures,
 )
 from advtrain.eval.invariance import INVARIANCE_EVALS, evaluate_invariance, invariance_eps
+from advtrain.eval.parts import EvalParts
 from advtrain.eval.robustness import ATTACK_ALIASES, AttackResult, attack_specs, check_attack_names, evaluate
 from advtrain.eval.vulnerability import VULNERABILITY_EVALS, VULNERABILITY_SPLITS, evaluate_vulnerability, first_eps
 from advtrain.models.spec import ModelSpec
@@ -275,6 +277,8 @@ def evaluate_loaded(
     checkpoint: str | None = None,
     label: str | None = None,
     on_result: Callable[[AttackResult], None] | None = None,
+    procs: Processes | None = None,
+    parts: EvalParts | None = None,
 ) -> tuple[dict[str, Any], list[AttackResult]]:
     """Run the attacks on the first `settings.n` test images; return the eval JSON and per-example results.
 
@@ -286,7 +290,13 @@ def evaluate_loaded(
     the attacks' precision, or in fp32 when analyses run, as they do), and "batch_size" records what ran.
     Every setting is checked before the first attack runs, so a bad one fails with nothing printed or written.
     The messages name the `advtrain eval` flags: a run's config was checked when it was loaded.
+
+    Under torchrun (`procs`) the attacks are split across the processes by chunk (see `evaluate`), every process
+    using the smallest batch size any of them resolved, and every process returns the merged results; the
+    analyses run in rank 0 only (the others return without them). With `parts` (see `advtrain.eval.parts`), a
+    killed evaluation resumes: "parts" in the JSON counts the parts read back ("reused") out of all ("total").
     """
+    procs = procs or Processes()
     st = settings
     st.check()
     check_fits(loaded, data)
@@ -298,10 +308,12 @@ def evaluate_loaded(
                          step_size=st.step_size)
     # One batch size for the attacks and the analyses. The analyses run in fp32, which takes at least the
     # memory of bf16, so with any of them the memory is measured in fp32.
-    st = replace(st, batch_size=resolve_eval_batch(model, x, y, len(y), st.batch_size,
-                                                   None if st.inequality else amp))
+    st = replace(st, batch_size=procs.min(resolve_eval_batch(model, x, y, len(y), st.batch_size,
+                                                             None if st.inequality else amp)))
+    before = (parts.reused, parts.computed) if parts is not None else (0, 0)
     results = evaluate(
         model, x, y, specs, batch_size=st.batch_size, seed=st.seed, autocast_dtype=amp, on_result=on_result,
+        procs=procs, parts=parts,
     ) if specs else []
     report = {
         "model": loaded.spec.name,
@@ -317,8 +329,13 @@ def evaluate_loaded(
         "torch_version": torch.__version__,
         "results": [r.as_dict() for r in results],
     }
+    if parts is not None and specs:
+        counts = procs.sum(torch.tensor([parts.reused - before[0], parts.computed - before[1]], device=procs.device))
+        reused, computed = (int(c) for c in counts.tolist())
+        report["parts"] = {"reused": reused, "total": reused + computed}
     report |= tradeoff_part({label or loaded.spec.name: report})
-    report |= evaluate_analyses({label or loaded.spec.name: model}, data, st, dev)
+    if procs.main:
+        report |= evaluate_analyses({label or loaded.spec.name: model}, data, st, dev)
     return report, results
 
 
@@ -388,6 +405,8 @@ def compare_runs(
     *,
     checkpoint: str | None = None,
     on_result: Callable[[str, AttackResult], None] | None = None,
+    procs: Processes | None = None,
+    parts: EvalParts | None = None,
 ) -> dict[str, Any]:
     """Evaluate a group of models on the same first `settings.n` test images; return the comparison JSON.
 
@@ -398,8 +417,10 @@ def compare_runs(
     "inequality": {...}, "vulnerability": {...}, "invariance": {...}, "batch_size" (when they ran; with "auto",
     the smallest of the models', see `evaluate_analyses`), "n", "data", "seed", ...}. A model's "batch_size" is
     the one its attacks ran with (None without attacks).
-    `on_result(label, result)` reports each attack as it finishes.
+    `on_result(label, result)` reports each attack as it finishes. `procs` and `parts`: as in `evaluate_loaded`
+    (the attacks split across torchrun's processes, the analyses in rank 0 only; finished parts on disk).
     """
+    procs = procs or Processes()
     st = settings
     st.check()
     for loaded in models.values():
@@ -414,15 +435,17 @@ def compare_runs(
             report, _ = evaluate_loaded(
                 loaded, data, attacks_only, checkpoint=checkpoint,
                 on_result=None if on_result is None else lambda r, label=label: on_result(label, r),
+                procs=procs, parts=parts,
             )
             results, batch = report["results"], report["batch_size"]
         entries[label] = {
             "model": loaded.spec.name, "source": str(loaded.source), "checkpoint": checkpoint,
             "epoch": loaded.metadata.get("epoch"), "batch_size": batch, "results": results,
-        }
+        } | ({"parts": report["parts"]} if "parts" in report else {})
     out: dict[str, Any] = {"models": entries}
     out |= tradeoff_part(entries)
-    out |= evaluate_analyses({label: loaded.model.to(dev) for label, loaded in models.items()}, data, st, dev)
+    if procs.main:
+        out |= evaluate_analyses({label: loaded.model.to(dev) for label, loaded in models.items()}, data, st, dev)
     amp = autocast_dtype(st.precision, dev)
     return out | {
         "n": len(data.y_test[: st.n]), "data": data.name, "seed": st.seed,

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import io
+import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from advtrain.attacks import Norm, bn_policy, default_step_size, fgsm, pgd
 from advtrain.attacks.autoattack import autoattack
+from advtrain.distributed import Processes
 from advtrain.errors import UserError
 from advtrain.eval.batching import out_of_memory_as_user_error
+from advtrain.eval.parts import EvalParts, model_digest, tensor_digest
+from advtrain.fileio import atomic_write_bytes
 
 # Names accepted on the command line → (attack, AutoAttack version).
 ATTACK_ALIASES: dict[str, tuple[str, str | None]] = {
@@ -114,7 +121,7 @@ def attack_specs(
 def run_attack(
     model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, *, seed: int, batch_size: int
 ) -> Tensor:
-    """Adversarial inputs for one batch (or, for AutoAttack, the whole set it batches itself)."""
+    """Adversarial inputs for one batch (AutoAttack: `batch_size` bounds the batches it runs)."""
     if spec.attack == "clean":
         return x
     if spec.attack == "fgsm":
@@ -144,14 +151,28 @@ def evaluate(
     seed: int = 0,
     autocast_dtype: torch.dtype | None = None,
     on_result: Callable[[AttackResult], None] | None = None,
+    procs: Processes | None = None,
+    parts: EvalParts | None = None,
 ) -> list[AttackResult]:
     """Per-example correctness under each attack, with the model in eval mode.
 
-    `x`, `y` must be on the model's device. PGD/CW count an example as broken as soon as any
-    iterate fools the model (keep="first_fooling"); AutoAttack runs on the whole set at once.
-    Chunk i draws its random start from `seed + i`. A CUDA out-of-memory error is a one-line UserError
+    `x`, `y` must be on the model's device. Every attack, AutoAttack included, runs on chunks of `batch_size`
+    images, chunk i drawing its randomness from `seed + i`; so a chunk's result does not depend on which
+    process evaluates it or on the other chunks. PGD/CW count an example as broken as soon as any iterate fools
+    the model (keep="first_fooling").
+
+    Under torchrun (`procs`), part (attack j, chunk i) belongs to process (j·chunks + i) mod world; each process
+    attacks its own parts and one sum per attack merges them, so every process returns the same results as one
+    process would, exactly. With `parts`, a finished part is read from disk instead of attacked again and every
+    part attacked here is saved (see `advtrain.eval.parts`). A CUDA out-of-memory error is a one-line UserError
     naming a smaller batch (see `advtrain.eval.batching`).
     """
+    procs = procs or Processes()
+    chunks = list(zip(x.split(batch_size), y.split(batch_size), strict=True))
+    if parts is not None:
+        weights = model_digest(model)
+        chunk_keys = [tensor_digest([("x", xb), ("y", yb)]) for xb, yb in chunks]
+        setting = {"batch_size": batch_size, "precision": str(autocast_dtype), "device": x.device.type}
     results = []
     autocast = (
         torch.autocast(x.device.type, dtype=autocast_dtype)
@@ -160,21 +181,48 @@ def evaluate(
     )
     # The batches that run are never larger than the set, so the message halves the size that ran.
     with out_of_memory_as_user_error(min(batch_size, len(y))), bn_policy(model, "eval"), autocast:
-        for spec in specs:
-            if spec.attack == "autoattack":
-                chunks = [(x, y)]
-            else:
-                chunks = list(zip(x.split(batch_size), y.split(batch_size), strict=True))
-            correct = []
+        for j, spec in enumerate(specs):
+            # 1 + correctness where this process owns the example's part, else 0: the sum over processes is
+            # 1 or 2 for every example exactly when each part was evaluated by one process.
+            owned = torch.zeros(len(y), dtype=torch.int32, device=procs.device)
             for i, (xb, yb) in enumerate(chunks):
-                x_adv = run_attack(model, xb, yb, spec, seed=seed + i, batch_size=batch_size)
-                with torch.no_grad():
-                    correct.append((model(x_adv).argmax(1) == yb).cpu())
-            result = AttackResult(spec, torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool))
+                if (j * len(chunks) + i) % procs.world != procs.rank:
+                    continue
+                key = parts.key(weights, chunk_keys[i], spec.describe(), seed + i, setting) if parts else ""
+                correct = parts.load(key, len(yb)) if parts is not None else None
+                if correct is None:
+                    x_adv = run_attack(model, xb, yb, spec, seed=seed + i, batch_size=batch_size)
+                    with torch.no_grad():
+                        correct = (model(x_adv).argmax(1) == yb).cpu()
+                    if parts is not None:
+                        parts.save(key, correct)
+                owned[i * batch_size:i * batch_size + len(yb)] = 1 + correct.to(owned.device, torch.int32)
+            merged = procs.sum(owned).cpu()
+            if not ((merged == 1) | (merged == 2)).all():
+                raise RuntimeError(f"{spec.attack}: {int(((merged < 1) | (merged > 2)).sum())} examples were "
+                                   "evaluated by no process or by several")
+            result = AttackResult(spec, merged == 2)
             results.append(result)
             if on_result is not None:
                 on_result(result)
     return results
+
+
+def write_per_example(path: Path, results: Mapping[str, Sequence[AttackResult]]) -> Path:
+    """Save per-example correctness as an .npz (atomically) and return `path`: "labels" (the models), "attacks"
+    (each attack's eval.json row without the accuracy, as JSON text) and "correct_K", a bool array
+    [attacks, examples] for the K-th label. Every model must have run the same attacks. For paired comparisons
+    between models, seeds or shardings of one evaluation."""
+    labels = list(results)
+    rows = [[json.dumps(r.spec.describe(), sort_keys=True) for r in results[label]] for label in labels]
+    if any(row != rows[0] for row in rows):
+        raise ValueError("write_per_example: every model needs the same attacks")
+    arrays = {f"correct_{k}": torch.stack([r.correct for r in results[label]]).numpy()
+              if results[label] else np.zeros((0, 0), dtype=bool) for k, label in enumerate(labels)}
+    buffer = io.BytesIO()
+    np.savez(buffer, labels=np.array(labels), attacks=np.array(rows[0] if rows else []), **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
 
 
 def last_iterate_pgd(

@@ -96,7 +96,7 @@ class StepContext:
     step: int  # global step, 0-based
     generator: torch.Generator  # on the batch's device, seeded from (seed, epoch, batch index)
     # (params, grads) → the global-batch mean of gradients this process computed on its share of the batch
-    # (data-parallel training, train/distributed.py); the identity in one process. For gradients a method takes
+    # (data-parallel training, advtrain/distributed.py); the identity in one process. For gradients a method takes
     # itself and acts on before the optimizer step (AWP's and ISEAT's weight perturbation direction).
     average_gradients: Callable[[Sequence[Tensor], Sequence[Tensor | None]], list[Tensor | None]] = (
         lambda params, grads: list(grads))

@@ -50,7 +50,7 @@ def train_step(
     average_gradients: Callable[[], None] | None = None,
 ) -> StepOutput:
     """method.loss under autocast (fp32 master weights), backward, `average_gradients` (data-parallel training:
-    the mean over processes, train/distributed.py), optimizer step, then the method's `after_step` (e.g. removing
+    the mean over processes, advtrain/distributed.py), optimizer step, then the method's `after_step` (e.g. removing
     a weight perturbation)."""
     with autocast():
         out = method.loss(model, batch, ctx)

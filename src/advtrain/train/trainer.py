@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -34,6 +33,7 @@ import advtrain
 from advtrain.checkpoint import load_state_into, save_weights
 from advtrain.config import RunConfig, dump_yaml
 from advtrain.data import Augment, Dataset, DeviceBatcher, augment_batch, load_dataset, split_validation, to_float
+from advtrain.distributed import Processes, local_device, processes
 from advtrain.errors import TrainingStopped, UserError
 from advtrain.eval.robustness import AttackSpec, evaluate
 from advtrain.eval.vulnerability import adversarial_vulnerability
@@ -49,7 +49,6 @@ from advtrain.runtime import (
     use_channels_last,
 )
 from advtrain.train.averaging import WeightAverages
-from advtrain.train.distributed import Processes, local_device, start_processes
 from advtrain.train.monitor import CollapseMonitor
 from advtrain.train.schedule import LRSchedule, build_optimizer, match_state_layout
 from advtrain.train.state import (
@@ -67,7 +66,6 @@ from advtrain.train.step import autocast_context, compile_for_training, train_st
 # the check costs no per-step synchronisation; the message still names the first bad step exactly.
 FINITE_CHECK_EVERY = 10
 EXIT_DIVERGED = 3
-EXIT_PEER_FAILED = 4  # data-parallel training: another process of the run failed
 RUN_FILES = ("config.yaml", "metrics.jsonl", "monitor.jsonl", "checkpoints", "eval.json", "report.md", "figures",
              "vulnerability")
 
@@ -263,24 +261,12 @@ def train(
     """
     with torch_settings(config.train.threads, config.train.deterministic):
         device = resolve_device(local_device(config.train.device))
-        procs, started = start_processes(device)
-        try:
+        # Every state on disk was written atomically by rank 0, so the newest one is intact if a process dies.
+        intact = (f"the newest checkpoint in {Path(run_dir) / 'checkpoints'} is intact: continue with: "
+                  f"advtrain train --resume {run_dir}")
+        with processes(device, "training", intact) as procs:
             return _train(config, Path(run_dir), data, log if procs.main else _silent, resume, overwrite, device,
                           procs)
-        except RuntimeError as e:  # gloo reports a dead peer as a plain RuntimeError
-            if not procs.active:
-                raise
-            # A collective failed: another process of the run died (killed, out of memory, ...). Every state
-            # on disk was written atomically by rank 0, so the newest one is intact.
-            raise TrainingStopped(
-                f"training process {procs.rank} of {procs.world} stopped: another process of the run failed "
-                f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}); the newest checkpoint "
-                f"in {Path(run_dir) / 'checkpoints'} is intact: continue with: advtrain train --resume {run_dir}",
-                EXIT_PEER_FAILED,
-            ) from None
-        finally:
-            if started:
-                dist.destroy_process_group()
 
 
 def _silent(_: str) -> None:

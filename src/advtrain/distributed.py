@@ -1,4 +1,5 @@
-"""Data-parallel training across processes started by `torchrun` (gloo on CPU, nccl on CUDA).
+"""Data-parallel training and sharded evaluation across processes started by `torchrun` (gloo on CPU, nccl on
+CUDA). Training (advtrain.train.trainer):
 
 Every process holds the whole model and trains on its slice of each global batch; after backward the gradients
 are averaged over processes with one all-reduce of their concatenation (weighted by each slice's size, so an
@@ -8,20 +9,25 @@ input only (and IGD, GradAlign differentiate twice), so DDP would need `find_unu
 on them. The explicit all-reduce is the same arithmetic as DDP's bucketed one, applied once per optimizer step,
 and attacks run on the plain module as in one process. BatchNorm statistics are per process (as in DDP without
 SyncBatchNorm) and rank 0's buffers are broadcast after each step (as DDP's `broadcast_buffers`).
+Evaluation (advtrain.eval.robustness.evaluate) gives each process whole chunks and merges their per-example
+results with one `sum` per attack.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from advtrain.errors import UserError
+from advtrain.errors import TrainingStopped, UserError
+
+EXIT_PEER_FAILED = 4  # a torchrun process stopped because another process of the run failed
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,14 @@ class Processes:
             dist.all_reduce(tensor)
         return tensor
 
+    def min(self, value: int) -> int:
+        """The smallest of the processes' `value` (e.g. the evaluation batch each could fit; all must use one)."""
+        if not self.active:
+            return value
+        tensor = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return int(tensor.item())
+
     def any(self, flag: bool) -> bool:
         """Whether `flag` is true in any process (one tiny all-reduce; no communication in one process)."""
         if not self.active:
@@ -120,7 +134,7 @@ def start_processes(device: torch.device) -> tuple[Processes, bool]:
                                 timeout=datetime.timedelta(minutes=30))
     if dist.get_world_size() != world or dist.get_rank() != rank:
         raise UserError(f"the process group ({dist.get_world_size()} processes) does not match torchrun's "
-                        f"WORLD_SIZE={world}: start training with torchrun only")
+                        f"WORLD_SIZE={world}: start advtrain with torchrun only")
     return Processes(rank, world, device), started
 
 
@@ -129,3 +143,26 @@ def local_device(name: str) -> str:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and name in ("auto", "cuda") and torch.cuda.is_available():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     return name
+
+
+@contextlib.contextmanager
+def processes(device: torch.device, role: str, intact: str) -> Iterator[Processes]:
+    """`start_processes` for the duration of a command; the group is destroyed afterwards.
+
+    Under torchrun a failed collective means another process died (killed, out of memory, ...): that becomes a
+    one-line TrainingStopped with exit code EXIT_PEER_FAILED, "`role` process R of W stopped: ...; `intact`"
+    (what is kept and how to continue). gloo reports a dead peer as a plain RuntimeError, and nccl's
+    DistBackendError is one.
+    """
+    procs, started = start_processes(device)
+    try:
+        yield procs
+    except RuntimeError as e:
+        if not procs.active:
+            raise
+        cause = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainingStopped(f"{role} process {procs.rank} of {procs.world} stopped: another process of the run "
+                              f"failed ({cause}); {intact}", EXIT_PEER_FAILED) from None
+    finally:
+        if started:
+            dist.destroy_process_group()
