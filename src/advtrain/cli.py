@@ -1,4 +1,5 @@
-"""`advtrain train | eval | diagnose | quickstart`: parse arguments, call one function, turn bad input into exit 2."""
+"""`advtrain train | eval | diagnose | bench | compare | report | quickstart`: parse arguments, call one function,
+turn bad input into exit 2."""
 
 from __future__ import annotations
 
@@ -160,6 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile mode: eager (none), default, reduce-overhead (CUDA graphs) or max-autotune; "
                    "checked against eager gradients as train.compile is")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
+
+    p = sub.add_parser("compare", parents=[debug],
+                       help="train and evaluate methods × seeds × sweeps under one protocol; write a paper-style "
+                       "table, a CSV and an HTML report (resumable: rerun to continue)")
+    p.add_argument("--config", type=Path, required=True, help="the grid's YAML file (see docs/experiments/compare.md)")
+    p.add_argument("--out", type=Path, required=True, help="folder for the cells (OUT/cells/...) and the report")
+
+    p = sub.add_parser("report", parents=[debug],
+                       help="the table, CSV and HTML report of `compare` from existing run directories (rows: runs "
+                       "that differ only by seed)")
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    p.add_argument("--out", type=Path, required=True, help="folder for report.html, table.md and results.csv")
+    p.add_argument("--title", default="advtrain report", help="the report's title")
 
     p = sub.add_parser("quickstart", parents=[debug],
                        help="train standard and PGD-AT CNNs on digits and compare them (2–3 min)")
@@ -428,6 +442,33 @@ def _bench(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from advtrain.compare import load_grid, run_grid, write_grid_report
+
+    grid = load_grid(args.config)  # every cell's config and the protocol are checked before any training
+    _check_report_folder(args.out)
+    groups = run_grid(grid, args.out)
+    for path in write_grid_report(groups, args.out, title=grid.name):
+        print(f"wrote {path}")
+    print((args.out / "table.md").read_text(encoding="utf-8"))
+
+
+def _report(args: argparse.Namespace) -> None:
+    from advtrain.compare import write_grid_report
+    from advtrain.report.grid import group_cells, read_cell
+
+    _check_report_folder(args.out)
+    groups = group_cells([read_cell(run) for run in args.run_dirs])
+    for path in write_grid_report({label: [c.run_dir for c in cells] for label, cells in groups.items()},
+                                  args.out, title=args.title):
+        print(f"wrote {path}")
+
+
+def _check_report_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a folder for the report")
+
+
 def _quickstart(args: argparse.Namespace) -> None:
     from advtrain.quickstart import quickstart
 
@@ -439,7 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     128+N stopped by signal N (a checkpoint was saved)."""
     args = build_parser().parse_args(argv)
     try:
-        commands = {"train": _train, "eval": _eval, "diagnose": _diagnose, "bench": _bench, "quickstart": _quickstart}
+        commands = {"train": _train, "eval": _eval, "diagnose": _diagnose, "bench": _bench, "compare": _compare,
+                    "report": _report, "quickstart": _quickstart}
         if args.command not in ("train", "eval") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UserError(f"{args.command} runs in one process; only train and eval run under torchrun: run "
                             f"advtrain {args.command} without torchrun")

@@ -109,6 +109,9 @@ class TrainConfig:
     # Used only after its input gradients match eager ones (runtime.compile_checked); methods with double
     # backprop (IGD, GradAlign), which torch.compile cannot differentiate twice, train eagerly.
     compile: CompileMode = "eager"
+    # Also write every number of each metrics.jsonl row as a TensorBoard scalar (step = epoch) to
+    # RUN_DIR/tensorboard/; opt-in because it needs the optional tensorboard package (advtrain[tensorboard]).
+    tensorboard: bool = False
 
 
 @dataclass
@@ -189,11 +192,12 @@ class RunConfig:
     def digest(self) -> str:
         """A short hash of the resolved config, recorded with every checkpoint.
 
-        `train.progress` is left out: it changes what is printed, not what is trained, so a run started
-        with a progress bar may be resumed with --quiet.
+        `train.progress` and `train.tensorboard` are left out: they change what is printed or logged, not what
+        is trained, so a run started with a progress bar may be resumed with --quiet, and a run from before
+        `train.tensorboard` existed still matches its checkpoints.
         """
         settings = self.to_dict()
-        del settings["train"]["progress"]
+        del settings["train"]["progress"], settings["train"]["tensorboard"]
         text = json.dumps(settings, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

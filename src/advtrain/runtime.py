@@ -6,6 +6,8 @@ import copy
 import hashlib
 import math
 import random
+import resource
+import sys
 from collections.abc import Callable
 from typing import Literal
 
@@ -28,6 +30,22 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} asked for but CUDA is not available here: use --device cpu")
     return device
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new `peak_memory_mb` window: on CUDA the allocator's peak counter; on CPU there is none to reset."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory in MiB: on CUDA, the tensors allocated on `device` since `reset_peak_memory`; on CPU, the
+    process's peak resident set size since it started (the OS keeps no resettable peak, so on CPU it is the
+    process peak, not one per epoch)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

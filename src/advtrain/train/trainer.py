@@ -44,6 +44,8 @@ from advtrain.runtime import (
     autocast_dtype,
     derive_seed,
     make_generator,
+    peak_memory_mb,
+    reset_peak_memory,
     resolve_device,
     seed_everything,
     use_channels_last,
@@ -67,7 +69,7 @@ from advtrain.train.step import autocast_context, compile_for_training, train_st
 FINITE_CHECK_EVERY = 10
 EXIT_DIVERGED = 3
 RUN_FILES = ("config.yaml", "metrics.jsonl", "monitor.jsonl", "checkpoints", "eval.json", "report.md", "figures",
-             "vulnerability")
+             "vulnerability", "tensorboard")
 
 
 @dataclass
@@ -142,6 +144,40 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def require_tensorboard() -> None:
+    """`train.tensorboard` without the tensorboard package fails here, before the run writes anything."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401  imported only to see that it loads
+    except ImportError:
+        raise UserError("train.tensorboard needs the tensorboard package: pip install 'advtrain[tensorboard]' "
+                        "(or set train.tensorboard: false)") from None
+
+
+@contextlib.contextmanager
+def tensorboard_scalars(folder: Path, first_epoch: int, on: bool) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A function that writes every number of a metrics row as a scalar (tag = key, step = the row's epoch) to
+    `folder` and flushes, so an epoch's scalars are on disk when its row is; a no-op when not `on`. The writer
+    is closed however training ends. A resumed run adds an event file to the same folder; `purge_step` hides
+    the scalars from `first_epoch` on that a killed earlier process wrote but its checkpoint does not know."""
+    if not on:
+        yield lambda _: None
+        return
+    from torch.utils.tensorboard import SummaryWriter  # only here: the tensorboard package is optional
+
+    writer = SummaryWriter(str(folder), purge_step=first_epoch)
+
+    def write(row: dict[str, Any]) -> None:
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, int | float):  # None (not measured) is no scalar
+                writer.add_scalar(key, value, row["epoch"])
+        writer.flush()
+
+    try:
+        yield write
+    finally:
+        writer.close()
 
 
 def keep_metrics_rows(path: Path, rows: int) -> None:
@@ -282,6 +318,8 @@ def _train(
     resume_hint = f"continue with: advtrain train --resume {run_dir}"
     save_advice = f"the previous checkpoint is intact: free space or fix the folder, then {resume_hint}"
     state: dict[str, Any] | None = None
+    if t.tensorboard:
+        require_tensorboard()
     if resume:
         if procs.main:  # only rank 0 writes; the others read what it leaves
             with disk_errors("fix the folder's permissions and resume again"):
@@ -512,10 +550,13 @@ def _train(
         progress.monitor_rows += 1
         return reading
 
-    with StopSignals().installed() as stop:
+    with (StopSignals().installed() as stop,
+          tensorboard_scalars(run_dir / "tensorboard", progress.epoch + 1, t.tensorboard and procs.main)
+          as write_scalars):
         for epoch in range(progress.epoch, t.epochs):
             if progress.stopped:
                 break
+            reset_peak_memory(device)
             epoch_lr = schedule.lr_at(epoch)
             if progress.batch == 0:
                 progress.sums, progress.seen, progress.seconds = {}, 0, 0.0
@@ -599,6 +640,8 @@ def _train(
                 "val_clean_acc": val_clean, f"val_{method.validation_attack}_acc": val_adv,
                 "seconds": progress.seconds + time.perf_counter() - start,
                 "images_per_s": progress.seen / max(train_seconds, 1e-9),
+                # This process's (rank 0's, data-parallel) over the epoch so far; on CPU the process's peak.
+                "peak_memory_mb": peak_memory_mb(device),
             } | reading | averaged["metrics"] | vulnerability | {f"train_{key}": value for key, value in means.items()}
             check_weights()
             value = row.get(select_metric)
@@ -614,6 +657,7 @@ def _train(
             if procs.main:
                 with disk_errors(save_advice):
                     append_jsonl(run_dir / "metrics.jsonl", row)
+                    write_scalars(row)
                     # Weights files hold the plain exported model (AR-AT: the adv BN branch, no predictors).
                     exported = method.export_model(model).state_dict()
                     save_weights(checkpoints / "last.safetensors", exported, checkpoint_meta)

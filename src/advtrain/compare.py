@@ -1,0 +1,261 @@
+"""`advtrain compare --config GRID.yaml`: methods × seeds × sweeps under one protocol, like a paper's table.
+
+Every cell of the grid is one `advtrain train` run in OUT/cells/NAME. Each is trained (or resumed, if a run
+was interrupted, or skipped, if it finished), then its last checkpoint and its best one (selected on the
+validation split carved from the training set, never on the test set) are evaluated on the test split with
+the one protocol of the grid's `eval` section, into eval-last.json and eval-best.json. The table (mean ± std
+over seeds, last and best), a CSV and a self-contained HTML report are then written to OUT.
+
+A grid file:
+
+    name: digits, four methods          # the report's title
+    base: ../configs/digits.yaml        # a run config (relative to the grid file); default: the defaults
+    set: {train.epochs: 10}             # dotted overrides for every cell
+    methods:                            # the rows: a method name, or a name with its options
+      - standard
+      - pgd_at
+      - trades: {beta: 6.0}
+      - igd: {teacher: "@standard"}     # @ROW: the same seed's cell of an earlier row (its run directory)
+    seeds: [0, 1, 2]
+    sweep: {method.steps: [5, 10]}      # optional: every combination multiplies the rows
+    eval: {attacks: [clean, pgd, aa], eps: [0.1, 0.2], n: 500}
+
+A bad grid fails with one line before anything is trained or written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from advtrain.config import RunConfig, apply_overrides, config_from_dict, read_yaml
+from advtrain.errors import TrainingStopped, UserError
+from advtrain.eval import EvalSettings, evaluate_loaded, inequality_figures, split_attack_names
+from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
+from advtrain.eval.parts import EvalParts
+from advtrain.fileio import atomic_write_text
+from advtrain.report.grid import read_groups, summarize, summary_markdown, write_csv
+from advtrain.report.html_report import write_html_report
+from advtrain.rundir import read_config
+from advtrain.runtime import SEED_LIMIT
+from advtrain.train import load_run_data, train
+
+CHECKPOINTS = ("last", "best")  # best: selected on the validation split (train.select_metric)
+GRID_KEYS = ("name", "base", "set", "methods", "seeds", "sweep", "eval")
+EVAL_KEYS = ("attacks", "eps", "steps", "restarts", "step_size", "n", "batch_size", "seed")
+REFERENCE = "@"  # a method option "@ROW" names the same seed's cell of an earlier row
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: a method with its options and one combination of the sweep."""
+
+    label: str
+    method: str  # the method with its options: the label without the sweep
+    combo: tuple[tuple[str, Any], ...]  # the sweep's values
+    overrides: tuple[str, ...]  # dotted key=value, applied after the grid's `set`
+    # (dotted key, method) filled with the folder of the same seed's cell of that method, same sweep values
+    references: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    base: Path | None
+    common: tuple[str, ...]
+    rows: tuple[Row, ...]
+    seeds: tuple[int, ...]
+    eval: EvalSettings
+    source: Path = field(default=Path("grid.yaml"))
+
+    def cell_name(self, row: Row, seed: int) -> str:
+        slug = "".join(c if c.isalnum() or c in "._-" else "-" for c in row.label.replace(" ", "_"))
+        return f"{slug}-seed{seed}"
+
+
+def _pairs(value: Any, where: str) -> list[tuple[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        raise UserError(f"{where} must be a mapping of dotted keys to values, e.g. {{train.epochs: 10}}")
+    return [(str(k), v) for k, v in value.items()]
+
+
+def _yaml_value(value: Any) -> str:
+    return json.dumps(value)  # JSON is YAML: the override parser reads it back as the same value
+
+
+def _method_rows(methods: Any) -> list[tuple[str, list[tuple[str, Any]]]]:
+    if not isinstance(methods, list) or not methods:
+        raise UserError("methods must be a non-empty list of method names (or {name: {option: value}})")
+    rows = []
+    for entry in methods:
+        if isinstance(entry, str):
+            rows.append((entry, []))
+        elif isinstance(entry, dict) and len(entry) == 1:
+            (name, options), = entry.items()
+            rows.append((str(name), _pairs(options, f"methods: {name}")))
+        else:
+            raise UserError(f"methods: {entry!r} is neither a method name nor {{name: {{option: value}}}}")
+    return rows
+
+
+def _label(name: str, options: Sequence[tuple[str, Any]], sweep: Sequence[tuple[str, Any]]) -> str:
+    shown = [f"{k}={v}" for k, v in options] + [f"{k}={v}" for k, v in sweep]
+    return " ".join([name, *shown])
+
+
+def load_grid(path: Path) -> Grid:
+    """Read and check a grid file (see the module docstring); one-line UserError for anything wrong."""
+    raw = read_yaml(path)
+    for key in raw:
+        if key not in GRID_KEYS:
+            close = difflib.get_close_matches(str(key), GRID_KEYS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UserError(f"{path}: unknown key {key!r}: {hint}a grid has {', '.join(GRID_KEYS)}")
+    seeds = raw.get("seeds", [0])
+    if (not isinstance(seeds, list) or not seeds or len(set(map(str, seeds))) != len(seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < SEED_LIMIT for s in seeds)):
+        raise UserError(f"{path}: seeds must be a list of distinct integers in [0, {SEED_LIMIT}), e.g. [0, 1, 2]")
+    base = raw.get("base")
+    base_path = (path.parent / str(base)) if base is not None else None
+    common = tuple(f"{k}={_yaml_value(v)}" for k, v in _pairs(raw.get("set"), f"{path}: set"))
+    sweep = _pairs(raw.get("sweep"), f"{path}: sweep")
+    for key, values in sweep:
+        if not isinstance(values, list) or not values:
+            raise UserError(f"{path}: sweep {key} must be a non-empty list of values")
+    rows: list[Row] = []
+    for name, options in _method_rows(raw.get("methods")):
+        for combo in itertools.product(*[[(k, v) for v in values] for k, values in sweep]):
+            overrides = [f"method.name={name}"]
+            references = []
+            for key, value in options:
+                if isinstance(value, str) and value.startswith(REFERENCE):
+                    references.append((f"method.{key}", value[len(REFERENCE):]))
+                else:
+                    overrides.append(f"method.{key}={_yaml_value(value)}")
+            overrides += [f"{k}={_yaml_value(v)}" for k, v in combo]
+            rows.append(Row(_label(name, options, combo), _label(name, options, ()), combo, tuple(overrides),
+                            tuple(references)))
+    for i, row in enumerate(rows):
+        if row.label in [r.label for r in rows[:i]]:
+            raise UserError(f"{path}: the row {row.label!r} appears twice: give each method and options once")
+        for key, target in row.references:
+            if _referenced(rows[:i], target, row.combo) is None:
+                earlier = ", ".join(dict.fromkeys(r.method for r in rows[:i])) or "none"
+                raise UserError(f"{path}: {row.label}: {key}: {REFERENCE}{target} names no earlier row: put "
+                                f"that method first (earlier: {earlier})")
+    grid = Grid(str(raw.get("name") or path.stem), base_path, common, tuple(rows), tuple(seeds),
+                _eval_settings(raw.get("eval"), path), path)
+    for row in rows:  # every config and the protocol are checked now (rows with references: once those exist)
+        if not row.references:
+            _protocol(grid, cell_config(grid, row, seeds[0], Path(".")))
+    return grid
+
+
+def _eval_settings(section: Any, path: Path) -> EvalSettings:
+    values = dict(_pairs(section, f"{path}: eval"))
+    for key in values:
+        if key not in EVAL_KEYS:
+            close = difflib.get_close_matches(key, EVAL_KEYS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UserError(f"{path}: eval: unknown key {key!r}: {hint}use {', '.join(EVAL_KEYS)}")
+    names = values.pop("attacks", ["clean", "pgd"])
+    if not isinstance(names, list):
+        raise UserError(f"{path}: eval: attacks must be a list, e.g. [clean, pgd, aa]")
+    attacks, analyses = split_attack_names(names)
+    eps = values.pop("eps", None)
+    return EvalSettings(attacks=attacks, inequality=analyses,
+                        eps=tuple(eps if isinstance(eps, list) else [eps]) if eps is not None else (), **values)
+
+
+def _referenced(rows: Sequence[Row], method: str, combo: tuple[tuple[str, Any], ...]) -> Row | None:
+    return next((r for r in rows if r.method == method and r.combo == combo), None)
+
+
+def cell_config(grid: Grid, row: Row, seed: int, out: Path) -> RunConfig:
+    """The run config of one cell (checked); references name the cell folders of earlier rows under `out`."""
+    raw = read_yaml(grid.base) if grid.base is not None else {}
+    refs = []
+    for key, target in row.references:
+        other = _referenced(grid.rows, target, row.combo)
+        assert other is not None  # load_grid checked it
+        refs.append(f"{key}={_yaml_value(str(out / 'cells' / grid.cell_name(other, seed)))}")
+    return config_from_dict(apply_overrides(raw, [*grid.common, *row.overrides, *refs, f"seed={seed}"]))
+
+
+def _protocol(grid: Grid, config: RunConfig) -> EvalSettings:
+    """The grid's protocol for a cell (checked): the threat model's ε and norm where the grid names none."""
+    settings = replace(grid.eval, eps=grid.eval.eps or (config.threat.eps,), norm=config.threat.norm,
+                       device=config.train.device)
+    try:
+        settings.check()
+    except TypeError:  # a comparison of a string from the grid file with a number
+        raise UserError(f"{grid.source}: eval: every value must be a number (eps a list of numbers)") from None
+    return settings
+
+
+def run_grid(grid: Grid, out: Path, *, log: Callable[[str], None] = print) -> dict[str, list[Path]]:
+    """Train and evaluate every cell (resuming or skipping what is there); the cell folders by row label."""
+    cells: dict[str, list[Path]] = {}
+    total = len(grid.rows) * len(grid.seeds)
+    done = 0
+    for row in grid.rows:
+        for seed in grid.seeds:
+            done += 1
+            run_dir = out / "cells" / grid.cell_name(row, seed)
+            cells.setdefault(row.label, []).append(run_dir)
+            config = cell_config(grid, row, seed, out)
+            prefix = f"[{done}/{total}] {row.label}, seed {seed}"
+            _train_cell(config, run_dir, prefix, grid, out, log)
+            for which in CHECKPOINTS:
+                _evaluate_cell(config, run_dir, which, _protocol(grid, config), prefix, log)
+    return cells
+
+
+def _train_cell(config: RunConfig, run_dir: Path, prefix: str, grid: Grid, out: Path,
+                log: Callable[[str], None]) -> None:
+    started = (run_dir / "config.yaml").is_file()
+    if started and config_from_dict(read_config(run_dir)).digest() != config.digest():
+        raise UserError(f"{run_dir} was trained with another config than {grid.source} now gives: delete that "
+                        "folder to train it again, or restore the grid")
+    log(f"{prefix}: {'resuming' if started else 'training'} {run_dir}")
+    try:
+        train(config, run_dir, log=lambda line: log(f"  {line}"), resume=started)
+    except TrainingStopped as e:
+        raise TrainingStopped(f"{e}; to continue the whole grid: advtrain compare --config {grid.source} "
+                              f"--out {out}", e.exit_code) from None
+
+
+def _evaluate_cell(config: RunConfig, run_dir: Path, which: str, settings: EvalSettings, prefix: str,
+                   log: Callable[[str], None]) -> None:
+    out = run_dir / f"eval-{which}.json"
+    if out.is_file():
+        return
+    loaded = load_checkpoint_model(checkpoint_path(run_dir, which))
+    data = load_run_data(config)
+    parts = EvalParts(out.with_name(f"{out.name}.parts"))
+    report, _ = evaluate_loaded(loaded, data, settings, checkpoint=which, label=run_dir.name, parts=parts,
+                                on_result=lambda r: log(f"  {which}{r.summary()}"))
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
+    parts.remove()
+    if "inequality" in report and which == "best":
+        inequality_figures({run_dir.name: loaded}, data, report["inequality"], run_dir / "figures", n=settings.n,
+                           device=settings.device, batch_size=report["batch_size"])
+    log(f"{prefix}: wrote {out}")
+
+
+def write_grid_report(groups: Mapping[str, Sequence[Path]], out: Path, *, title: str,
+                      notes: Sequence[str] = ()) -> list[Path]:
+    """table.md, results.csv and report.html in `out` for cells grouped by row label; the paths written."""
+    cells = read_groups(groups)
+    table = out / "table.md"
+    atomic_write_text(table, f"# {title}\n\n{summary_markdown(summarize(cells))}\n")
+    csv = write_csv(cells, out / "results.csv")
+    html = write_html_report(cells, out / "report.html", title=title, notes=notes)
+    return [table, csv, html]

@@ -1,0 +1,432 @@
+"""Read the run directories of a multi-method, multi-seed comparison and aggregate them over seeds.
+
+A *cell* is one training run (an `advtrain train` run directory, or one cell of `advtrain compare`'s grid);
+a *group* is the cells that differ only by their seed: one row of the comparison table. Everything here
+only reads files and computes numbers; `advtrain.report.html_report` draws them::
+
+    groups = group_cells([read_cell(run) for run in runs])     # or read_groups({label: [run, ...]})
+    summary = summarize(groups)                                 # refuses mixed evaluation protocols
+    print(summary_markdown(summary))
+    write_csv(groups, out / "results.csv")                      # one tidy row per cell × checkpoint × attack
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import re
+import statistics
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from advtrain.errors import UserError
+from advtrain.fileio import atomic_write_text
+from advtrain.report.run_report import _read_json_file, read_metrics
+from advtrain.report.tables import MISSING, attack_label, fmt_acc, fmt_eps, markdown_table
+from advtrain.rundir import read_config, run_dir_path
+
+# Checkpoints in the order the table shows them; others (e.g. an "ema" evaluation) follow alphabetically.
+CHECKPOINT_ORDER = ("last", "best")
+
+# Config keys that never make two runs different methods. `seed` is what a group averages over; the others
+# change where or how a run is shown or stored, not what is trained. The `eval` section is the train
+# command's own evaluation: the protocol that counts is the one recorded in the eval JSONs, checked by
+# `summarize`.
+IGNORED_KEYS = ("seed", "train.progress", "train.device", "train.threads", "train.checkpoint_every", "data.root")
+IGNORED_SECTIONS = ("eval",)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run directory, read once: its config, per-epoch metrics, evaluations and gradient-masking check."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    evals: dict[str, dict[str, Any]]  # checkpoint name ("last", "best", ...) -> eval JSON
+    diagnose: dict[str, Any] | None  # RUN_DIR/diagnose.json (`advtrain diagnose`)
+
+    @property
+    def seed(self) -> Any:
+        return self.config.get("seed")
+
+    @property
+    def method(self) -> str:
+        method = self.config.get("method")
+        return str(method.get("name", "?")) if isinstance(method, Mapping) else "?"
+
+
+def _checkpoint_rank(name: str) -> tuple[int, str]:
+    return (CHECKPOINT_ORDER.index(name), "") if name in CHECKPOINT_ORDER else (len(CHECKPOINT_ORDER), name)
+
+
+def _read_evals(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """eval-<checkpoint>.json files (written by `compare`), plus eval.json under the checkpoint it names (a plain
+    `advtrain train` run); an eval-<checkpoint>.json wins over an eval.json of the same checkpoint."""
+    evals = {path.stem.removeprefix("eval-"): _read_json_file(path) for path in run_dir.glob("eval-*.json")}
+    plain = run_dir / "eval.json"
+    if plain.is_file():
+        ev = _read_json_file(plain)
+        evals.setdefault(str(ev.get("checkpoint") or "unknown"), ev)
+    return {name: evals[name] for name in sorted(evals, key=_checkpoint_rank)}
+
+
+def read_cell(run_dir: Path | str) -> Cell:
+    """Read one run directory; one-line UserError naming the path and the fix when it is not a training run."""
+    path = run_dir_path(run_dir)
+    config = read_config(path)  # UserError when config.yaml is missing: not a run directory
+    metrics = read_metrics(path)  # UserError when metrics.jsonl is missing: no epoch finished
+    diagnose_path = path / "diagnose.json"
+    diagnose = _read_json_file(diagnose_path) if diagnose_path.is_file() else None
+    return Cell(path, config, metrics, _read_evals(path), diagnose)
+
+
+def read_groups(groups: Mapping[str, Sequence[Path | str]]) -> dict[str, list[Cell]]:
+    """{label: cells} from {label: run directories}, for callers that label the groups themselves."""
+    out: dict[str, list[Cell]] = {}
+    for label, runs in groups.items():
+        if not runs:
+            raise UserError(f"group {label!r} has no run directory: give each group at least one run")
+        out[label] = [read_cell(run) for run in runs]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- grouping
+
+
+def _flatten(node: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in node.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            yield from _flatten(value, f"{dotted}.")
+        else:
+            yield dotted, value
+
+
+def _setting_keys(config: Mapping[str, Any]) -> dict[str, str]:
+    """{dotted key: value as JSON} of the settings that define a method, i.e. all but the ignored ones."""
+    return {
+        key: json.dumps(value, sort_keys=True)
+        for key, value in _flatten(config)
+        if key not in IGNORED_KEYS and key.split(".")[0] not in IGNORED_SECTIONS
+    }
+
+
+def _fmt_setting(key: str, value_json: str | None) -> str:
+    if value_json is None:
+        return f"{key}={MISSING}"
+    value = json.loads(value_json)
+    if key.endswith("eps"):
+        return f"{key}={fmt_eps(value)}"
+    return f"{key}={value}" if isinstance(value, str) else f"{key}={value_json}"
+
+
+def _labels(settings: list[dict[str, str]], methods: list[str]) -> list[str]:
+    """Method name plus the settings that tell the groups apart. A method's options (method.*) are compared only
+    with other groups of the same method: another method's options differ by definition, and its name says so."""
+    keys = sorted({k for s in settings for k in s} - {"method.name"})
+
+    def varies(key: str, method: str) -> bool:
+        peers = [s for s, m in zip(settings, methods, strict=True) if m == method or not key.startswith("method.")]
+        return len({s.get(key) for s in peers}) > 1
+
+    labels = [" ".join([method, *(_fmt_setting(k, own.get(k)) for k in keys if varies(k, method))])
+              for own, method in zip(settings, methods, strict=True)]
+    # Two groups differ in some key, and that key is shown for both (or their method names differ).
+    assert len(set(labels)) == len(labels), labels
+    return labels
+
+
+def group_cells(cells: Sequence[Cell]) -> dict[str, list[Cell]]:
+    """{label: cells}: the cells whose configs are equal except for the seed (and the IGNORED_KEYS), in first-seen
+    order. The label is the method name plus the dotted settings that differ between groups, e.g.
+    ``trades method.beta=6.0``."""
+    keyed: dict[tuple[tuple[str, str], ...], list[Cell]] = {}
+    for cell in cells:
+        keyed.setdefault(tuple(sorted(_setting_keys(cell.config).items())), []).append(cell)
+    settings = [dict(key) for key in keyed]
+    methods = [members[0].method for members in keyed.values()]
+    return dict(zip(_labels(settings, methods), keyed.values(), strict=True))
+
+
+# ------------------------------------------------------------------------------------------------ aggregation
+
+
+@dataclass(frozen=True)
+class ResultKey:
+    """One attack at one budget, as an eval JSON lists it: its `attack_label`, ε and norm."""
+
+    attack: str  # the eval JSON's name: clean, pgd, fgsm, cw, ifgsm, autoattack
+    label: str  # `attack_label`: e.g. "PGD-20 ×1 (step 0.0039)"
+    eps: float
+    norm: str | None
+
+    @property
+    def name(self) -> str:
+        return "clean" if self.attack == "clean" else f"{self.label} ε={fmt_eps(self.eps)}"
+
+
+@dataclass(frozen=True)
+class Column:
+    checkpoint: str
+    result: ResultKey
+
+    @property
+    def header(self) -> str:
+        return f"{self.result.name} ({self.checkpoint})"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What an evaluation measured; one table holds one protocol."""
+
+    data: str
+    n: int
+    checkpoints: tuple[str, ...]
+    results: tuple[ResultKey, ...]
+
+    @property
+    def attacks(self) -> list[str]:
+        """The distinct attacks, without their budgets: e.g. ["clean", "PGD-20 ×1"]."""
+        return list(dict.fromkeys(family(r) for r in self.results))
+
+    @property
+    def eps(self) -> list[float]:
+        return sorted({r.eps for r in self.results if r.attack != "clean"})
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (ddof=1; None with one seed) of an accuracy over seeds."""
+
+    mean: float
+    std: float | None
+    seeds: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Stat:
+        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+
+    def __str__(self) -> str:
+        return f"{fmt_acc(self.mean)} ± {fmt_acc(self.std)}"
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Training cost of a group: means over its cells (each cell's own mean over epochs), peak memory the max."""
+
+    seconds_per_epoch: float | None
+    images_per_s: float | None
+    peak_memory_mb: float | None  # metrics.jsonl's peak_memory_mb where recorded
+    epochs: float  # epochs completed, mean over cells
+    train_seconds: float | None  # total per run, mean over cells
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    label: str
+    seeds: tuple[Any, ...]
+    accuracy: dict[Column, Stat]
+    cost: Cost
+
+
+@dataclass(frozen=True)
+class Summary:
+    protocol: Protocol
+    columns: tuple[Column, ...]
+    groups: tuple[GroupSummary, ...]
+    attack_seeds: tuple[int, ...]  # the evaluations' random-start seeds (compare: one; plain runs: their own)
+
+
+def family(result: ResultKey) -> str:
+    """An attack without its budget-dependent step size: what an accuracy-vs-ε curve follows, e.g. "PGD-20 ×1"."""
+    return result.label.split(" (step ")[0]
+
+
+def _result_key(result: Mapping[str, Any]) -> ResultKey:
+    eps = result.get("eps")
+    return ResultKey(str(result.get("attack", "?")), attack_label(result),
+                     float(eps) if isinstance(eps, int | float) else 0.0, result.get("norm"))
+
+
+def accuracies(cell: Cell, checkpoint: str) -> dict[ResultKey, float]:
+    """{result: accuracy (fraction)} of one of a cell's evaluations; the first entry wins when an attack is listed
+    twice. One-line UserError for a result without an accuracy."""
+    out: dict[ResultKey, float] = {}
+    for r in cell.evals[checkpoint].get("results") or []:
+        accuracy = r.get("accuracy")
+        if not isinstance(accuracy, int | float) or isinstance(accuracy, bool):
+            raise UserError(f"{cell.run_dir}: the {checkpoint} evaluation lists {attack_label(r)} without an "
+                            "accuracy: evaluate the run again")
+        out.setdefault(_result_key(r), float(accuracy))
+    return out
+
+
+def _protocol(cell: Cell, checkpoint: str) -> Protocol:
+    ev = cell.evals[checkpoint]
+    return Protocol(str(ev.get("data")), ev.get("n"), tuple(cell.evals),
+                    tuple(accuracies(cell, checkpoint)))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(r.name if isinstance(r, ResultKey) else str(r) for r in value) + "]"
+    return str(value)
+
+
+_FIELD_NAMES = {"data": "dataset", "results": "attacks and ε", "checkpoints": "checkpoints evaluated"}
+
+
+def _difference(a: Protocol, b: Protocol) -> str:
+    field = next(f.name for f in dataclasses.fields(Protocol) if getattr(a, f.name) != getattr(b, f.name))
+    return f"{_FIELD_NAMES.get(field, field)} {_show(getattr(a, field))} vs {_show(getattr(b, field))}"
+
+
+def common_protocol(cells: Sequence[Cell]) -> Protocol:
+    """The one evaluation protocol of all cells and checkpoints; one-line UserError naming the first run and
+    setting that differ (dataset, n, checkpoints evaluated, or attacks and ε). The attack seed may differ: a plain
+    `advtrain train` run evaluates with its own seed; `attack_seeds` lists them for the report."""
+    first: tuple[Protocol, Cell] | None = None
+    for cell in cells:
+        if not cell.evals:
+            raise UserError(f"{cell.run_dir} has no eval-last.json, eval-best.json or eval.json: evaluate the run "
+                            "first (advtrain eval RUN_DIR)")
+        for checkpoint in cell.evals:
+            protocol = _protocol(cell, checkpoint)
+            if first is None:
+                first = (protocol, cell)
+            elif protocol != first[0]:
+                raise UserError(
+                    f"{cell.run_dir} ({checkpoint}) was evaluated with {_difference(protocol, first[0])} in "
+                    f"{first[1].run_dir}: one table holds one evaluation protocol (same attacks, ε and n); "
+                    "re-evaluate the runs with the same settings or report them separately"
+                )
+    if first is None:
+        raise UserError("nothing to summarize: pass at least one run directory")
+    return first[0]
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _finite(value: object) -> float | None:
+    """A metric as a float; None for a missing, non-numeric or non-finite value (e.g. no validation split)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _numbers(cell: Cell, key: str) -> list[float]:
+    return [v for row in cell.metrics if (v := _finite(row.get(key))) is not None]
+
+
+def _cost(cells: Sequence[Cell]) -> Cost:
+    def per_cell(reduce: Callable[[list[float]], float], key: str) -> float | None:
+        return _mean([reduce(v) for cell in cells if (v := _numbers(cell, key))])
+
+    # metrics.jsonl's "seconds" is the wall time of that epoch (training and validation).
+    memory = [m for cell in cells for m in _numbers(cell, "peak_memory_mb")]
+    return Cost(
+        seconds_per_epoch=per_cell(statistics.fmean, "seconds"),
+        images_per_s=per_cell(statistics.fmean, "images_per_s"),
+        peak_memory_mb=max(memory) if memory else None,
+        epochs=statistics.fmean(len(cell.metrics) for cell in cells),
+        train_seconds=per_cell(sum, "seconds"),
+    )
+
+
+def validation_robust_key(cell: Cell) -> str | None:
+    """The metrics.jsonl key of the run's robust validation accuracy, e.g. "val_pgd_acc" (SAT-R validates against
+    I-FGSM: "val_ifgsm_acc"); None when no epoch recorded one."""
+    keys = (re.fullmatch(r"val_([a-z]+)_acc", key) for row in cell.metrics for key in row)
+    return next((m.group(0) for m in keys if m is not None and m.group(1) != "clean"), None)
+
+
+def mean_curve(cells: Sequence[Cell], key_of: Callable[[Cell], str | None]) -> tuple[list[float], list[float]]:
+    """(epochs, mean over cells) of one per-epoch metric, `key_of(cell)` naming it in each cell; an epoch's mean
+    is over the cells that recorded a finite value for it."""
+    per_epoch: dict[float, list[float]] = {}
+    for cell in cells:
+        key = key_of(cell)
+        for i, row in enumerate(cell.metrics):
+            if key is not None and (value := _finite(row.get(key))) is not None:
+                per_epoch.setdefault(float(row.get("epoch", i + 1)), []).append(value)
+    epochs = sorted(per_epoch)
+    return epochs, [statistics.fmean(per_epoch[e]) for e in epochs]
+
+
+def summarize(groups: Mapping[str, Sequence[Cell]]) -> Summary:
+    """Mean ± sample std over seeds of every accuracy (per checkpoint and attack at ε), and the cost, per group.
+
+    All cells must share one evaluation protocol (`common_protocol`); one-line UserError otherwise.
+    """
+    for label, cells in groups.items():
+        if not cells:
+            raise UserError(f"group {label!r} has no run directory: give each group at least one run")
+    protocol = common_protocol([cell for cells in groups.values() for cell in cells])
+    columns = tuple(Column(c, r) for c in protocol.checkpoints for r in protocol.results)
+    summaries = []
+    for label, cells in groups.items():
+        per_cell = [{c: accuracies(cell, c) for c in protocol.checkpoints} for cell in cells]
+        stats = {col: Stat.of([acc[col.checkpoint][col.result] for acc in per_cell]) for col in columns}
+        summaries.append(GroupSummary(label, tuple(cell.seed for cell in cells), stats, _cost(cells)))
+    seeds = sorted({ev.get("seed") for cells in groups.values() for cell in cells for ev in cell.evals.values()},
+                   key=str)
+    return Summary(protocol, columns, tuple(summaries), tuple(seeds))
+
+
+def strongest_attack(summary: Summary) -> ResultKey | None:
+    """The robust accuracy a clean-vs-robust comparison plots: AutoAttack at the largest ε when it ran, else the
+    attack with the lowest mean accuracy there (over groups and checkpoints); None without a robust attack."""
+    robust = [r for r in summary.protocol.results if r.attack != "clean"]
+    if not robust:
+        return None
+    at_top = [r for r in robust if r.eps == max(r.eps for r in robust)]
+    autoattack = [r for r in at_top if r.attack == "autoattack"]
+    if autoattack:
+        return autoattack[0]
+
+    def mean_accuracy(result: ResultKey) -> float:
+        return statistics.fmean(g.accuracy[c].mean for g in summary.groups for c in summary.columns
+                                if c.result == result)
+
+    return min(at_top, key=mean_accuracy)
+
+
+# --------------------------------------------------------------------------------------------------- output
+
+
+def summary_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows) of the comparison table: one row per group, "mean ± std" accuracy (%) per column."""
+    headers = ["method", "seeds", *(c.header for c in summary.columns)]
+    rows = [[g.label, str(len(g.seeds)), *(str(g.accuracy[c]) for c in summary.columns)] for g in summary.groups]
+    return headers, rows
+
+
+def summary_markdown(summary: Summary) -> str:
+    """The comparison as a markdown table: test accuracy (%), mean ± sample std over seeds (– with one seed)."""
+    return markdown_table(*summary_rows(summary))
+
+
+CSV_COLUMNS = ("label", "run_dir", "seed", "checkpoint", "epoch", "attack", "eps", "norm", "accuracy")
+
+
+def write_csv(groups: Mapping[str, Sequence[Cell]], path: Path) -> Path:
+    """One tidy row per cell × checkpoint × attack (CSV_COLUMNS; accuracy a fraction); written atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for label, cells in groups.items():
+        for cell in cells:
+            for checkpoint, ev in cell.evals.items():
+                for key, accuracy in accuracies(cell, checkpoint).items():
+                    writer.writerow([label, cell.run_dir, cell.seed, checkpoint, ev.get("epoch"), key.label,
+                                     key.eps, key.norm or "", accuracy])
+    atomic_write_text(Path(path), buffer.getvalue())
+    return Path(path)
