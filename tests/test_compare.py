@@ -33,7 +33,7 @@ methods:
   - standard
   - pgd_at: {steps: 2}
 seeds: [0, 1]
-eval: {attacks: [clean, pgd], eps: [0.1, 0.2], steps: 3, n: 120}
+eval: {attacks: [clean, pgd, gini], eps: [0.1, 0.2], steps: 3, n: 120}
 """
 
 
@@ -67,6 +67,9 @@ def test_every_cell_is_trained_and_evaluated_under_one_protocol(finished_grid):
     assert "| standard " in table and "| pgd_at steps=2 " in table and "±" in table
     html = (out / "report.html").read_text()
     assert "tiny digits grid" in html and "<table" in html
+    # The analyses of the protocol ran on the best checkpoints and their figures reached the report.
+    assert all((out / "cells" / cell / "figures/saliency.png").is_file() for cell in cells)
+    assert html.count("data:image/png;base64,") >= 3 + len(cells)  # scatter, ε curves, training curves, saliency
 
 
 def test_a_finished_grid_is_skipped_and_a_missing_evaluation_is_redone_alone(finished_grid, capsys):
@@ -80,7 +83,8 @@ def test_a_finished_grid_is_skipped_and_a_missing_evaluation_is_redone_alone(fin
     assert logged.count("wrote ") >= 1 and f"wrote {cell / 'eval-best.json'}" in logged
     after = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*") if p.is_file()}
     changed = {p for p in after if after[p] != before.get(p)}
-    assert changed == {cell / "eval-best.json"}  # no run retrained, no other evaluation redone
+    # No run retrained, no other evaluation redone (the best checkpoint's figures are drawn again with it).
+    assert changed == {cell / "eval-best.json", cell / "figures/saliency.png"}
     assert (cell / "eval-best.json").is_file()
 
 
@@ -122,7 +126,7 @@ def test_report_builds_the_same_table_from_existing_runs(finished_grid, tmp_path
     (GRID + "sedes: [1]\n", "unknown key 'sedes': did you mean 'seeds'?"),
     (GRID.replace("seeds: [0, 1]", "seeds: [0, 0]"), "seeds must be a list of distinct integers"),
     (GRID.replace("- standard", "- standrd"), "standrd"),
-    (GRID.replace("attacks: [clean, pgd]", "attacks: [clean, pgdd]"), "unknown attack 'pgdd'"),
+    (GRID.replace("attacks: [clean, pgd,", "attacks: [clean, pgdd,"), "unknown attack 'pgdd'"),
     (GRID.replace("steps: 3,", "steps: 0,"), "--steps"),
     (GRID.replace("- standard", "- igd: {teacher: '@pgd_at'}"), "names no earlier row"),
     (GRID.replace("- standard\n", "- standard\n  - standard\n"), "appears twice"),

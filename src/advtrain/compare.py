@@ -35,7 +35,13 @@ from typing import Any
 
 from advtrain.config import RunConfig, apply_overrides, config_from_dict, read_yaml
 from advtrain.errors import TrainingStopped, UserError
-from advtrain.eval import EvalSettings, evaluate_loaded, inequality_figures, split_attack_names
+from advtrain.eval import (
+    EvalSettings,
+    evaluate_loaded,
+    inequality_figures,
+    split_attack_names,
+    write_vulnerability_figure,
+)
 from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
 from advtrain.eval.parts import EvalParts
 from advtrain.fileio import atomic_write_text
@@ -105,9 +111,15 @@ def _method_rows(methods: Any) -> list[tuple[str, list[tuple[str, Any]]]]:
     return rows
 
 
+def _flat(key: str, value: Any) -> list[str]:
+    """`key=value` pairs, nested options as dotted keys: base.name=pgd_at base.steps=5."""
+    if isinstance(value, dict):
+        return [pair for k, v in value.items() for pair in _flat(f"{key}.{k}", v)]
+    return [f"{key}={value}"]
+
+
 def _label(name: str, options: Sequence[tuple[str, Any]], sweep: Sequence[tuple[str, Any]]) -> str:
-    shown = [f"{k}={v}" for k, v in options] + [f"{k}={v}" for k, v in sweep]
-    return " ".join([name, *shown])
+    return " ".join([name, *[pair for k, v in [*options, *sweep] for pair in _flat(k, v)]])
 
 
 def load_grid(path: Path) -> Grid:
@@ -244,9 +256,12 @@ def _evaluate_cell(config: RunConfig, run_dir: Path, which: str, settings: EvalS
                                 on_result=lambda r: log(f"  {which}{r.summary()}"))
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     parts.remove()
+    # The figures of the analyses (saliency grid, noise, vulnerability histogram) for the report: best only.
     if "inequality" in report and which == "best":
         inequality_figures({run_dir.name: loaded}, data, report["inequality"], run_dir / "figures", n=settings.n,
                            device=settings.device, batch_size=report["batch_size"])
+    if "vulnerability" in report and which == "best":
+        write_vulnerability_figure(report["vulnerability"], run_dir / "figures")
     log(f"{prefix}: wrote {out}")
 
 
