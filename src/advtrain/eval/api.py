@@ -431,6 +431,7 @@ def compare_runs(
     for label, loaded in models.items():
         results: list[dict[str, Any]] = []
         batch: int | None = None
+        report: dict[str, Any] = {}
         if st.attacks:
             report, _ = evaluate_loaded(
                 loaded, data, attacks_only, checkpoint=checkpoint,
