@@ -87,6 +87,15 @@ def test_a_finished_grid_is_skipped_and_a_missing_evaluation_is_redone_alone(fin
     assert changed == {cell / "eval-best.json", cell / "figures/saliency.png"}
     assert (cell / "eval-best.json").is_file()
 
+    # A changed protocol evaluates every cell again and keeps their training.
+    grid.write_text(GRID.replace("eps: [0.1, 0.2]", "eps: [0.2]"))
+    assert main(["compare", "--config", str(grid), "--out", str(out)]) == 0
+    again = {p: p.stat().st_mtime_ns for p in (out / "cells").rglob("*") if p.is_file()}
+    redone = {p.name for p in again if again[p] != after.get(p)}
+    assert redone == {"eval-last.json", "eval-best.json", "saliency.png"}
+    evals = [json.loads(p.read_text()) for p in (out / "cells").glob("*/eval-*.json")]
+    assert len(evals) == 8 and all([r["eps"] for r in ev["results"]] == [0.0, 0.2] for ev in evals)
+
 
 def test_an_interrupted_grid_continues_where_it_stopped(tmp_path):
     grid = _write(tmp_path, GRID.replace("train.epochs: 2", "train.epochs: 4"))
@@ -118,7 +127,8 @@ def test_report_builds_the_same_table_from_existing_runs(finished_grid, tmp_path
     runs = sorted(str(p) for p in (out / "cells").iterdir())
     assert main(["report", *runs, "--out", str(tmp_path / "rep"), "--title", "from runs"]) == 0
     rows = list(csv.DictReader((tmp_path / "rep/results.csv").open()))
-    assert len(rows) == 4 * 2 * 3
+    evaluated = [json.loads(p.read_text()) for p in (out / "cells").glob("*/eval-*.json")]
+    assert len(evaluated) == 8 and len(rows) == sum(len(ev["results"]) for ev in evaluated)
     assert (tmp_path / "rep/report.html").read_text().count("from runs") >= 1
 
 

@@ -34,15 +34,18 @@ from pathlib import Path
 from typing import Any
 
 from advtrain.config import RunConfig, apply_overrides, config_from_dict, read_yaml
+from advtrain.data import Dataset
 from advtrain.errors import TrainingStopped, UserError
 from advtrain.eval import (
     EvalSettings,
+    attack_specs,
     evaluate_loaded,
     inequality_figures,
     split_attack_names,
     write_vulnerability_figure,
 )
 from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
+from advtrain.eval.inequality import INEQUALITY_EVALS
 from advtrain.eval.parts import EvalParts
 from advtrain.fileio import atomic_write_text
 from advtrain.report.grid import read_groups, summarize, summary_markdown, write_csv
@@ -96,18 +99,18 @@ def _yaml_value(value: Any) -> str:
     return json.dumps(value)  # JSON is YAML: the override parser reads it back as the same value
 
 
-def _method_rows(methods: Any) -> list[tuple[str, list[tuple[str, Any]]]]:
+def _method_rows(methods: Any, path: Path) -> list[tuple[str, list[tuple[str, Any]]]]:
     if not isinstance(methods, list) or not methods:
-        raise UserError("methods must be a non-empty list of method names (or {name: {option: value}})")
+        raise UserError(f"{path}: methods must be a non-empty list of method names (or {{name: {{option: value}}}})")
     rows = []
     for entry in methods:
         if isinstance(entry, str):
             rows.append((entry, []))
         elif isinstance(entry, dict) and len(entry) == 1:
             (name, options), = entry.items()
-            rows.append((str(name), _pairs(options, f"methods: {name}")))
+            rows.append((str(name), _pairs(options, f"{path}: methods: {name}")))
         else:
-            raise UserError(f"methods: {entry!r} is neither a method name nor {{name: {{option: value}}}}")
+            raise UserError(f"{path}: methods: {entry!r} is neither a method name nor {{name: {{option: value}}}}")
     return rows
 
 
@@ -142,7 +145,7 @@ def load_grid(path: Path) -> Grid:
         if not isinstance(values, list) or not values:
             raise UserError(f"{path}: sweep {key} must be a non-empty list of values")
     rows: list[Row] = []
-    for name, options in _method_rows(raw.get("methods")):
+    for name, options in _method_rows(raw.get("methods"), path):
         for combo in itertools.product(*[[(k, v) for v in values] for k, values in sweep]):
             overrides = [f"method.name={name}"]
             references = []
@@ -247,10 +250,12 @@ def _train_cell(config: RunConfig, run_dir: Path, prefix: str, grid: Grid, out: 
 def _evaluate_cell(config: RunConfig, run_dir: Path, which: str, settings: EvalSettings, prefix: str,
                    log: Callable[[str], None]) -> None:
     out = run_dir / f"eval-{which}.json"
-    if out.is_file():
-        return
-    loaded = load_checkpoint_model(checkpoint_path(run_dir, which))
     data = load_run_data(config)
+    if _evaluated_with(out, settings, data):
+        return
+    if out.is_file():
+        log(f"{prefix}: {out} was evaluated with another protocol than the grid's now: evaluating again")
+    loaded = load_checkpoint_model(checkpoint_path(run_dir, which))
     parts = EvalParts(out.with_name(f"{out.name}.parts"))
     report, _ = evaluate_loaded(loaded, data, settings, checkpoint=which, label=run_dir.name, parts=parts,
                                 on_result=lambda r: log(f"  {which}{r.summary()}"))
@@ -263,6 +268,29 @@ def _evaluate_cell(config: RunConfig, run_dir: Path, which: str, settings: EvalS
     if "vulnerability" in report and which == "best":
         write_vulnerability_figure(report["vulnerability"], run_dir / "figures")
     log(f"{prefix}: wrote {out}")
+
+
+def _evaluated_with(path: Path, settings: EvalSettings, data: Dataset) -> bool:
+    """Whether `path` holds an evaluation under `settings`: the same attacks (with ε, steps, ...), images, seed and
+    analyses. A grid whose protocol changed evaluates its cells again; their training is kept."""
+    if not path.is_file():
+        return False
+    try:
+        done = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    specs = attack_specs(settings.attacks, settings.eps, norm=settings.norm, steps=settings.steps,
+                         restarts=settings.restarts, step_size=settings.step_size)
+    analyses = {"inequality": settings.inequality and any(e in INEQUALITY_EVALS for e in settings.inequality),
+                "vulnerability": settings.vulnerability, "invariance": settings.invariance}
+    return (
+        isinstance(done, dict)
+        and [{k: v for k, v in r.items() if k != "accuracy"} for r in done.get("results", [])]
+        == [json.loads(json.dumps(s.describe())) for s in specs]
+        and done.get("n") == len(data.y_test[: settings.n])
+        and done.get("seed") == settings.seed
+        and all((key in done) == bool(wanted) for key, wanted in analyses.items())
+    )
 
 
 def write_grid_report(groups: Mapping[str, Sequence[Path]], out: Path, *, title: str,
