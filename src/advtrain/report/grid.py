@@ -37,7 +37,8 @@ CHECKPOINT_ORDER = ("last", "best")
 # change where or how a run is shown or stored, not what is trained. The `eval` section is the train
 # command's own evaluation: the protocol that counts is the one recorded in the eval JSONs, checked by
 # `summarize`.
-IGNORED_KEYS = ("seed", "train.progress", "train.device", "train.threads", "train.checkpoint_every", "data.root")
+IGNORED_KEYS = ("seed", "train.progress", "train.device", "train.threads", "train.checkpoint_every",
+                "train.tensorboard", "data.root")
 IGNORED_SECTIONS = ("eval",)
 
 
