@@ -64,7 +64,7 @@ def test_every_cell_is_trained_and_evaluated_under_one_protocol(finished_grid):
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 4 * 2 * 3  # cells × checkpoints × attacks
     table = (out / "table.md").read_text()
-    assert "| standard " in table and "| pgd_at steps=2 " in table and "±" in table
+    assert "| standard " in table and "| pgd_at " in table and "±" in table  # a method alone: its name
     html = (out / "report.html").read_text()
     assert "tiny digits grid" in html and "<table" in html
     # The analyses of the protocol ran on the best checkpoints and their figures reached the report.
@@ -153,9 +153,11 @@ def test_rows_of_a_sweep_and_references_to_earlier_rows(tmp_path):
     grid = load_grid(_write(tmp_path, GRID.replace("- pgd_at: {steps: 2}", "- igd: {teacher: '@standard'}")
                             + "sweep: {train.epochs: [1, 2]}\n"))
     assert [r.label for r in grid.rows] == [
-        "standard train.epochs=1", "standard train.epochs=2",
-        "igd teacher=@standard train.epochs=1", "igd teacher=@standard train.epochs=2",
+        "standard train.epochs=1", "standard train.epochs=2", "igd train.epochs=1", "igd train.epochs=2",
     ]
+    assert grid.rows[3].key == "igd teacher=@standard train.epochs=2"  # the cell folders name every setting
+    twice = load_grid(_write(tmp_path, GRID.replace("- standard", "- pgd_at: {steps: 5}")))
+    assert [r.label for r in twice.rows] == ["pgd_at steps=5", "pgd_at steps=2"]  # what tells them apart
     # The teacher of each igd cell is the cell of standard with the same seed and the same sweep values.
     from advtrain.compare import cell_config
     from advtrain.errors import UserError

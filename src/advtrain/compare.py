@@ -64,12 +64,14 @@ REFERENCE = "@"  # a method option "@ROW" names the same seed's cell of an earli
 class Row:
     """One row of the table: a method with its options and one combination of the sweep."""
 
-    label: str
-    method: str  # the method with its options: the label without the sweep
+    key: str  # the method with every option and sweep value: names the cell folders
+    name: str  # the method
+    settings: tuple[str, ...]  # its options and sweep values as dotted key=value pairs
     combo: tuple[tuple[str, Any], ...]  # the sweep's values
     overrides: tuple[str, ...]  # dotted key=value, applied after the grid's `set`
     # (dotted key, method) filled with the folder of the same seed's cell of that method, same sweep values
     references: tuple[tuple[str, str], ...] = ()
+    label: str = ""  # the table's name for the row: the method and what tells it from its other rows
 
 
 @dataclass(frozen=True)
@@ -83,7 +85,7 @@ class Grid:
     source: Path = field(default=Path("grid.yaml"))
 
     def cell_name(self, row: Row, seed: int) -> str:
-        slug = "".join(c if c.isalnum() or c in "._-" else "-" for c in row.label.replace(" ", "_"))
+        slug = "".join(c if c.isalnum() or c in "._-" else "-" for c in row.key.replace(" ", "_"))
         return f"{slug}-seed{seed}"
 
 
@@ -121,8 +123,16 @@ def _flat(key: str, value: Any) -> list[str]:
     return [f"{key}={value}"]
 
 
-def _label(name: str, options: Sequence[tuple[str, Any]], sweep: Sequence[tuple[str, Any]]) -> str:
-    return " ".join([name, *[pair for k, v in [*options, *sweep] for pair in _flat(k, v)]])
+def _short_labels(rows: list[Row]) -> list[Row]:
+    """Each row labelled by its method and the settings that differ between that method's rows (as a paper's
+    table names "TRADES β=1" and "TRADES β=6", and a method alone by its name); the full settings stay in the
+    cell folders' names and configs."""
+    out = []
+    for row in rows:
+        same = [r.settings for r in rows if r.name == row.name]
+        varying = [p for p in row.settings if not all(p in other for other in same)]
+        out.append(replace(row, label=" ".join([row.name, *varying])))
+    return out
 
 
 def load_grid(path: Path) -> Grid:
@@ -155,15 +165,19 @@ def load_grid(path: Path) -> Grid:
                 else:
                     overrides.append(f"method.{key}={_yaml_value(value)}")
             overrides += [f"{k}={_yaml_value(v)}" for k, v in combo]
-            rows.append(Row(_label(name, options, combo), _label(name, options, ()), combo, tuple(overrides),
-                            tuple(references)))
+            settings = tuple(pair for k, v in [*options, *combo] for pair in _flat(k, v))
+            rows.append(Row(" ".join([name, *settings]), name, settings, combo, tuple(overrides), tuple(references)))
+    rows = _short_labels(rows)
     for i, row in enumerate(rows):
-        if row.label in [r.label for r in rows[:i]]:
-            raise UserError(f"{path}: the row {row.label!r} appears twice: give each method and options once")
+        if row.key in [r.key for r in rows[:i]]:
+            raise UserError(f"{path}: the row {row.key!r} appears twice: give each method and options once")
         for key, target in row.references:
+            if len([r for r in rows if r.name == target and r.combo == row.combo]) > 1:
+                raise UserError(f"{path}: {row.key}: {key}: {REFERENCE}{target} names several rows: a reference "
+                                "needs a method that appears once (per sweep value)")
             if _referenced(rows[:i], target, row.combo) is None:
-                earlier = ", ".join(dict.fromkeys(r.method for r in rows[:i])) or "none"
-                raise UserError(f"{path}: {row.label}: {key}: {REFERENCE}{target} names no earlier row: put "
+                earlier = ", ".join(dict.fromkeys(r.name for r in rows[:i])) or "none"
+                raise UserError(f"{path}: {row.key}: {key}: {REFERENCE}{target} names no earlier row: put "
                                 f"that method first (earlier: {earlier})")
     grid = Grid(str(raw.get("name") or path.stem), base_path, common, tuple(rows), tuple(seeds),
                 _eval_settings(raw.get("eval"), path), path)
@@ -190,7 +204,7 @@ def _eval_settings(section: Any, path: Path) -> EvalSettings:
 
 
 def _referenced(rows: Sequence[Row], method: str, combo: tuple[tuple[str, Any], ...]) -> Row | None:
-    return next((r for r in rows if r.method == method and r.combo == combo), None)
+    return next((r for r in rows if r.name == method and r.combo == combo), None)
 
 
 def cell_config(grid: Grid, row: Row, seed: int, out: Path) -> RunConfig:

@@ -40,7 +40,6 @@ from advtrain.report.grid import (
 from advtrain.report.tables import MISSING, fmt_eps, fmt_float
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -101,8 +100,11 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], caption: st
             f"<tbody>\n{body}</tbody></table>")
 
 
-def _colour(i: int) -> str:
-    return f"C{i % 10}"
+def _colour(i: int) -> tuple[float, ...]:
+    # tab20: a grid of every method has up to 15 rows, beyond the 10 colours of the default cycle.
+    from matplotlib import colormaps
+
+    return tuple(colormaps["tab20"](i % 20))
 
 
 # ----------------------------------------------------------------------------------------------------- figures
@@ -112,13 +114,14 @@ def _clean_result(summary: Summary) -> ResultKey | None:
     return next((r for r in summary.protocol.results if r.attack == "clean"), None)
 
 
-def _legend(ax: Axes, groups: Sequence[str], styles: Mapping[str, dict[str, Any]]) -> None:
-    """One legend entry per group (its colour) and per checkpoint (its marker or line style, in grey)."""
+def _legend(fig: Figure, groups: Sequence[str], styles: Mapping[str, dict[str, Any]]) -> None:
+    """One legend entry per group (its colour) and per checkpoint (its marker or line style, in grey), outside
+    the axes: group labels can be long and must not hide points."""
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=_colour(i), marker="o", linestyle="none", label=g) for i, g in enumerate(groups)]
     handles += [Line2D([], [], color="0.4", label=name, **style) for name, style in styles.items()]
-    ax.legend(handles=handles, fontsize="small", loc="best")
+    fig.legend(handles=handles, fontsize="small", loc="outside right upper")
 
 
 def clean_robust_scatter(summary: Summary, groups: Mapping[str, Sequence[Cell]]) -> Figure | None:
@@ -138,7 +141,7 @@ def clean_robust_scatter(summary: Summary, groups: Mapping[str, Sequence[Cell]])
             points = [accuracies(cell, checkpoint) for cell in cells]
             ax.scatter([100 * p[clean] for p in points], [100 * p[robust] for p in points], s=48, zorder=3,
                        edgecolors=_colour(i), facecolors=_colour(i) if checkpoint == "last" else "none")
-    _legend(ax, list(groups), styles)
+    _legend(fig, list(groups), styles)
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel(f"{robust.name} accuracy (%)")
     ax.set_title("Clean vs robust test accuracy (one point per run)")
@@ -171,7 +174,7 @@ def accuracy_vs_eps(summary: Summary) -> Figure | None:
         ax.set_xlabel("ε")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(True, alpha=0.3)
-    _legend(axes[0], [g.label for g in summary.groups], styles)
+    _legend(fig, [g.label for g in summary.groups], styles)
     return fig
 
 
@@ -187,22 +190,22 @@ def training_curves_by_group(groups: Mapping[str, Sequence[Cell]]) -> Figure:
         ("Validation robust accuracy", "accuracy (%)", validation_robust_key, 100.0),
     )
     fig = Figure(figsize=(15.0, 4.0), layout="constrained")
+    handles: dict[str, Any] = {}
     for ax, (title, ylabel, key_of, scale) in zip(fig.subplots(1, 3), panels, strict=True):
-        plotted = False
         for i, (label, cells) in enumerate(groups.items()):
             epochs, means = mean_curve(cells, key_of)
             if epochs:
-                ax.plot(epochs, [scale * m for m in means], color=_colour(i), marker="o", markersize=3, label=label)
-                plotted = True
-        if plotted:
-            ax.legend(fontsize="small", loc="best")
-        else:
+                (handles[label],) = ax.plot(epochs, [scale * m for m in means], color=_colour(i), marker="o",
+                                            markersize=3, label=label)
+        if not ax.lines:
             _no_data(ax)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(True, alpha=0.3)
+    if handles:  # one legend for the three panels, beside them
+        fig.legend(handles=list(handles.values()), fontsize="small", loc="outside right upper")
     return fig
 
 
