@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from advtrain.config import load_config
 from advtrain.errors import UserError
@@ -97,3 +98,22 @@ def test_a_bad_tensorboard_value_on_the_command_line_is_a_one_line_error_with_ex
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "train.tensorboard" in lines[0], result.stderr
     assert not (tmp_path / "X").exists()
+
+
+def test_peak_memory_is_per_window_on_a_linux_cpu():
+    import numpy as np
+
+    from advtrain.runtime import peak_memory_mb, reset_peak_memory
+
+    cpu = torch.device("cpu")
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("no /proc/self/clear_refs: the CPU peak is the process's, not resettable")
+    reset_peak_memory(cpu)
+    before = peak_memory_mb(cpu)
+    block = np.ones(300 * 2**20 // 8)  # 300 MiB, touched
+    high = peak_memory_mb(cpu)
+    del block
+    reset_peak_memory(cpu)
+    after = peak_memory_mb(cpu)
+    assert high - before >= 290  # the window saw the block
+    assert high - after >= 290  # a new window forgot it

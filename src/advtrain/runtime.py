@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import math
@@ -9,6 +10,7 @@ import random
 import resource
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -32,18 +34,29 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+_CLEAR_REFS = Path("/proc/self/clear_refs")  # Linux: writing "5" resets the peak resident set size (VmHWM)
+_STATUS = Path("/proc/self/status")
+
+
 def reset_peak_memory(device: torch.device) -> None:
-    """Start a new `peak_memory_mb` window: on CUDA the allocator's peak counter; on CPU there is none to reset."""
+    """Start a new `peak_memory_mb` window: on CUDA the allocator's peak counter; on a Linux CPU the process's
+    peak resident set size (so `compare`, which trains cell after cell in one process, gets each cell's own);
+    elsewhere there is none to reset."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):
+        _CLEAR_REFS.write_text("5")
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory in MiB: on CUDA, the tensors allocated on `device` since `reset_peak_memory`; on CPU, the
-    process's peak resident set size since it started (the OS keeps no resettable peak, so on CPU it is the
-    process peak, not one per epoch)."""
+    """Peak memory in MiB since `reset_peak_memory`: on CUDA, the tensors allocated on `device`; on CPU, the
+    process's peak resident set size (Linux's VmHWM; without /proc, the peak since the process started)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        line = next(x for x in _STATUS.read_text().splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 2**10  # kB
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
 
