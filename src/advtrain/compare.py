@@ -183,7 +183,10 @@ def load_grid(path: Path) -> Grid:
                 _eval_settings(raw.get("eval"), path), path)
     for row in rows:  # every config and the protocol are checked now (rows with references: once those exist)
         if not row.references:
-            _protocol(grid, cell_config(grid, row, seeds[0], Path(".")))
+            try:
+                _protocol(grid, cell_config(grid, row, seeds[0], Path(".")))
+            except UserError as e:
+                raise UserError(f"{path}: {row.key}: {e}") from None
     return grid
 
 
@@ -225,7 +228,7 @@ def _protocol(grid: Grid, config: RunConfig) -> EvalSettings:
     try:
         settings.check()
     except TypeError:  # a comparison of a string from the grid file with a number
-        raise UserError(f"{grid.source}: eval: every value must be a number (eps a list of numbers)") from None
+        raise UserError("eval: every value must be a number (eps a list of numbers)") from None
     return settings
 
 
