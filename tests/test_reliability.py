@@ -36,7 +36,8 @@ RUN = ["seed=3", "train.epochs=4", "train.batch_size=64", "train.checkpoint_ever
        "train.threads=1", "train.progress=quiet", "method.steps=3", "threat.eps=0.2", "data.val_size=200",
        "eval.attacks=[clean]", "eval.n=60"]
 STEPS = 80
-TIMING = ("seconds", "images_per_s")
+# Measurements of the machine, not results of the math: they differ between a run and its resumed copy.
+TIMING = ("seconds", "images_per_s", "peak_memory_mb")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 # Runs the CLI, but SIGKILLs itself inside the N-th atomic file replacement: the new file is complete
