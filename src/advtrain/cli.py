@@ -297,33 +297,32 @@ def _eval(args: argparse.Namespace) -> None:
     settings = replace(settings, device=local_device(settings.device))
     intact = (f"the finished parts in {parts.folder} are intact: rerun the same command to resume"
               if parts is not None else "pass --out FILE.json to keep finished parts for a rerun")
+    per_example: dict[str, list[AttackResult]] = {}
+
+    def progress(label: str, result: AttackResult) -> None:
+        per_example.setdefault(label, []).append(result)
+        print(f"{label}:{result.summary()}" if args.compare is not None else result.summary(), file=sys.stderr)
+
     with processes(resolve_device(settings.device), "evaluation", intact) as procs:
         # Under torchrun every process attacks its part of the images; rank 0 alone prints and writes.
-        if not procs.main:
-            if args.compare is not None:
-                compare_runs(models, data, settings, checkpoint=checkpoint, procs=procs, parts=parts)
-            else:
-                evaluate_loaded(loaded, data, settings, checkpoint=checkpoint, procs=procs, parts=parts)
-            return
-        per_example: dict[str, list[AttackResult]] = {}
-
-        def progress(label: str, result: AttackResult) -> None:
-            per_example.setdefault(label, []).append(result)
-            print(f"{label}:{result.summary()}" if args.compare is not None else result.summary(), file=sys.stderr)
-
+        on_result = progress if procs.main else None
         if args.compare is not None:
             report = compare_runs(models, data, settings, checkpoint=checkpoint, procs=procs, parts=parts,
-                                  on_result=progress)
-            if settings.attacks:
-                print(comparison_text(report["models"], tradeoff=True))
+                                  on_result=on_result)
         else:
             (label,) = models
             report, _ = evaluate_loaded(loaded, data, settings, checkpoint=checkpoint, label=label, procs=procs,
-                                        parts=parts, on_result=lambda r: progress(label, r))
-            if settings.attacks:
-                print(text_table(["attack", "eps", "accuracy %"], eval_rows(report)))
-                if (line := tradeoff_line(report)) is not None:
-                    print(line)
+                                        parts=parts,
+                                        on_result=None if on_result is None else lambda r: progress(label, r))
+    if not procs.main:
+        return
+    if settings.attacks:
+        if args.compare is not None:
+            print(comparison_text(report["models"], tradeoff=True))
+        else:
+            print(text_table(["attack", "eps", "accuracy %"], eval_rows(report)))
+            if (line := tradeoff_line(report)) is not None:
+                print(line)
     entries = report["models"].values() if args.compare is not None else [report]
     if parts is not None and (reused := sum(e.get("parts", {}).get("reused", 0) for e in entries)):
         print(f"resumed: {reused} finished part(s) read back from {parts.folder}")
@@ -444,10 +443,11 @@ def _bench(args: argparse.Namespace) -> None:
 
 def _compare(args: argparse.Namespace) -> None:
     from advtrain.compare import load_grid, run_grid, write_grid_report
+    from advtrain.report.grid import read_groups
 
     grid = load_grid(args.config)  # every cell's config and the protocol are checked before any training
     _check_report_folder(args.out)
-    groups = run_grid(grid, args.out)
+    groups = read_groups(run_grid(grid, args.out))
     for path in write_grid_report(groups, args.out, title=grid.name):
         print(f"wrote {path}")
     print((args.out / "table.md").read_text(encoding="utf-8"))
@@ -459,8 +459,7 @@ def _report(args: argparse.Namespace) -> None:
 
     _check_report_folder(args.out)
     groups = group_cells([read_cell(run) for run in args.run_dirs])
-    for path in write_grid_report({label: [c.run_dir for c in cells] for label, cells in groups.items()},
-                                  args.out, title=args.title):
+    for path in write_grid_report(groups, args.out, title=args.title):
         print(f"wrote {path}")
 
 

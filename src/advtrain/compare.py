@@ -48,7 +48,7 @@ from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
 from advtrain.eval.inequality import INEQUALITY_EVALS
 from advtrain.eval.parts import EvalParts
 from advtrain.fileio import atomic_write_text
-from advtrain.report.grid import read_groups, summarize, summary_markdown, write_csv
+from advtrain.report.grid import Cell, summarize, summary_markdown, write_csv
 from advtrain.report.html_report import write_html_report
 from advtrain.rundir import read_config
 from advtrain.runtime import SEED_LIMIT
@@ -233,7 +233,8 @@ def _protocol(grid: Grid, config: RunConfig) -> EvalSettings:
 
 
 def run_grid(grid: Grid, out: Path, *, log: Callable[[str], None] = print) -> dict[str, list[Path]]:
-    """Train and evaluate every cell (resuming or skipping what is there); the cell folders by row label."""
+    """Train and evaluate every cell (resuming or skipping what is there); the cell folders by row label (for
+    `advtrain.report.grid.read_groups`)."""
     cells: dict[str, list[Path]] = {}
     total = len(grid.rows) * len(grid.seeds)
     done = 0
@@ -244,13 +245,14 @@ def run_grid(grid: Grid, out: Path, *, log: Callable[[str], None] = print) -> di
             cells.setdefault(row.label, []).append(run_dir)
             config = cell_config(grid, row, seed, out)
             prefix = f"[{done}/{total}] {row.label}, seed {seed}"
-            _train_cell(config, run_dir, prefix, grid, out, log)
+            data = load_run_data(config)  # once per cell: for its training and both evaluations
+            _train_cell(config, data, run_dir, prefix, grid, out, log)
             for which in CHECKPOINTS:
-                _evaluate_cell(config, run_dir, which, _protocol(grid, config), prefix, log)
+                _evaluate_cell(data, run_dir, which, _protocol(grid, config), prefix, log)
     return cells
 
 
-def _train_cell(config: RunConfig, run_dir: Path, prefix: str, grid: Grid, out: Path,
+def _train_cell(config: RunConfig, data: Dataset, run_dir: Path, prefix: str, grid: Grid, out: Path,
                 log: Callable[[str], None]) -> None:
     started = (run_dir / "config.yaml").is_file()
     if started and config_from_dict(read_config(run_dir)).digest() != config.digest():
@@ -258,16 +260,15 @@ def _train_cell(config: RunConfig, run_dir: Path, prefix: str, grid: Grid, out: 
                         "folder to train it again, or restore the grid")
     log(f"{prefix}: {'resuming' if started else 'training'} {run_dir}")
     try:
-        train(config, run_dir, log=lambda line: log(f"  {line}"), resume=started)
+        train(config, run_dir, data=data, log=lambda line: log(f"  {line}"), resume=started)
     except TrainingStopped as e:
         raise TrainingStopped(f"{e}; to continue the whole grid: advtrain compare --config {grid.source} "
                               f"--out {out}", e.exit_code) from None
 
 
-def _evaluate_cell(config: RunConfig, run_dir: Path, which: str, settings: EvalSettings, prefix: str,
+def _evaluate_cell(data: Dataset, run_dir: Path, which: str, settings: EvalSettings, prefix: str,
                    log: Callable[[str], None]) -> None:
     out = run_dir / f"eval-{which}.json"
-    data = load_run_data(config)
     if _evaluated_with(out, settings, data):
         return
     if out.is_file():
@@ -310,10 +311,9 @@ def _evaluated_with(path: Path, settings: EvalSettings, data: Dataset) -> bool:
     )
 
 
-def write_grid_report(groups: Mapping[str, Sequence[Path]], out: Path, *, title: str,
+def write_grid_report(cells: Mapping[str, Sequence[Cell]], out: Path, *, title: str,
                       notes: Sequence[str] = ()) -> list[Path]:
     """table.md, results.csv and report.html in `out` for cells grouped by row label; the paths written."""
-    cells = read_groups(groups)
     table = out / "table.md"
     atomic_write_text(table, f"# {title}\n\n{summary_markdown(summarize(cells))}\n")
     csv = write_csv(cells, out / "results.csv")

@@ -188,7 +188,7 @@ def evaluate(
             for i, (xb, yb) in enumerate(chunks):
                 if (j * len(chunks) + i) % procs.world != procs.rank:
                     continue
-                key = parts.key(weights, chunk_keys[i], spec.describe(), seed + i, setting) if parts else ""
+                key = parts.key(weights, chunk_keys[i], spec.describe(), seed + i, setting) if parts is not None else ""
                 correct = parts.load(key, len(yb)) if parts is not None else None
                 if correct is None:
                     x_adv = run_attack(model, xb, yb, spec, seed=seed + i, batch_size=batch_size)
