@@ -10,10 +10,12 @@ from torch import nn
 
 from advtrain.checkpoint import load_weights
 from advtrain.config import AveragingConfig, load_config
+from advtrain.data import load_dataset, split_validation, to_float
 from advtrain.errors import UserError
+from advtrain.models import build_model
 from advtrain.models.split_bn import recompute_bn_statistics as recalibrate_bn
 from advtrain.train import train
-from advtrain.train.averaging import WeightAverages
+from advtrain.train.averaging import WeightAverages, shuffled_passes
 
 
 def tiny() -> nn.Module:
@@ -22,17 +24,32 @@ def tiny() -> nn.Module:
     return nn.Sequential(*layers).double()
 
 
-def test_bn_recalibration_is_the_plain_average_of_the_batch_statistics():
+def test_bn_recalibration_is_the_image_weighted_average_of_the_batch_statistics():
+    """The SWA reference code's BN update, by hand in fp64: momentum b/(n + b) after n images, so each batch's
+    statistics count by its size (here a pass of 21 images in batches of 8, 8 and the 5 left)."""
     model = tiny().eval()
     g = torch.Generator().manual_seed(0)
-    batches = [torch.randn(8, 2, 4, 4, generator=g, dtype=torch.float64) * (i + 1) + i for i in range(3)]
+    sizes = torch.tensor([8.0, 8.0, 5.0], dtype=torch.float64)
+    batches = [torch.randn(int(b), 2, 4, 4, generator=g, dtype=torch.float64) * (i + 1) + i
+               for i, b in enumerate(sizes)]
     assert recalibrate_bn(model, batches)
     bn = model[0]
     means = torch.stack([b.mean((0, 2, 3)) for b in batches])
     variances = torch.stack([b.transpose(0, 1).flatten(1).var(1, unbiased=True) for b in batches])
-    assert torch.allclose(bn.running_mean, means.mean(0)) and torch.allclose(bn.running_var, variances.mean(0))
+    weights = (sizes / sizes.sum())[:, None]
+    assert torch.allclose(bn.running_mean, (weights * means).sum(0), atol=1e-12)
+    assert torch.allclose(bn.running_var, (weights * variances).sum(0), atol=1e-12)
     assert bn.momentum == 0.1 and not model.training  # restored
     assert not recalibrate_bn(nn.Linear(2, 2), batches)
+
+
+def test_recalibration_batches_are_shuffled_passes_over_the_training_set():
+    batches = shuffled_passes(21, 8, torch.Generator().manual_seed(0))
+    first = [next(batches) for _ in range(3)]
+    assert [len(b) for b in first] == [8, 8, 5]  # ⌈21/8⌉ batches, the last one short
+    assert torch.equal(torch.cat(first).sort().values, torch.arange(21))  # every index exactly once
+    second = torch.cat([next(batches) for _ in range(3)])
+    assert torch.equal(second.sort().values, torch.arange(21)) and not torch.equal(second, torch.cat(first))
 
 
 def test_ema_and_swa_follow_their_formulas():
@@ -83,6 +100,23 @@ def test_the_trainer_keeps_validates_and_saves_the_averages(tmp_path):
     # The averages are part of the resumable state: resuming the finished run restores them without complaint.
     again = train(two, tmp_path / "two", log=lambda _: None, resume=True)
     assert again.best_epoch == result.best_epoch
+
+
+def test_with_one_pass_of_batches_the_swa_statistics_are_those_of_the_whole_training_set(tmp_path):
+    """bn_batches = ⌈N/B⌉ recalibrates on every training image once (the reference code's pass over its
+    loader): without augmentation the first BN's running mean is then that of conv1 over the training set."""
+    config = load_config(None, [*COMMON, "train.epochs=1", "averaging.swa_start=0", "averaging.bn_batches=21"])
+    data = load_dataset("digits")
+    train_idx, _ = split_validation(len(data.y_train), 100, config.seed, labels=data.y_train)
+    assert -(-len(train_idx) // 64) == 21  # 1,337 training images: 20 batches of 64 and one of 57
+    train(config, tmp_path / "run", log=lambda _: None)
+    swa = load_weights(tmp_path / "run" / "checkpoints" / "swa.safetensors")[0]
+    model = build_model("small_cnn", in_channels=1, input_size=8)
+    model.load_state_dict(swa)
+    with torch.no_grad():
+        x = to_float(data.x_train[train_idx], data.pixel_max).double()
+        expected = model.double().conv1(model.normalize(x)).mean((0, 2, 3))
+    assert torch.allclose(swa["bn1.running_mean"].double(), expected, atol=1e-5)
 
 
 def test_averaging_options_are_checked_when_the_config_loads():

@@ -146,13 +146,14 @@ class VulnerabilityConfig:
 @dataclass
 class AveragingConfig:
     """Weight averaging; each average is validated every epoch and saved as checkpoints/ema|swa.safetensors,
-    with its BatchNorm statistics recomputed on `bn_batches` clean training batches first."""
+    with its BatchNorm statistics recomputed first on the first `bn_batches` batches of a shuffled pass over the
+    training set (the method's inputs: clean images, or AR-AT's PGD examples)."""
 
     ema_decay: Annotated[float, Gt(0), Lt(1)] | None = None  # e.g. 0.999: θ_ema ← d·θ_ema + (1 − d)·θ each step
     swa_start: Annotated[int, Ge(0)] | None = None  # SWA: equal-weight mean of the weights from this epoch (0-based)
     # None: average at each epoch end; N: after every N-th optimizer step (AR-AT's SWA: 500, from epoch 76)
     swa_every_steps: Annotated[int, Ge(1)] | None = None
-    bn_batches: Annotated[int, Ge(1)] = 50
+    bn_batches: Annotated[int, Ge(1)] = 50  # ⌈N/batch_size⌉: every training image once (AR-AT's SWA)
 
 
 @dataclass

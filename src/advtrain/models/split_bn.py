@@ -100,10 +100,12 @@ def bn_route(model: nn.Module, route: Route) -> Iterator[nn.Module]:
 
 
 def recompute_bn_statistics(model: nn.Module, inputs: Iterable[Tensor]) -> bool:
-    """Reset every BatchNorm's running statistics (both branches of split ones) and recompute them as the plain
-    average over `inputs`, forwarded in train mode without gradients. With split BN only the branches the
-    forwards are routed through get new statistics; the others stay reset. The model's mode and the layers'
-    momenta are restored. Returns whether the model has any BatchNorm layer."""
+    """Reset every BatchNorm's running statistics (both branches of split ones) and recompute them as the average
+    over `inputs`, forwarded in train mode without gradients, each batch weighted by its size (momentum b/(n + b)
+    after n images, as the SWA reference code's BN update, Izmailov et al. 2018: a short last batch of a pass counts
+    for its images only). With split BN only the branches the forwards are routed through get new statistics; the
+    others stay reset. The model's mode and the layers' momenta are restored. Returns whether the model has any
+    BatchNorm layer."""
     norms = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     if not norms:
         return False
@@ -111,12 +113,15 @@ def recompute_bn_statistics(model: nn.Module, inputs: Iterable[Tensor]) -> bool:
     was_training = model.training
     for m in norms:
         m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: every batch counts equally
     model.train()
+    seen = 0
     try:
         for x in inputs:  # drawn outside no_grad: producing an input may need gradients (AR-AT crafts PGD)
+            for m in norms:
+                m.momentum = len(x) / (seen + len(x))
             with torch.no_grad():
                 model(x)
+            seen += len(x)
     finally:
         for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum

@@ -4,15 +4,17 @@ optimizer steps as in AR-AT's SWA), with BatchNorm statistics recomputed before 
 validated or saved.
 
 An average of weights is a new network whose BN running statistics belong to none of the averaged ones
-(Izmailov et al. 2018, §3.2), so they are recomputed: reset, then a cumulative average over `bn_batches`
-augmented training batches. Which inputs is the method's choice (`Method.recalibrate_bn`): clean images by default,
-PGD examples crafted against the average through the adv BN for AR-AT (METHODS.md §6).
+(Izmailov et al. 2018, §3.2), so they are recomputed: reset, then a cumulative average over the first `bn_batches`
+augmented training batches of a shuffled pass (`shuffled_passes`: ⌈N/B⌉ batches are every training image once, the
+reference code's one pass over its training loader). Which inputs is the method's choice (`Method.recalibrate_bn`):
+clean images by default, PGD examples crafted against the average through the adv BN for AR-AT.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -70,13 +72,13 @@ class WeightAverages:
 
     def recalibrate(
         self,
-        sample: Callable[[], tuple[Tensor, Tensor]],
+        batches: Callable[[], Iterator[tuple[Tensor, Tensor]]],
         recalibrate_bn: Callable[[nn.Module, Iterable[tuple[Tensor, Tensor]]], None],
     ) -> None:
-        """Recompute the BN statistics of every ready average with `recalibrate_bn` on `bn_batches` batches
-        (x, y) drawn by `sample`."""
+        """Recompute the BN statistics of every ready average with `recalibrate_bn` on the first `bn_batches`
+        batches (x, y) of a fresh `batches()` stream each."""
         for model in self.ready().values():
-            recalibrate_bn(model, (sample() for _ in range(self.config.bn_batches)))
+            recalibrate_bn(model, itertools.islice(batches(), self.config.bn_batches))
 
     def state_dict(self) -> dict[str, Any]:
         return {"models": {n: m.state_dict() for n, m in self.models.items()}, "swa_count": self.swa_count}
@@ -85,6 +87,13 @@ class WeightAverages:
         for name, model in self.models.items():
             model.load_state_dict(state["models"][name])
         self.swa_count = state["swa_count"]
+
+
+def shuffled_passes(n: int, batch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
+    """Index batches of endless passes over range(n), each pass a fresh permutation drawn by `generator` (on its
+    device) whose last batch holds the n mod batch_size images left, when that is not 0."""
+    while True:
+        yield from torch.randperm(n, generator=generator, device=generator.device).split(batch_size)
 
 
 def _frozen_copy(model: nn.Module) -> nn.Module:

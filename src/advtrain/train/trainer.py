@@ -50,7 +50,7 @@ from advtrain.runtime import (
     seed_everything,
     use_channels_last,
 )
-from advtrain.train.averaging import WeightAverages
+from advtrain.train.averaging import WeightAverages, shuffled_passes
 from advtrain.train.monitor import CollapseMonitor
 from advtrain.train.schedule import LRSchedule, build_optimizer, match_state_layout
 from advtrain.train.state import (
@@ -429,7 +429,9 @@ def _train(
     }
 
     def sample_train(n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        idx = torch.randperm(len(batcher.y), generator=generator, device=device)[:n]
+        return train_images(torch.randperm(len(batcher.y), generator=generator, device=device)[:n], generator)
+
+    def train_images(idx: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         x = batcher.x[idx]
         if augment.active:
             x = augment_batch(x, augment, generator)
@@ -534,8 +536,9 @@ def _train(
         if not ready:
             return {"models": {}, "metrics": {}}
         generator = make_generator(device, config.seed, "bn", epoch)
-        averages.recalibrate(lambda: sample_train(t.batch_size, generator),
-                             lambda average, batches: method.recalibrate_bn(average, batches, generator))
+        averages.recalibrate(
+            lambda: (train_images(i, generator) for i in shuffled_passes(len(batcher.y), t.batch_size, generator)),
+            lambda average, batches: method.recalibrate_bn(average, batches, generator))
         metrics: dict[str, Any] = {}
         for name, average in ready.items():
             clean, adv = validate(average, x_val, y_val, config, amp, config.seed, method.validation_attack)
