@@ -191,26 +191,94 @@ def test_the_attack_follows_the_released_start_or_standard_pgd(official_noise):
         # PGD projects around the noisy input x + u, so x' may leave the ε-ball around x (up to 2ε).
         expected = hand_pgd(adv_model, batch.x + u, batch.y, 3, EPS / 4)
         assert torch.allclose(x_adv, expected, atol=1e-12)
-        assert distance > EPS + 1e-3
+        assert EPS + 1e-3 < distance <= 2 * EPS + 1e-12  # the effective radius the docs state: 2ε
     else:
         assert distance <= EPS + 1e-12
     assert x_adv.min() >= 0 and x_adv.max() <= 1
 
 
+def released_step_loss(method: ARAT, model: nn.Module, batch: Batch, seed: int, steps: int) -> torch.Tensor:
+    """The released training step in fp64, by hand on plain copies of the two branches: u is added to the batch
+    in place, so the clean pass and the feature targets see x + u (unclamped) and PGD starts at and projects
+    around x + u; then α·CE(adv) + β·CE(clean) + γ/|S|·Σ_l [1 − cos(h_l(z'_l), sg(z_l))]."""
+    clean_model, adv_model = merge_split_bn(model, "clean").train(), merge_split_bn(model, "adv").train()
+    predictors = copy.deepcopy(method.predictors)
+    u = (torch.rand(batch.x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2 - 1) * EPS
+    bx = batch.x + u
+    x_adv = hand_pgd(adv_model, bx, batch.y, steps, EPS / 4)
+    adv_logits, adv_feats = pooled_features(adv_model, x_adv)
+    clean_logits, clean_feats = pooled_features(clean_model, bx)
+    reg = sum(1 - F.cosine_similarity(predictors[layer](adv_feats[layer]), clean_feats[layer].detach(), dim=1).mean()
+              for layer in LAYERS)
+    return 0.7 * F.cross_entropy(adv_logits, batch.y) + 0.3 * F.cross_entropy(clean_logits, batch.y) \
+        + 5.0 / len(LAYERS) * reg
+
+
+def test_official_noise_feeds_x_plus_u_to_the_clean_branch_and_the_loss_matches_the_released_step():
+    method, model, batch, _ = setup(steps=3)
+    expected = released_step_loss(method, model, batch, seed=5, steps=3)
+    seen: list[tuple[str, torch.Tensor]] = []  # (route of the first split BN, model input) of every forward
+    model.register_forward_pre_hook(lambda m, args: seen.append((m.bn1.route, args[0].detach().clone())))
+    out = method.loss(model, batch, StepContext(0, 0, torch.Generator().manual_seed(5)))
+    u = (torch.rand(batch.x.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 2 - 1) * EPS
+    clean_inputs = [x for route, x in seen if route == "clean"]
+    assert len(clean_inputs) == 1 and torch.equal(clean_inputs[0], batch.x + u)  # unclamped x + u, not x
+    assert (batch.x + u).min() < 0 or (batch.x + u).max() > 1  # so the check above sees no clamping
+    assert abs(out.loss.item() - expected.item()) < 1e-10
+    # Standard PGD (official_noise off) keeps the clean pass on x itself.
+    method, model, batch, _ = setup(steps=3, official_noise=False)
+    seen.clear()
+    model.register_forward_pre_hook(lambda m, args: seen.append((m.bn1.route, args[0].detach().clone())))
+    method.loss(model, batch, StepContext(0, 0, torch.Generator().manual_seed(5)))
+    clean_inputs = [x for route, x in seen if route == "clean"]
+    assert len(clean_inputs) == 1 and torch.equal(clean_inputs[0], batch.x)
+
+
+def test_the_symmetric_ablation_drops_the_predictor_as_the_released_x_y_variant():
+    method, model, batch, x_adv = setup(stop_gradient=False)
+    assert method.predictors is None and method.extra_modules() == {}
+    assert method.metadata()["predictor_used"] is False
+    clean_model, adv_model = merge_split_bn(model, "clean"), merge_split_bn(model, "adv")
+    out = method.objective(model, batch, x_adv)
+    out.loss.backward()
+    # The released `x<->y` loss: 1 − cos(z', z) on the raw features, with gradient into both branches.
+    adv_logits, a = pooled_features(adv_model, x_adv)
+    clean_logits, c = pooled_features(clean_model, batch.x)
+    expected = 0.7 * F.cross_entropy(adv_logits, batch.y) + 0.3 * F.cross_entropy(clean_logits, batch.y) \
+        + 5.0 / len(LAYERS) * sum(1 - F.cosine_similarity(a[k], c[k], dim=1).mean() for k in LAYERS)
+    expected.backward()
+    assert abs(out.loss.item() - expected.item()) < 1e-10
+    got, g_clean, g_adv = grads(model), grads(clean_model), grads(adv_model)
+    for name, _ in clean_model.named_parameters():
+        if name.startswith("bn"):
+            layer, param = name.split(".")
+            assert torch.allclose(got[f"{layer}.clean.{param}"], g_clean[name], atol=1e-10), name
+            assert torch.allclose(got[f"{layer}.adv.{param}"], g_adv[name], atol=1e-10), name
+    # Forcing the predictor keeps it (a variant the released code does not have), and `predictor` false with
+    # stop-gradient drops it.
+    assert setup(stop_gradient=False, predictor=True)[0].predictors is not None
+    assert setup(predictor=False)[0].predictors is None
+    assert setup()[0].metadata()["predictor_used"] is True
+
+
 def test_swa_recalibration_resets_the_clean_statistics_and_recomputes_the_adv_ones_on_pgd_examples():
     method, model, batch, _ = setup(steps=2)
     x, y = batch.x, batch.y
-    batches = [(x[:8], y[:8]), (x[8:], y[8:])]
+    batches = [(x[:11], y[:11]), (x[11:], y[11:])]  # a full batch and a short last one, as one pass ends
     before = copy.deepcopy(model.state_dict())
     # The examples recalibration must see: PGD against the model through the adv BN, on batch statistics.
     gen = torch.Generator().manual_seed(9)
-    crafted = [method.craft(model, bx, by, gen, "train_frozen") for bx, by in batches]
+    crafted = [method.craft(model, bx, by, gen, "train_frozen")[0] for bx, by in batches]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # crafting changed nothing
-    assert not torch.allclose(crafted[0], x[:8])
+    assert not torch.allclose(crafted[0], x[:11])
     method.recalibrate_bn(model, iter(batches), torch.Generator().manual_seed(9))
     with torch.no_grad():  # the first BN's input is conv1 of the (normalised) crafted examples
-        means = torch.stack([model.conv1(model.normalize(xa)).mean((0, 2, 3)) for xa in crafted])
-    assert torch.allclose(model.bn1.adv.running_mean, means.mean(0), atol=1e-10)
+        maps = [model.conv1(model.normalize(xa)) for xa in crafted]
+    # The released update's momentum b/(n + b): the batch means weighted by their image counts (11 and 5).
+    means = torch.stack([m.mean((0, 2, 3)) for m in maps])
+    variances = torch.stack([m.transpose(0, 1).flatten(1).var(1) for m in maps])
+    assert torch.allclose(model.bn1.adv.running_mean, (11 * means[0] + 5 * means[1]) / 16, atol=1e-10)
+    assert torch.allclose(model.bn1.adv.running_var, (11 * variances[0] + 5 * variances[1]) / 16, atol=1e-10)
     assert torch.equal(model.bn1.clean.running_mean, torch.zeros(32))  # reset, and never recomputed
     assert torch.equal(model.bn1.clean.running_var, torch.ones(32))
     assert model.bn1.route == "adv" and model.training and model.bn1.adv.momentum == 0.1

@@ -13,10 +13,13 @@ that pulls adversarial features toward stop-gradient clean features through a pr
 - Auto-balance (§6): before each epoch α_e = accuracy of the clean-BN branch in eval mode on
   `auto_balance_size` augmented training images, β_e = 1 − α_e; with `auto_balance` off, α and β are fixed.
 - x' = PGD-`steps` on CE through the adv BN with the model in train mode. `official_noise` (the released
-  code's behaviour, the default): the random start u ~ U(−ε, ε) is added to the clean input without clamping
-  and PGD projects around x + u, so x' may lie up to 2ε from x (L∞ only: the released L2 path uses
-  torchattacks' PGDL2, which has no such quirk).
-- Ablations: `stop_gradient` off gives the symmetric loss (the invariance term also moves the clean features),
+  code's behaviour, the default): the random start u ~ U(−ε, ε) is added to the batch itself, unclamped, as
+  the released attack does in place: the clean pass (so the clean CE and the feature targets z_l) sees x + u,
+  and PGD projects around x + u. x' may therefore lie up to 2ε from x in L∞, the effective threat radius a
+  comparison "at equal ε" must state (L∞ only: the released L2 path uses torchattacks' PGDL2, which has no
+  such quirk).
+- Ablations: `stop_gradient` off gives the symmetric loss 1 − cos(z', z) (the invariance term also moves the
+  clean features) and, like the released `x<->y` variant, no predictor unless `predictor` is set true;
   `predictor` off compares z' with z directly, `split_bn` off shares one BN between the two (still separate)
   passes.
 - SWA (`averaging.swa_start`, `averaging.swa_every_steps`): `recalibrate_bn` resets every BN statistic and
@@ -56,7 +59,9 @@ class ARATConfig(MethodConfig):
     name: str = "arat"
     gamma: Annotated[float, Ge(0)] = 30.0  # γ: ResNet-18 30, WRN-34-10 100
     layers: list[str] | None = None  # S; None: the model's default set (models.features.default_invariance_layers)
-    predictor: bool = True  # h_l on the adversarial features (ablation: off)
+    # h_l on the adversarial features. None: as the released variants, on with stop-gradient (`x->y`) and off
+    # without (`x<->y`, whose loss ignores the predictor); true/false force it.
+    predictor: bool | None = None
     predictor_ratio: Annotated[float, Gt(0), Le(1)] = 0.25  # hidden width of h_l relative to d
     stop_gradient: bool = True  # sg on the clean features (ablation: off = symmetric)
     split_bn: bool = True  # separate clean/adv BatchNorm (ablation: off = shared)
@@ -67,7 +72,9 @@ class ARATConfig(MethodConfig):
     steps: Annotated[int, Ge(1)] = 10
     step_size: Annotated[float, Gt(0), Le(MAX_DISTANCE)] | None = None  # None: ε/4, i.e. 2/255 at ε = 8/255
     random_start: bool = True
-    official_noise: bool = True  # the released code's start: u also shifts the projection centre (see above)
+    # The released code's start: x + u (unclamped) is the clean input and the projection centre, so x' may lie up
+    # to 2ε from x in L∞; off: standard PGD around x (random start clamped to the ε-ball and [0, 1]).
+    official_noise: bool = True
     bn_mode: BNMode = "train"  # BN mode while crafting x' (§6: train mode, adv BN)
 
 
@@ -96,6 +103,12 @@ class ARAT(QuarterEpsStep, AdversarialMethod):
         self.predictors: nn.ModuleDict | None = None
         self.alpha = self.config.alpha
         self.beta = self.config.beta
+        predictor = self.config.predictor
+        self.use_predictor: bool = self.config.stop_gradient if predictor is None else predictor
+        # (x', clean input) of the latest training attack: `objective` runs the clean pass on x + u when given that
+        # x' under `official_noise`. Kept here because the AdversarialMethod split hands only x' from `perturb` to
+        # `objective` (AWP re-evaluates `objective` at the same x').
+        self._latest_attack: tuple[Tensor, Tensor] | None = None
 
     # -- the model -----------------------------------------------------------------------------------------------
     def prepare_model(self, model: nn.Module, example: Tensor) -> nn.Module:
@@ -104,7 +117,7 @@ class ARAT(QuarterEpsStep, AdversarialMethod):
         if not self.layers:
             self.layers = default_invariance_layers(model)
         dims = feature_dims(model, self.layers, example)
-        if self.config.predictor:
+        if self.use_predictor:
             self.predictors = nn.ModuleDict(
                 {_key(layer): make_predictor(dims[layer], self.config.predictor_ratio) for layer in self.layers}
             ).to(example.device)
@@ -114,7 +127,7 @@ class ARAT(QuarterEpsStep, AdversarialMethod):
         return merge_split_bn(model, keep="adv") if has_split_bn(model) else model
 
     def extra_modules(self) -> dict[str, nn.Module]:
-        if self.config.predictor and self.predictors is None:
+        if self.use_predictor and self.predictors is None:
             raise RuntimeError("arat: call prepare_model before extra_modules (the predictors need the layer widths)")
         return {"predictors": self.predictors} if self.predictors is not None else {}
 
@@ -129,26 +142,36 @@ class ARAT(QuarterEpsStep, AdversarialMethod):
     # -- the attack ----------------------------------------------------------------------------------------------
     def craft(
         self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None, bn_mode: BNMode
-    ) -> Tensor:
-        """x' = PGD on CE through the adv BN, in `bn_mode`."""
+    ) -> tuple[Tensor, Tensor]:
+        """(x', the clean input): x' = PGD on CE through the adv BN, in `bn_mode`. The clean input is x, or
+        x + u under `official_noise`, where the released attack adds u to the batch in place."""
         eps, norm = self.threat.eps, self.threat.norm
         kwargs = dict(eps=eps, steps=self.config.steps, step_size=self.step_size, norm=norm, generator=generator)
         x = x.detach()
         with bn_route(model, "adv"), bn_policy(model, bn_mode):
             if self.config.official_noise and self.config.random_start and norm == "linf":
                 u = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * eps
-                center = x + u  # unclamped, and the projection centre from here on (the released code's start)
-                return pgd(model, center, y, x_init=center, **kwargs)
-            return pgd(model, x, y, random_start=self.config.random_start, **kwargs)
+                center = x + u  # unclamped: the clean input and the projection centre from here on
+                return pgd(model, center, y, x_init=center, **kwargs), center
+            return pgd(model, x, y, random_start=self.config.random_start, **kwargs), x
 
     def perturb(self, model: nn.Module, batch: Batch, ctx: StepContext) -> Tensor:
-        return self.craft(model, batch.x, batch.y, ctx.generator, self.config.bn_mode)
+        x_adv, clean_input = self.craft(model, batch.x, batch.y, ctx.generator, self.config.bn_mode)
+        self._latest_attack = (x_adv, clean_input)
+        return x_adv
+
+    def clean_input(self, batch: Batch, x_adv: Tensor) -> Tensor:
+        """What the clean pass sees for this x': the clean input of the attack that crafted it (x + u under
+        `official_noise`), or `batch.x` for an x' this method did not just craft."""
+        if self._latest_attack is not None and self._latest_attack[0] is x_adv:
+            return self._latest_attack[1]
+        return batch.x
 
     # -- the loss ------------------------------------------------------------------------------------------------
     def objective(self, model: nn.Module, batch: Batch, x_adv: Tensor) -> StepOutput:
         with feature_taps(model, self.layers) as features:
             with bn_route(model, "clean"):
-                clean_logits = model(batch.x)
+                clean_logits = model(self.clean_input(batch, x_adv))
             clean = dict(features)
             adv_logits = model(x_adv)  # the default route: adv BN
             adv = dict(features)
@@ -180,7 +203,7 @@ class ARAT(QuarterEpsStep, AdversarialMethod):
 
         def adversarial() -> Iterator[Tensor]:
             for x, y in batches:
-                yield self.craft(model, x, y, generator, "train_frozen")
+                yield self.craft(model, x, y, generator, "train_frozen")[0]
 
         with bn_route(model, "adv"):
             recompute_bn_statistics(model, adversarial())
@@ -195,6 +218,7 @@ class ARAT(QuarterEpsStep, AdversarialMethod):
     def metadata(self) -> dict[str, Any]:
         return super().metadata() | {
             "layers_used": self.layers, "feature": "relu+global_avg_pool", "test_bn": "adv",
+            "predictor_used": self.use_predictor,
             "swa_bn_recalibration": "adv BN on PGD examples against the average (train_frozen while crafting)",
         }
 
