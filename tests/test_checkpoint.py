@@ -1,7 +1,10 @@
 """Weights on disk: exact round trips, tamper and truncation detection, safe .pt loading, atomic writes."""
 
+import itertools
 import json
 import os
+import pickle
+import warnings
 from pathlib import Path
 
 import pytest
@@ -202,6 +205,43 @@ def test_pt_with_python_objects_is_refused_without_running_them(tmp_path, traine
     # Control: an unrestricted load really would have run the payload, so the check above means something.
     torch.load(path, weights_only=False)
     assert marker.exists()
+
+
+def test_a_plain_pickle_is_named_as_such_and_never_unpickled(tmp_path, trained_model):
+    marker = tmp_path / "marker.txt"
+    path = tmp_path / "pickled.pt"
+    for protocol in (2, 4):
+        path.write_bytes(pickle.dumps({"state_dict": trained_model.state_dict(), "x": Payload(marker)}, protocol))
+        with warnings.catch_warnings(record=True) as caught, pytest.raises(UserError) as info:
+            warnings.simplefilter("always")
+            load_weights(path)
+        assert str(info.value).startswith(f"{path} is a plain pickle (as pickle.dump writes), not a torch.save")
+        assert "re-save with torch.save(model.state_dict())" in str(info.value) and "\n" not in str(info.value)
+        assert caught == [] and not marker.exists()
+
+
+def test_pickle_protocols_torch_reads_load_quietly_and_the_others_are_named(tmp_path, trained_model):
+    state = trained_model.state_dict()
+    for protocol, zip_format in itertools.product((2, 3, 4, 5), (True, False)):
+        path = tmp_path / f"p{protocol}{zip_format}.pt"
+        torch.save(state, path, pickle_protocol=protocol, _use_new_zipfile_serialization=zip_format)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if protocol <= 3:  # torch's weights-only unpickler reads these, and warns about 3 in two lines
+                loaded, _ = load_weights(path)
+                assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
+            else:  # protocol 4 adds opcodes that unpickler lacks: say so, not "contains Python objects"
+                with pytest.raises(UserError, match=f"saved with pickle protocol {protocol}, which torch's safe"):
+                    load_weights(path)
+        assert caught == [], (protocol, [str(w.message) for w in caught])
+
+
+def test_a_file_in_neither_torch_format_is_not_called_a_pickle(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("weights are on the shared drive\n")
+    with pytest.raises(UserError) as info:
+        load_weights(path)
+    assert "is not a checkpoint written by torch.save" in str(info.value) and "pickle" not in str(info.value)
 
 
 def test_truncated_pt_refused(tmp_path, trained_model):

@@ -270,6 +270,39 @@ def test_error_corrupt_files(tmp_path: Path) -> None:
     assert_one_line_error(excinfo, "cannot read", "train_32x32.mat")
 
 
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+@pytest.mark.parametrize("shape", [(1, 32, 32), (3, 64, 64)])
+def test_named_dataset_refuses_images_of_another_shape(tmp_path: Path, name: str, shape: tuple[int, ...]) -> None:
+    path = tmp_path / "other.npz"
+    make_npz(path, x_train=_images(6, 1, shape), x_test=_images(3, 2, shape))
+    with pytest.raises(UserError) as excinfo:
+        load_dataset(name, path)
+    found = "×".join(map(str, shape))
+    assert_one_line_error(excinfo, f"images are {found} but {name} images are 3×32×32", "data.name=npz")
+    assert load_dataset("npz", path).shape == shape  # the fix the message names loads the same file
+
+
+def test_svhn_refuses_images_of_another_size(tmp_path: Path) -> None:
+    for fname, n in (("train_32x32.mat", 4), ("test_32x32.mat", 2)):
+        x = _images(n, n, (3, 28, 28))
+        scipy.io.savemat(tmp_path / fname, {"X": x.transpose(2, 3, 1, 0), "y": np.ones((n, 1), np.uint8)})
+    with pytest.raises(UserError) as excinfo:
+        load_dataset("svhn", tmp_path)
+    assert_one_line_error(excinfo, "images are 3×28×28 but svhn images are 3×32×32")
+
+
+@pytest.mark.parametrize(
+    ("content", "found"), [(b"x_train,y_train\n1,2\n", "starts with b'x_trai'"), (b"", "is empty")]
+)
+def test_a_file_that_is_not_an_npz_archive_is_named_as_such(tmp_path: Path, content: bytes, found: str) -> None:
+    path = tmp_path / "table.npz"
+    path.write_bytes(content)
+    with pytest.raises(UserError) as excinfo:
+        load_dataset("npz", path)
+    assert_one_line_error(excinfo, f"{path} is not an .npz archive (np.savez writes a zip file; this file {found})")
+    assert "pickle" not in str(excinfo.value)  # numpy's advice (allow_pickle=True) does not apply to a non-archive
+
+
 def test_pickle_with_foreign_globals_is_refused(tmp_path: Path) -> None:
     make_cifar10(tmp_path)
     # os.system would run a shell command on load; the loader must refuse instead of executing it.

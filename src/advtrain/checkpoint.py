@@ -7,8 +7,12 @@ through ``torch.load(..., weights_only=True)``, so opening a checkpoint never ru
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import pickle
+import pickletools
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -41,6 +45,11 @@ _NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")
 _DATA_PARALLEL_PREFIX = "module."
 # How many offending keys an error message names before it says "...".
 _KEYS_SHOWN = 3
+# torch.save's two formats: a zip archive (since PyTorch 1.6), or a pickle stream that starts with this number.
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+# The highest pickle protocol torch's weights-only unpickler reads (it lacks protocol 4's FRAME opcode).
+_SAFE_PROTOCOL = 3
 
 
 def sha256_file(path: Path) -> str:
@@ -199,16 +208,30 @@ def _read_sidecar(sidecar: Path) -> dict[str, Any]:
 
 def _load_torch(path: Path) -> dict[str, Tensor]:
     try:
-        # weights_only=True: the restricted unpickler admits tensors and plain containers only, so a
-        # malicious or custom-class checkpoint is refused before any of its code can run.
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights only load failed" in str(e).lower():
-            raise UserError(
-                f"{path} contains Python objects; only plain state_dicts are loaded for safety — "
-                "re-save with torch.save(model.state_dict())"
-            ) from None
+        saved_by_torch, protocol = _torch_format(path)
+    except OSError as e:
         raise _corrupt_torch_file(path, e) from None
+    if not saved_by_torch:
+        raise _not_torch_file(path, protocol)
+    try:
+        with warnings.catch_warnings():
+            # torch warns (two lines, asking for a bug report) about any protocol but 2; what matters is told below.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            # weights_only=True: the restricted unpickler admits tensors and plain containers only, so a
+            # malicious or custom-class checkpoint is refused before any of its code can run.
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise _corrupt_torch_file(path, e) from None
+        if protocol is not None and protocol > _SAFE_PROTOCOL:
+            raise UserError(
+                f"{path} was saved with pickle protocol {protocol}, which torch's safe loader cannot read; re-save "
+                "with torch.save(model.state_dict(), path) and its default protocol"
+            ) from None
+        raise UserError(
+            f"{path} contains Python objects; only plain state_dicts are loaded for safety — "
+            "re-save with torch.save(model.state_dict())"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise _corrupt_torch_file(path, e) from None
     state_dict = _find_state_dict(obj)
@@ -239,6 +262,44 @@ def _is_tensor_dict(obj: object) -> bool:
         isinstance(obj, dict)
         and len(obj) > 0
         and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+    )
+
+
+def _torch_format(path: Path) -> tuple[bool, int | None]:
+    """(whether torch.save wrote ``path``, the pickle protocol of its object data, None when unknown).
+
+    Read by header only (pickletools parses opcodes without executing any), so nothing is unpickled here.
+    """
+    with path.open("rb") as f:
+        if f.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC:
+            try:
+                with zipfile.ZipFile(f) as archive:
+                    data = next((n for n in archive.namelist() if n.endswith("/data.pkl")), None)
+                    head = archive.open(data).read(2) if data is not None else b""
+            except (zipfile.BadZipFile, OSError, EOFError):  # torch.load reports the damage itself
+                return True, None
+            return True, head[1] if head[:1] == b"\x80" and len(head) == 2 else None
+        f.seek(0)
+        try:  # a legacy torch.save file pickles its magic number first; other pickles start with their data
+            first = [arg for op, arg, _ in itertools.islice(pickletools.genops(f), 3)
+                     if op.name not in ("PROTO", "FRAME")]  # fmt: skip
+        except ValueError:  # not a pickle stream at all
+            return False, None
+        f.seek(0)
+        head = f.read(2)
+    protocol = head[1] if head[:1] == b"\x80" and len(head) == 2 else None
+    return first[:1] == [_LEGACY_MAGIC_NUMBER], protocol
+
+
+def _not_torch_file(path: Path, protocol: int | None) -> UserError:
+    if protocol is not None:
+        return UserError(
+            f"{path} is a plain pickle (as pickle.dump writes), not a torch.save checkpoint, and advtrain never "
+            "unpickles such files: if you trust it, load it yourself and re-save with torch.save(model.state_dict())"
+        )
+    return UserError(
+        f"weights file {path} is not a checkpoint written by torch.save (neither its zip nor its legacy format); "
+        "re-save or re-download it"
     )
 
 

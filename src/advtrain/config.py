@@ -30,6 +30,7 @@ from advtrain.eval.robustness import check_attack_names
 from advtrain.methods import MethodConfig, method_class
 from advtrain.models.registry import check_model_args
 from advtrain.runtime import SEED_LIMIT, CompileMode
+from advtrain.yamltags import refused_tag
 
 
 @dataclass
@@ -425,6 +426,10 @@ def config_from_dict(raw: dict[str, Any]) -> RunConfig:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        found = sorted(p.name for pattern in ("*.yaml", "*.yml") for p in path.glob(pattern))[:3]
+        fix = f"one of its YAML files ({', '.join(found)})" if found else "a YAML file, e.g. configs/digits.yaml"
+        raise UserError(f"config file {path} is a folder: pass {fix}")
     if not path.is_file():
         raise UserError(f"config file {path} not found: pass an existing YAML file, e.g. configs/digits.yaml")
     try:
@@ -434,6 +439,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
+        tag = refused_tag(e)
+        if tag is not None:
+            raise UserError(f"config file {path} {tag}: write plain values instead") from None
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"config file {path} is not valid YAML{at}: fix the syntax") from None

@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from advtrain.errors import UserError
+from advtrain.yamltags import refused_tag
 
 
 def run_dir_path(run_dir: Path | str) -> Path:
@@ -25,6 +26,9 @@ def read_config(run_dir: Path | str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
+        tag = refused_tag(e)
+        if tag is not None:  # advtrain train writes plain values only, so the file was edited or replaced
+            raise UserError(f"{path} {tag}: restore the config.yaml advtrain train wrote") from None
         reason = " ".join(str(e).split())
         raise UserError(f"{path}: not valid YAML ({reason})") from None
     except UnicodeDecodeError:  # a damaged or foreign file where the run's YAML should be

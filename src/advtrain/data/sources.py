@@ -50,6 +50,15 @@ CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
 CIFAR100_FILES = ("train", "test")
 SVHN_FILES = ("train_32x32.mat", "test_32x32.mat")
 
+# The image shape (C, H, W) of each named dataset: a file of another shape given under that name is refused, since
+# a model and an evaluation protocol chosen for the name would otherwise run on other images without a word.
+DIGITS_SHAPE = (1, 8, 8)
+CIFAR_SHAPE = (3, 32, 32)  # CIFAR-10, CIFAR-100 and SVHN's cropped digits
+
+# The first bytes of an .npz (a zip archive; an empty one starts with its end record) and of a single .npy array.
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+_NPY_MAGIC = b"\x93NUMPY"
+
 
 @dataclass(frozen=True, eq=False)  # eq=False: tensors have no truth value, so compare datasets by identity
 class Dataset:
@@ -176,8 +185,17 @@ def _build(
     pixel_max: int,
     class_names: tuple[str, ...],
     where: str,
+    shape: tuple[int, int, int] | None = None,
 ) -> Dataset:
-    """Check the arrays from one source and wrap them; ``where`` names the file for the error messages."""
+    """Check the arrays from one source and wrap them; ``where`` names the file for the error messages.
+
+    ``shape`` is the C×H×W that dataset ``name`` is defined with; None for the sources that take any shape.
+    """
+    if shape is not None and x_train.shape[1:] != shape:
+        raise UserError(
+            f"{where}: images are {_dims(x_train.shape[1:])} but {name} images are {_dims(shape)}; "
+            f"give the {name} data, or load other images as dataset npz (data.name=npz, --data npz)"
+        )
     for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
         if len(x) != len(y):
             raise UserError(
@@ -208,6 +226,10 @@ def _build(
         pixel_max=pixel_max,
         class_names=tuple(class_names),
     )
+
+
+def _dims(shape: tuple[int, ...]) -> str:
+    return "×".join(str(d) for d in shape)
 
 
 def _is_int(value: object) -> bool:
@@ -305,6 +327,17 @@ def _decode_names(raw: Any, count: int) -> tuple[str, ...]:
 def _read_npz(path: Path, name: str, layout: str) -> dict[str, np.ndarray]:
     """Read the four arrays (and ``label_names`` when present) from an .npz without allowing pickles."""
     try:
+        with path.open("rb") as f:
+            head = f.read(len(_NPY_MAGIC))
+    except OSError as exc:
+        raise UserError(f"{name}: cannot read {path} ({_first_line(exc)}); give {layout}") from exc
+    # numpy takes any other file for a pickle and suggests allow_pickle=True, which would be wrong advice here.
+    if not head.startswith(_ZIP_MAGICS) and head != _NPY_MAGIC:
+        found = f"starts with {head!r}" if head else "is empty"
+        raise UserError(
+            f"{name}: {path} is not an .npz archive (np.savez writes a zip file; this file {found}); give {layout}"
+        )
+    try:
         npz = np.load(path, allow_pickle=False)
     except Exception as exc:  # zip, header and pickle errors all mean a corrupt or foreign file
         raise UserError(f"{name}: cannot read {path} ({_first_line(exc)}); give {layout}") from exc
@@ -326,7 +359,12 @@ def _read_npz(path: Path, name: str, layout: str) -> dict[str, np.ndarray]:
 
 
 def _from_npz(
-    path: Path, name: str, layout: str, num_classes: int | None, default_names: tuple[str, ...]
+    path: Path,
+    name: str,
+    layout: str,
+    num_classes: int | None,
+    default_names: tuple[str, ...],
+    shape: tuple[int, int, int] | None = None,
 ) -> Dataset:
     a = _read_npz(path, name, layout)
     x_train = _to_images(a["x_train"], f"{path} x_train")
@@ -341,7 +379,7 @@ def _from_npz(
         names = _decode_names(list(a["label_names"].reshape(-1)), num_classes) or default_names
     return _build(
         name, x_train, y_train, x_test, y_test,
-        num_classes=num_classes, pixel_max=255, class_names=names, where=str(path),
+        num_classes=num_classes, pixel_max=255, class_names=names, where=str(path), shape=shape,
     )  # fmt: skip
 
 
@@ -364,6 +402,7 @@ def _load_digits(root: str | Path | None) -> Dataset:
     return _build(
         "digits", images[train_idx], labels[train_idx], images[test_idx], labels[test_idx],
         num_classes=10, pixel_max=16, class_names=tuple(str(i) for i in range(10)), where="sklearn digits",
+        shape=DIGITS_SHAPE,
     )  # fmt: skip
 
 
@@ -371,7 +410,7 @@ def _load_cifar10(root: str | Path | None) -> Dataset:
     layout = f"the cifar-10-batches-py folder (data_batch_1..data_batch_5, test_batch) or {_NPZ_LAYOUT}"
     path = _existing(root, "cifar10", layout)
     if path.is_file() and path.suffix == ".npz":
-        return _from_npz(path, "cifar10", layout, 10, CIFAR10_NAMES)
+        return _from_npz(path, "cifar10", layout, 10, CIFAR10_NAMES, CIFAR_SHAPE)
     folder = _cifar_folder(
         path, "cifar-10-batches-py", CIFAR10_FILES, "cifar10", layout, "cifar-10-python.tar.gz"
     )
@@ -388,7 +427,7 @@ def _load_cifar10(root: str | Path | None) -> Dataset:
         names = _decode_names(meta.get(b"label_names"), 10) or CIFAR10_NAMES
     return _build(
         "cifar10", np.concatenate(xs[:5]), np.concatenate(ys[:5]), xs[5], ys[5],
-        num_classes=10, pixel_max=255, class_names=names, where=str(folder),
+        num_classes=10, pixel_max=255, class_names=names, where=str(folder), shape=CIFAR_SHAPE,
     )  # fmt: skip
 
 
@@ -396,7 +435,7 @@ def _load_cifar100(root: str | Path | None) -> Dataset:
     layout = f"the cifar-100-python folder (train, test, meta) or {_NPZ_LAYOUT}"
     path = _existing(root, "cifar100", layout)
     if path.is_file() and path.suffix == ".npz":
-        return _from_npz(path, "cifar100", layout, 100, CIFAR100_NAMES)
+        return _from_npz(path, "cifar100", layout, 100, CIFAR100_NAMES, CIFAR_SHAPE)
     folder = _cifar_folder(
         path, "cifar-100-python", CIFAR100_FILES, "cifar100", layout, "cifar-100-python.tar.gz"
     )
@@ -413,7 +452,7 @@ def _load_cifar100(root: str | Path | None) -> Dataset:
     (x_train, y_train), (x_test, y_test) = splits
     return _build(
         "cifar100", x_train, y_train, x_test, y_test,
-        num_classes=100, pixel_max=255, class_names=names, where=str(folder),
+        num_classes=100, pixel_max=255, class_names=names, where=str(folder), shape=CIFAR_SHAPE,
     )  # fmt: skip
 
 
@@ -446,6 +485,7 @@ def _load_svhn(root: str | Path | None) -> Dataset:
     return _build(
         "svhn", x_train, y_train, x_test, y_test,
         num_classes=10, pixel_max=255, class_names=tuple(str(i) for i in range(10)), where=str(path),
+        shape=CIFAR_SHAPE,
     )  # fmt: skip
 
 
