@@ -218,3 +218,25 @@ def test_bounds_refuse_nan_and_let_an_unset_option_pass():
         bound.check(None, "x")
     with pytest.raises(UserError, match=r"^x must be >= 0 \(a count\), got nan$"):
         Ge(0, "a count").check(math.nan, "x")
+
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+def test_mart_resnet18_config_uses_the_released_scripts_beta():
+    # YisenWang/MART train_resnet.py (the ResNet-18 script) defaults to --beta 5.0; the WideResNet one to 6.
+    config = load_config(CONFIGS / "cifar10_resnet18_mart.yaml")
+    assert config.method.name == "mart" and config.model.name == "resnet18" and config.method.beta == 5.0
+
+
+@pytest.mark.parametrize("r", [1, 2, 3])
+def test_sat_r_configs_describe_the_validation_the_code_runs(r):
+    path = CONFIGS / f"cifar10_wrn28_10_sat_r{r}.yaml"
+    config = load_config(path)
+    method = method_class(config.method.name)
+    # What the trainer does for these methods: select on I-FGSM-3 validation accuracy.
+    assert method.validation_attack == "ifgsm" and method.selection_metric == "val_ifgsm_acc"
+    assert config.train.select_metric == "auto"
+    header = " ".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+    assert "I-FGSM-3" in header and "val_ifgsm_acc" in header
+    assert "PGD-10" not in header  # the old comment claimed validation used the trainer's PGD-10

@@ -348,3 +348,73 @@ def test_corruption_error_rejects_bad_arguments_before_running():
     with pytest.raises(UserError, match="4 images but 3 labels"):
         corruption_error(model, x[:4], y[:3], ["shot_noise"], [1])
     assert math.isnan(corruption_error(model, x[:0], y[:0], ["shot_noise"], [1])[("shot_noise", 1)])
+
+
+# ------------------------------------------------------------- IGD's protocol: over the commonly correct images
+
+
+def fp64_models() -> dict[str, torch.nn.Module]:
+    """Two real digits CNNs (6 epochs and 1 epoch of training) in fp64, so they disagree on some images."""
+    import copy
+
+    return {"long": copy.deepcopy(trained_digits_cnn()).double(),
+            "short": copy.deepcopy(trained_digits_cnn(1)).double()}
+
+
+def hand_errors(models, x, y, name, severity, seed):
+    """Written out in fp64: the images every model gets right when clean; then, per model, the share of the
+    corrupted images misclassified over those (IGD's protocol) and over all images."""
+    xc = corrupt(x, name, severity, seed=seed)  # one batch holding everything
+    common = [True] * len(y)
+    wrong: dict[str, list[bool]] = {}
+    with torch.no_grad():
+        for label, model in models.items():
+            clean = model(x).argmax(1).tolist()
+            common = [c and p == t for c, p, t in zip(common, clean, y.tolist(), strict=True)]
+            wrong[label] = [p != t for p, t in zip(model(xc).argmax(1).tolist(), y.tolist(), strict=True)]
+    kept = [i for i, c in enumerate(common) if c]
+    return {label: (sum(w[i] for i in kept) / len(kept), sum(w) / len(w)) for label, w in wrong.items()}, len(kept)
+
+
+def test_corruption_error_among_a_mask_matches_a_hand_written_fp64_count():
+    from advtrain.eval.inductive import commonly_correct
+
+    models = fp64_models()
+    _, _, x, y = digits_tensors()
+    x, y = x[:200].double(), y[:200]
+    common = commonly_correct(list(models.values()), x, y)
+    expected, kept = hand_errors(models, x, y, "impulse_noise", 5, seed=2)
+    assert 0 < kept < 200 and int(common.sum()) == kept  # the models disagree: the two protocols differ
+    for label, model in models.items():
+        among = corruption_error(model, x, y, ["impulse_noise"], [5], seed=2, batch_size=1000, among=common)
+        over_all = corruption_error(model, x, y, ["impulse_noise"], [5], seed=2, batch_size=1000)
+        assert among[("impulse_noise", 5)] == expected[label][0]
+        assert over_all[("impulse_noise", 5)] == expected[label][1]
+    with pytest.raises(UserError, match="one entry per image"):
+        corruption_error(models["long"], x, y, ["impulse_noise"], [5], among=common[:10])
+
+
+def test_evaluate_inequality_reports_both_corruption_protocols_labelled():
+    from advtrain.eval.inequality import evaluate_inequality, inequality_text
+
+    models = fp64_models()
+    _, _, x, y = digits_tensors()
+    x, y = x[:200].double(), y[:200]
+    result = evaluate_inequality(models, x, y, evals=["corruptions"], seed=4, batch_size=1000)
+    for name in CORRUPTIONS:
+        for severity in SEVERITIES:
+            expected, kept = hand_errors(models, x, y, name, severity, seed=4)
+            for label in models:
+                entry = result["corruptions"][label]
+                assert entry["commonly_correct"][name][str(severity)] == expected[label][0]
+                assert entry["all_images"][name][str(severity)] == expected[label][1]
+    assert result["n_common_correct"] == kept and result["n"] == 200
+    text = inequality_text(result)
+    assert f"over the {kept} commonly correct images (IGD's protocol)" in text
+    assert "over all 200 images (includes the clean error)" in text
+
+    # Evaluated alone, a model's commonly correct images are the ones it classifies correctly when clean.
+    alone = evaluate_inequality({"long": models["long"]}, x, y, evals=["corruptions"], seed=4, batch_size=1000)
+    expected, kept = hand_errors({"long": models["long"]}, x, y, "gaussian_noise", 3, seed=4)
+    assert alone["corruptions"]["long"]["commonly_correct"]["gaussian_noise"]["3"] == expected["long"][0]
+    assert alone["n_common_correct"] == kept > result["n_common_correct"]

@@ -182,19 +182,25 @@ def test_released_cifar10_c_images_are_read_instead_of_generated(runs, tmp_path)
     _, _, s = runs  # the 3×8×8 synthetic run: released CIFAR-10-C images are RGB
     images, labels = _released_folder(tmp_path / "c10c", n=20)
     model = _model(s)
-    x = torch.rand(12, 3, 8, 8)
-    y = torch.as_tensor(labels[:12])
+    x = torch.rand(12, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor(labels[:12])  # a copy: labels stays what labels.npy holds
+    with torch.no_grad():
+        y[:6] = model(x[:6]).argmax(1)  # at least half the clean images right, so IGD's protocol has images
     result = evaluate_inequality({"s": model}, x, y, evals=["corruptions"],
                                  options=InequalityOptions(corruptions_root=tmp_path / "c10c"))
     table = result["corruptions"]["s"]
     assert table["source"] == str(tmp_path / "c10c")
+    with torch.no_grad():
+        common = model(x).argmax(1) == y  # the model alone: its clean-correct test images
+    assert 0 < int(common.sum()) == result["n_common_correct"]
     for name, blocks in images.items():
         for severity in range(1, 6):
             block = torch.from_numpy(blocks[(severity - 1) * 20:(severity - 1) * 20 + 12]).permute(0, 3, 1, 2)
             truth = torch.as_tensor(labels[(severity - 1) * 20:(severity - 1) * 20 + 12])
             with torch.no_grad():
-                wrong = (model(block.float() / 255).argmax(1) != truth).float().mean().item()
-            assert table[name][str(severity)] == pytest.approx(wrong)
+                wrong = (model(block.float() / 255).argmax(1) != truth).double()
+            assert table["all_images"][name][str(severity)] == pytest.approx(wrong.mean().item())
+            assert table["commonly_correct"][name][str(severity)] == pytest.approx(wrong[common].mean().item())
 
 
 def test_a_bad_corruptions_root_fails_before_any_work(runs, tmp_path, capsys):

@@ -48,16 +48,34 @@ def topk_oracle(scores: torch.Tensor, k: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------- element selection
 
 
-def test_num_elements_rounds_rho_times_size() -> None:
-    assert num_elements(0.002, 3 * 32 * 32) == 6  # 6.144
-    assert num_elements(0.02, 3 * 32 * 32) == 61  # 61.44
-    assert num_elements(0.05, 64) == 3  # 3.2
-    assert num_elements(0.25, 10) == 3  # 2.5, half up
+def test_num_elements_truncates_rho_times_size_as_the_igd_code_does() -> None:
+    # IGD's evaluation code takes k = int(C·H·W·ρ). Rounding half up instead gives one element more at
+    # these ρ of the default grids: 3 of 10 inductive and 5 of 10 random ρ on CIFAR (3·32·32), 4 of 10
+    # inductive ρ on 1×8×8 digits.
+    cifar, digits = 3 * 32 * 32, 1 * 8 * 8
+    assert {rho: num_elements(rho, cifar) for rho in (0.008, 0.01, 0.012)} == {0.008: 24, 0.01: 30, 0.012: 36}
+    assert [num_elements(rho, cifar) for rho in (0.04, 0.08, 0.12, 0.16, 0.18)] == [122, 245, 368, 491, 552]
+    assert [num_elements(rho, digits) for rho in (0.008, 0.01, 0.012, 0.014)] == [0, 0, 0, 0]
+    for numel in (cifar, digits, 3 * 64 * 64, 3 * 224 * 224):
+        for rho in (*INDUCTIVE_RHOS, *RANDOM_RHOS):
+            assert num_elements(rho, numel) == int(numel * rho), (numel, rho)
+    assert num_elements(0.002, cifar) == 6 and num_elements(0.02, cifar) == 61  # 6.144, 61.44
+    assert num_elements(0.25, 10) == 2  # 2.5, truncated
     assert num_elements(0.0, 64) == 0 and num_elements(1.0, 64) == 64
     with pytest.raises(ValueError, match="rho"):
         num_elements(1.5, 64)
     assert INDUCTIVE_RHOS == (0.002, 0.004, 0.006, 0.008, 0.01, 0.012, 0.014, 0.016, 0.018, 0.02)
     assert RANDOM_RHOS == (0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2)
+
+
+def test_inductive_noise_perturbs_int_rho_times_size_elements() -> None:
+    # ρ = 0.8% of a 3×32×32 image: exactly 24 elements change (the authors' int(24.576)), not 25.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).double()
+    x = 0.25 + 0.5 * torch.rand(4, 3, 32, 32, dtype=torch.float64)
+    y = torch.arange(4)
+    out = inductive_noise(model, x, y, 0.008, "replace", torch.Generator().manual_seed(1))
+    assert (out != x).flatten(1).sum(1).tolist() == [24] * 4
 
 
 def test_top_k_mask_takes_largest_signed_values() -> None:

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from advtrain.attacks import ThreatModel
-from advtrain.config import load_config
+from advtrain.config import ScheduleConfig, load_config
+from advtrain.errors import UserError
 from advtrain.methods.base import Batch, EpochContext, StepContext
 from advtrain.methods.iseat import ISEAT, ISEATConfig, rank_weights
 from advtrain.train import train
+from advtrain.train.schedule import LRSchedule
 from tests.test_baseline_methods import tiny_batch, tiny_model
 
 EPS, ALPHA, STEPS, GAMMA, LAM = 0.2, 0.05, 3, 0.05, 0.5
@@ -131,18 +135,71 @@ def test_rank_weights_with_ties_are_average_ascending_ranks_over_the_batch():
     assert rank_weights(values).max() == 1 and math.isclose(rank_weights(values).min(), 1 / 33)
 
 
-def test_lambda_switches_on_at_the_first_lr_decay_and_survives_a_resume():
+def released_stage_lam(epoch: int, annealing: list[float], lams: list[float]) -> float:
+    """The released code's λ, written out: the LR stage counts the milestones with epoch >= int(milestone)
+    (stopping at the first one not reached), and λ is the stage's entry of `--lam` (its last past the end)."""
+    stage = 0
+    for milestone in annealing:
+        if epoch < int(milestone):
+            break
+        stage += 1
+    return lams[stage] if stage < len(lams) else lams[-1]
+
+
+def stage_lams(method: ISEAT, schedule: ScheduleConfig, epochs: int) -> list[float]:
+    """method.stage_lam at the start of every epoch, with the LR and milestones the trainer passes."""
+    lrs = LRSchedule(schedule, 0.1, epochs)
+    out = []
+    for epoch in range(epochs):
+        ctx = EpochContext(epoch, epochs, lrs.lr_at(epoch), 0.1, lambda n: (None, None), None,
+                           schedule.lr_milestones())
+        method.on_epoch_start(None, ctx)
+        out.append(method.stage_lam)
+    return out
+
+
+@pytest.mark.parametrize("milestones", [[100, 150], [150, 100], [0, 150], [99.5, 150], [201]])
+def test_lambda_follows_the_released_codes_lr_stage(milestones):
+    schedule = ScheduleConfig(name="multistep", milestones=milestones)
     method = ISEAT(ISEATConfig(), ThreatModel("linf", 8 / 255))
     assert method.stage_lam == 0.0
-
-    def start(epoch: int, lr: float) -> float:
-        method.on_epoch_start(None, EpochContext(epoch, 200, lr, 0.1, lambda n: (None, None), None))
-        return method.stage_lam
-
-    assert start(0, 0.1) == 0.0 and start(99, 0.1) == 0.0 and start(100, 0.01) == 0.1 and start(150, 0.001) == 0.1
+    expected = [released_stage_lam(e, sorted(milestones), [0.0, 0.1]) for e in range(200)]
+    assert stage_lams(method, schedule, 200) == expected
     again = ISEAT(ISEATConfig(), ThreatModel("linf", 8 / 255))
-    again.load_state_dict(method.state_dict())
-    assert again.stage_lam == 0.1
+    again.load_state_dict(method.state_dict())  # a mid-epoch resume keeps the stage's λ
+    assert again.stage_lam == expected[-1]
+
+
+def test_lambda_under_a_schedule_without_milestones_needs_an_explicit_epoch():
+    # Cosine is below its base LR from epoch 1: "λ on once the LR has dropped" switched it on there.
+    cosine = ScheduleConfig(name="cosine")
+    explicit = ISEAT(ISEATConfig(lam_start_epoch=120), ThreatModel("linf", 8 / 255))
+    assert stage_lams(explicit, cosine, 200) == [0.0] * 120 + [0.1] * 80
+    # The explicit epoch also overrides the milestone of a multistep schedule.
+    early = ISEAT(ISEATConfig(lam_start_epoch=3), ThreatModel("linf", 8 / 255))
+    assert stage_lams(early, ScheduleConfig(name="multistep", milestones=[100, 150]), 6) == [0.0] * 3 + [0.1] * 3
+    # Without one, no schedule but multistep is accepted: refused at load time, and by the method itself.
+    for name in ("cosine", "cyclic", "plateau", "constant"):
+        with pytest.raises(UserError, match=rf"schedule {name} has none: set method\.lam_start_epoch"):
+            load_config(None, ["method.name=iseat", f"schedule.name={name}"])
+        with pytest.raises(UserError, match=r"method\.lam_start_epoch"):
+            stage_lams(ISEAT(ISEATConfig(), ThreatModel("linf", 8 / 255)), ScheduleConfig(name=name), 2)
+    with pytest.raises(UserError, match="schedule multistep has none"):
+        load_config(None, ["method.name=iseat", "schedule.milestones=[]"])
+    config = load_config(None, ["method.name=iseat", "schedule.name=cosine", "method.lam_start_epoch=100"])
+    assert config.method.lam_start_epoch == 100
+    load_config(None, ["method.name=pgd_at", "schedule.name=cosine"])  # other methods take any schedule
+
+
+def test_a_cosine_iseat_config_at_the_cli_is_one_line_exit_2(tmp_path, capsys):
+    from advtrain.cli import main
+
+    config = Path(__file__).parents[1] / "configs" / "digits_iseat.yaml"
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "run"),
+                 "--set", "schedule.name=cosine"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "method.lam_start_epoch" in err[0] and "multistep" in err[0], err
+    assert not (tmp_path / "run").exists()
 
 
 def test_iseat_trains_on_digits_and_records_its_options(tmp_path):

@@ -161,18 +161,52 @@ def test_regional_gini_duan_keeps_partial_edge_blocks() -> None:
     assert regional_gini(attr, "duan", block=4).item() == pytest.approx(0.25, abs=1e-15)
 
 
-def test_regional_gini_igd_reflect_pads_to_a_multiple() -> None:
-    # 6×6, n = 4: reflect-padded by one pixel on each side to 8×8 (padded index p holds row p − 1,
-    # with −1 → 1 and 6 → 4). A[1,1] = 1 appears at padded (0,0), (0,2), (2,0), (2,2): top-left block
-    # mean 4/16. A[3,3] = 1 appears once, at (4,4): bottom-right block mean 1/16.
-    # Regions ∝ [0, 0, 1, 4]: Σ = 5, Σ i·a = 3 + 16 = 19, G = 38/20 − 5/4 = 0.65.
-    # (Zero padding would give [0, 0, 1, 1] → 0.5; no padding is not defined for 6×6.)
+def test_regional_gini_igd_reflect_pads_bottom_right_to_a_multiple() -> None:
+    # 6×6, n = 4: reflect-padded by two pixels at the bottom and right only, as IGD's evaluation code
+    # pads, to 8×8 (padded row/column 6 holds 4, 7 holds 3). A[1,1] = 1 appears once, at (1,1); |A[3,3]| = 1
+    # at (3,3), (3,7), (7,3) and (7,7). Block means ∝ [2, 1, 1, 1]: sorted [1, 1, 1, 2], Σ = 5,
+    # Σ i·a = 1 + 2 + 3 + 8 = 14, G = 28/20 − 5/4 = 0.15. (Padding one pixel on each side instead would
+    # give [0, 0, 1, 4] → 0.65; zero padding [0, 0, 1, 1] → 0.5.)
     attr = torch.zeros(1, 1, 6, 6, dtype=torch.float64)
     attr[0, 0, 1, 1] = 1.0
     attr[0, 0, 3, 3] = -1.0
-    assert regional_gini(attr, "igd", block=4).item() == pytest.approx(0.65, abs=1e-15)
+    assert regional_gini(attr, "igd", block=4).item() == pytest.approx(0.15, abs=1e-15)
     # A uniform map stays perfectly equal after reflect padding.
     assert regional_gini(torch.ones(2, 3, 6, 6), "igd", block=4).tolist() == [0.0, 0.0]
+
+
+def hand_igd_regional_gini(attr: torch.Tensor, n: int) -> list[float]:
+    """IGD's regional Gini written out in fp64 Python: reflect |A| past the bottom/right edge (index
+    i ≥ H reads row 2(H − 1) − i), average each channel's n×n windows, pairwise Gini over all of them."""
+    b, c, h, w = attr.shape
+    rows, cols = -(-h // n) * n, -(-w // n) * n
+    out = []
+    for k in range(b):
+        means = []
+        for ch in range(c):
+            for top in range(0, rows, n):
+                for left in range(0, cols, n):
+                    total = 0.0
+                    for i in range(top, top + n):
+                        for j in range(left, left + n):
+                            si = i if i < h else 2 * (h - 1) - i
+                            sj = j if j < w else 2 * (w - 1) - j
+                            total += abs(float(attr[k, ch, si, sj]))
+                    means.append(total / (n * n))
+        m, mass = len(means), sum(means)
+        out.append(sum(abs(u - v) for u in means for v in means) / (2 * m * mass))
+    return out
+
+
+def test_regional_gini_igd_matches_a_hand_written_fp64_reimplementation() -> None:
+    # 20×27 is a multiple of 16 on neither side: 12 reflected rows below, 5 columns to the right.
+    attr = torch.randn(2, 3, 20, 27, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = hand_igd_regional_gini(attr, 16)
+    assert regional_gini(attr, "igd").tolist() == pytest.approx(expected, abs=1e-12)
+    # Block 8 on a 20×20 map: 4 reflected rows and columns.
+    square = attr[:, :, :20, :20]
+    assert regional_gini(square, "igd", block=8).tolist() == pytest.approx(hand_igd_regional_gini(square, 8),
+                                                                           abs=1e-12)
 
 
 def test_regional_gini_default_blocks_and_errors() -> None:

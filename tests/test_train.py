@@ -139,7 +139,7 @@ PAPER_RECIPES = {
     "cifar10_wrn34_10_trades.yaml": ("wrn34_10", "trades", 76, 0.1, 2e-4, "multistep", [74],
                                      {"beta": 6.0, "steps": 10, "init_std": 0.001, "bn_mode": "eval"}),
     "cifar10_resnet18_mart.yaml": ("resnet18", "mart", 120, 0.01, 3.5e-3, "multistep", [74, 89, 99],
-                                   {"beta": 6.0, "steps": 10}),
+                                   {"beta": 5.0, "steps": 10}),  # train_resnet.py's β (WRN script: 6)
     "cifar10_preact_resnet18_awp.yaml": ("preact_resnet18", "awp", 200, 0.1, 5e-4, "multistep", [100, 150],
                                          {"gamma": 1e-2, "warmup_epochs": 0}),
     "cifar10_wrn34_10_trades_awp.yaml": ("wrn34_10", "awp", 200, 0.1, 5e-4, "multistep", [100, 150],

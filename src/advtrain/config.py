@@ -87,6 +87,10 @@ class ScheduleConfig:
     threshold: Annotated[float, Ge(0)] = 1e-2
     factor: Annotated[float, Gt(0)] = 0.1
 
+    def lr_milestones(self) -> tuple[float, ...]:
+        """The epochs where the LR decays, sorted: `milestones` for multistep; none for the other schedules."""
+        return tuple(sorted(self.milestones)) if self.name == "multistep" else ()
+
 
 @dataclass
 class TrainConfig:
@@ -466,6 +470,7 @@ def validate(config: RunConfig) -> None:
     check_dataset_args(config.data.name, config.data.options)
     check_model_args(config.model.name, config.model.options)
     check_attack_names(config.eval.attacks, "eval.attacks")
+    config.method.check_schedule(config.schedule.lr_milestones(), config.schedule.name)
     if not config.eval.attacks:
         raise UserError("eval.attacks is empty: name at least one attack, e.g. [clean, pgd]")
     device = config.train.device

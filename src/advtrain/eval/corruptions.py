@@ -231,6 +231,55 @@ def corrupt(
                              quantize=quantize)
 
 
+def corruption_mistakes(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    names: Sequence[str] = tuple(CORRUPTIONS),
+    severities: Sequence[int] = SEVERITIES,
+    *,
+    seed: int = 0,
+    batch_size: int = 256,
+    constants: Constants = "cifar10",
+    quantize: bool = False,
+) -> dict[tuple[str, int], Tensor]:
+    """Per (corruption, severity), a CPU bool per image: misclassified once corrupted (model in eval mode).
+
+    `x`, `y` must be on the model's device. Each (name, severity) gets one generator,
+    ``corruption_generator(seed, name, severity, x.device)``, which corrupts the batches of ``batch_size`` in
+    order; so with ``batch_size >= len(x)`` the images are exactly ``corrupt(x, name, severity, seed)``, and a
+    different batch size draws different (equally distributed) noise. The model's train/eval flags are
+    restored afterwards.
+    """
+    check_corruption_names(names)
+    for name in names:
+        for severity in severities:
+            constant(name, severity, constants)
+    if batch_size < 1:
+        raise UserError(f"batch_size must be a positive integer, got {batch_size}")
+    if len(x) != len(y):
+        raise UserError(f"{len(x)} images but {len(y)} labels: give one label per image")
+    _check_images(x)
+    mistakes: dict[tuple[str, int], Tensor] = {}
+    with bn_policy(model, "eval"), torch.no_grad():
+        for name in names:
+            for severity in severities:
+                generator = corruption_generator(seed, name, severity, x.device)
+                wrong = [torch.zeros(0, dtype=torch.bool)]  # an empty x runs no batch
+                for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True) if len(x) else ():
+                    xc = CORRUPTIONS[name](xb, severity, generator, constants, quantize=quantize)
+                    wrong.append((model(xc).argmax(1) != yb).cpu())
+                mistakes[(name, int(severity))] = torch.cat(wrong)
+    return mistakes
+
+
+def error_among(wrong: Tensor, among: Tensor | None = None) -> float:
+    """The share of ``wrong`` (bool per image) that is True, over the images of the bool mask ``among`` (all
+    images when None); NaN for an empty set."""
+    chosen = wrong if among is None else wrong[among.to(device=wrong.device, dtype=torch.bool)]
+    return float(chosen.double().mean()) if chosen.numel() else float("nan")
+
+
 def corruption_error(
     model: nn.Module,
     x: Tensor,
@@ -242,38 +291,21 @@ def corruption_error(
     batch_size: int = 256,
     constants: Constants = "cifar10",
     quantize: bool = False,
+    among: Tensor | None = None,
 ) -> dict[tuple[str, int], float]:
-    """Top-1 error rate on corrupted copies of (x, y), per (corruption, severity), with the model in eval mode.
+    """Top-1 error rate on corrupted copies of (x, y), per (corruption, severity): see `corruption_mistakes`.
 
-    `x`, `y` must be on the model's device. Each (name, severity) gets one generator,
-    ``corruption_generator(seed, name, severity, x.device)``, which corrupts the batches of ``batch_size`` in
-    order; so with ``batch_size >= len(x)`` the images are exactly ``corrupt(x, name, severity, seed)``, and a
-    different batch size draws different (equally distributed) noise. The model's train/eval flags are
-    restored afterwards. An empty set gives NaN.
+    ``among`` (a bool mask over the images) counts only those images, e.g. ``commonly_correct(models, x, y)``
+    for IGD's protocol (the error over the images every compared model classifies correctly when clean);
+    None counts all of them, which mixes in the clean error. Every image is corrupted either way, so both
+    protocols see the same noise. An empty set gives NaN.
     """
-    check_corruption_names(names)
-    for name in names:
-        for severity in severities:
-            constant(name, severity, constants)
-    if batch_size < 1:
-        raise UserError(f"batch_size must be a positive integer, got {batch_size}")
-    if len(x) != len(y):
-        raise UserError(f"{len(x)} images but {len(y)} labels: give one label per image")
-    _check_images(x)
-    errors: dict[tuple[str, int], float] = {}
-    with bn_policy(model, "eval"), torch.no_grad():
-        for name in names:
-            for severity in severities:
-                if len(x) == 0:
-                    errors[(name, int(severity))] = float("nan")
-                    continue
-                generator = corruption_generator(seed, name, severity, x.device)
-                wrong = 0
-                for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True):
-                    xc = CORRUPTIONS[name](xb, severity, generator, constants, quantize=quantize)
-                    wrong += int((model(xc).argmax(1) != yb).sum())
-                errors[(name, int(severity))] = wrong / len(x)
-    return errors
+    if among is not None and among.shape != (len(x),):
+        raise UserError(f"among must be a bool mask with one entry per image ({len(x)}), got shape "
+                        f"{tuple(among.shape)}")
+    mistakes = corruption_mistakes(model, x, y, names, severities, seed=seed, batch_size=batch_size,
+                                   constants=constants, quantize=quantize)
+    return {key: error_among(wrong, among) for key, wrong in mistakes.items()}
 
 
 # --------------------------------------------------------------------------------------------- CIFAR-10-C files
@@ -346,7 +378,9 @@ __all__ = [
     "corrupt",
     "corruption_error",
     "corruption_generator",
+    "corruption_mistakes",
     "corruption_seed",
+    "error_among",
     "gaussian_noise",
     "impulse_noise",
     "load_cifar10_c",

@@ -5,8 +5,10 @@
 - `inductive_noise`, `random_noise`, `inductive_occlusion`: error rates over the images that *every*
   compared model classifies correctly when clean (§7.3), so the models are judged on the same images.
 - `corruptions`: error on the noise family of CIFAR-10-C / ImageNet-C generated from the seed, or read from
-  a released CIFAR-10-C folder, over all evaluated test images (the usual corruption-error protocol, not
-  the commonly-correct set).
+  a released CIFAR-10-C folder, under two protocols: `commonly_correct`, over the images every compared
+  model classifies correctly when clean (IGD's evaluation code: the corruption error of a model alone,
+  not its clean error plus it), and `all_images`, over every evaluated test image (the usual CIFAR-10-C
+  protocol, which mostly measures clean error). Every image is corrupted once, so both see the same noise.
 """
 
 from __future__ import annotations
@@ -21,22 +23,34 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks import bn_policy
-from advtrain.eval.corruptions import CORRUPTIONS, SEVERITIES, Constants, corruption_error, load_cifar10_c
+from advtrain.eval.corruptions import (
+    CORRUPTIONS,
+    SEVERITIES,
+    Constants,
+    corruption_mistakes,
+    error_among,
+    load_cifar10_c,
+)
 from advtrain.eval.inductive import (
     INDUCTIVE_RHOS,
     NOISE_MODES,
     OCCLUSION_COLORS,
     RANDOM_RHOS,
     commonly_correct,
-    error_rate,
     inductive_noise_sweep,
     inductive_occlusion,
+    predict,
     random_noise_sweep,
 )
 from advtrain.eval.saliency import ATTRIBUTIONS, IGD_BLOCK, gini_report, global_gini, mean_over, saliency
 
 INEQUALITY_EVALS = ("gini", "inductive_noise", "random_noise", "inductive_occlusion", "corruptions")
 COLOR_NAMES = {0.5: "grey", 1.0: "white"}
+# The two corruption-error protocols (keys of a model's "corruptions" entry) and how the tables name them.
+CORRUPTION_PROTOCOLS = {
+    "commonly_correct": "over the {n_common_correct} commonly correct images (IGD's protocol)",
+    "all_images": "over all {n} images (includes the clean error)",
+}
 
 
 @dataclass(frozen=True)
@@ -110,30 +124,41 @@ def evaluate_inequality(
                     for c, b in broken.items()
                 }
             elif o.corruptions_root is not None:  # corruptions, released files
-                per_model[label] = released_corruption_error(model, o.corruptions_root, len(y), batch_size) | {
-                    "source": str(o.corruptions_root)}
+                mistakes = released_corruption_mistakes(model, o.corruptions_root, len(y), batch_size)
+                per_model[label] = _protocol_tables(mistakes, common) | {"source": str(o.corruptions_root)}
             else:  # corruptions, generated
-                errors = corruption_error(model, x, y, tuple(CORRUPTIONS), SEVERITIES, seed=seed,
-                                          batch_size=batch_size, constants=o.corruption_constants)
-                table: dict[str, dict[str, float]] = {}
-                for (corruption, severity), error in errors.items():
-                    table.setdefault(corruption, {})[str(severity)] = error
-                per_model[label] = table | {"constants": o.corruption_constants}
+                mistakes = corruption_mistakes(model, x, y, tuple(CORRUPTIONS), SEVERITIES, seed=seed,
+                                               batch_size=batch_size, constants=o.corruption_constants)
+                per_model[label] = _protocol_tables(mistakes, common) | {"constants": o.corruption_constants}
         out[name] = per_model
     return out
 
 
-def released_corruption_error(model: nn.Module, root: Path, n: int, batch_size: int) -> dict[str, dict[str, float]]:
-    """{corruption: {severity: error}} on the first `n` images of each severity block of a released
-    CIFAR-10-C folder (the noise family), with its own labels."""
+def released_corruption_mistakes(
+    model: nn.Module, root: Path, n: int, batch_size: int
+) -> dict[tuple[str, int], Tensor]:
+    """{(corruption, severity): CPU bool per image, misclassified} on the first `n` images of each severity
+    block of a released CIFAR-10-C folder (the noise family, the test images in order), with its own labels."""
     device = next(model.parameters()).device
-    table: dict[str, dict[str, float]] = {}
+    mistakes: dict[tuple[str, int], Tensor] = {}
     for corruption in CORRUPTIONS:
         for severity in SEVERITIES:
             images, labels = load_cifar10_c(root, corruption, severity)
             x = images[:n].to(device).float() / 255
-            table.setdefault(corruption, {})[str(severity)] = error_rate(model, x, labels[:n], batch_size)
-    return table
+            mistakes[(corruption, severity)] = (predict(model, x, batch_size).cpu() != labels[:n])
+    return mistakes
+
+
+def _protocol_tables(mistakes: Mapping[tuple[str, int], Tensor], common: Tensor) -> dict[str, Any]:
+    """{protocol: {corruption: {severity: error}}} for both CORRUPTION_PROTOCOLS, from per-image mistakes."""
+    among = {"commonly_correct": common.cpu(), "all_images": None}
+    tables: dict[str, Any] = {}
+    for protocol, mask in among.items():
+        table: dict[str, dict[str, float]] = {}
+        for (corruption, severity), wrong in mistakes.items():
+            table.setdefault(corruption, {})[str(severity)] = error_among(wrong, mask)
+        tables[protocol] = table
+    return tables
 
 
 def _by_rho(sweep: Mapping[float, float]) -> dict[str, float]:
@@ -147,11 +172,11 @@ def _by_rho(sweep: Mapping[float, float]) -> dict[str, float]:
 def inequality_text(result: Mapping[str, Any]) -> str:
     """The "inequality" results of `evaluate_inequality` as fixed-width text tables, one per evaluation:
     mean Gini per model; error rate (%) at each ρ per model and noise mode; occlusion error (%) per colour;
-    corruption error (%) averaged over the severities, per corruption."""
+    corruption error (%) averaged over the severities, per corruption, under each protocol."""
     from advtrain.report.tables import fmt_acc, text_table
 
     parts = [f"commonly correct: {result.get('n_common_correct')} of {result.get('n')} images "
-             "(inductive/random noise and occlusion error rates are over these)\n"]
+             "(inductive/random noise, occlusion and IGD-protocol corruption error rates are over these)\n"]
     if "gini" in result:
         keys = list(dict.fromkeys(k for per in result["gini"].values() for k in per))
         rows = [[label, *(per.get(k) for k in keys)] for label, per in result["gini"].items()]
@@ -170,11 +195,12 @@ def inequality_text(result: Mapping[str, Any]) -> str:
         colours = list(dict.fromkeys(c for per in occlusion.values() for c in per))
         rows = [[label, *(fmt_acc(per.get(c)) for c in colours)] for label, per in occlusion.items()]
         parts.append("inductive occlusion: error rate %\n" + text_table(["model", *colours], rows))
-    if "corruptions" in result:
-        tables = {label: _severity_tables(per) for label, per in result["corruptions"].items()}
+    for protocol, over in CORRUPTION_PROTOCOLS.items() if "corruptions" in result else ():
+        tables = {label: _severity_tables(per, protocol) for label, per in result["corruptions"].items()}
         names = list(dict.fromkeys(c for per in tables.values() for c in per))
         rows = [[label, *(fmt_acc(_mean(per.get(c, {}).values())) for c in names)] for label, per in tables.items()]
-        parts.append("noise corruptions: error rate % (mean over severities)\n" + text_table(["model", *names], rows))
+        parts.append(f"noise corruptions: error rate % {over.format_map(result)}, mean over severities\n"
+                     + text_table(["model", *names], rows))
     return "\n".join(parts)
 
 
@@ -191,7 +217,7 @@ def write_inequality_figures(
     """Write the PNGs of the evaluations in `result` (from `evaluate_inequality` on these models and images)
     into `folder`; return their paths. saliency.png (gini): the first `SALIENCY_FIGURE_IMAGES` commonly
     correct images with each model's saliency map and global Gini; noise.png (inductive and/or random noise,
-    'add' mode); occlusion.png; corruptions.png."""
+    'add' mode); occlusion.png; corruptions.png (the commonly correct protocol, IGD's)."""
     from advtrain.report import inequality_figures as figures
     from advtrain.report.figures import save_figure
 
@@ -219,16 +245,17 @@ def write_inequality_figures(
         written.append(save_figure(figures.occlusion_error_bars(result["inductive_occlusion"]),
                                    folder / "occlusion.png"))
     if "corruptions" in result:
-        tables = {label: _severity_tables(per) for label, per in result["corruptions"].items()}
-        written.append(save_figure(figures.corruption_error_curves(tables), folder / "corruptions.png"))
+        tables = {label: _severity_tables(per, "commonly_correct") for label, per in result["corruptions"].items()}
+        title = f"Noise corruptions, error {CORRUPTION_PROTOCOLS['commonly_correct'].format_map(result)}"
+        written.append(save_figure(figures.corruption_error_curves(tables, title), folder / "corruptions.png"))
     return written
 
 
-def _severity_tables(per_model: Mapping[str, Any]) -> dict[str, dict[int, float]]:
-    """{corruption: {severity (int): error}} from one model's JSON entry (drops the "constants" field)."""
+def _severity_tables(per_model: Mapping[str, Any], protocol: str) -> dict[str, dict[int, float]]:
+    """{corruption: {severity (int): error}} under one of CORRUPTION_PROTOCOLS, from one model's JSON entry."""
     return {
         name: {int(severity): error for severity, error in by_severity.items()}
-        for name, by_severity in per_model.items() if isinstance(by_severity, Mapping)
+        for name, by_severity in (per_model.get(protocol) or {}).items()
     }
 
 

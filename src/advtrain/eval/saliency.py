@@ -129,11 +129,10 @@ def global_gini(attr: Tensor) -> Tensor:
 RegionalConvention = Literal["duan", "igd"]
 REGIONAL_CONVENTIONS: tuple[str, ...] = get_args(RegionalConvention)
 
-# IGD's released code was not available to us; METHODS.md §7.2 reads "16×16 average-pooling per channel
-# with reflect padding", and the regional Gini is a Gini "over blocks". Our reading: non-overlapping
-# 16×16 windows (kernel = stride = 16) on each channel separately, the map reflect-padded up to the next
-# multiple of 16 when H or W is not one (split evenly, the extra pixel at the bottom/right). On CIFAR
-# (32), Tiny-ImageNet (64) and ImageNet (224) sizes no padding happens at all.
+# IGD's evaluation code: |A| reflect-padded at the bottom and right only, up to the next multiple of 16,
+# then average-pooled over non-overlapping 16×16 windows (kernel = stride = 16) on each channel, and the
+# Gini taken over all (channel, window) values. CIFAR (32), Tiny-ImageNet (64) and ImageNet (224) sizes
+# need no padding; e.g. 20×20 does (12 reflected rows below, 12 columns to the right).
 IGD_BLOCK = 16
 
 
@@ -164,7 +163,7 @@ def regional_gini(attr: Tensor, convention: RegionalConvention = "duan", block: 
       last row/column of blocks is partial (smaller) and still counted, so every pixel is in exactly one
       region; their code instead left those pixels as single-pixel "regions".
     - "igd" (IGD): each channel separately, the mean of |A| over non-overlapping n×n windows after
-      reflect padding to a multiple of n (see IGD_BLOCK), one value per (channel, window).
+      reflect padding at the bottom/right to a multiple of n (see IGD_BLOCK), one value per (channel, window).
 
     `block` defaults to `default_block(convention, H, W)`. Sum and mean over equal-sized blocks give the
     same Gini (it is scale-invariant); the conventions differ in channels and in the edge blocks.
@@ -184,14 +183,12 @@ def regional_gini(attr: Tensor, convention: RegionalConvention = "duan", block: 
     elif convention == "igd":
         pad_h, pad_w = -h % n, -w % n
         if pad_h or pad_w:
-            top, left = pad_h // 2, pad_w // 2
-            bottom, right = pad_h - top, pad_w - left
-            if max(top, bottom) >= h or max(left, right) >= w:
+            if pad_h >= h or pad_w >= w:  # reflection cannot pad more than the side less one pixel
                 raise ValueError(
                     f"igd regional Gini: a {h}×{w} map is too small to reflect-pad to a multiple of {n}; "
                     "pass a smaller block"
                 )
-            mag = F.pad(mag, (left, right, top, bottom), mode="reflect")
+            mag = F.pad(mag, (0, pad_w, 0, pad_h), mode="reflect")
         regions = _blocks(mag, n).mean((-3, -1))
     else:
         raise ValueError(f"regional convention must be one of {REGIONAL_CONVENTIONS}, got {convention!r}")

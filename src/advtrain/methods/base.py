@@ -78,6 +78,10 @@ class MethodConfig:
 
     name: str = ""
 
+    def check_schedule(self, lr_milestones: Sequence[float], schedule_name: str) -> None:
+        """Refuse, while the config loads, an LR schedule these options cannot follow (one-line UserError).
+        `lr_milestones` are the epochs where the schedule decays the LR (empty unless multistep). Any by default."""
+
 
 @dataclass
 class Batch:
@@ -112,6 +116,7 @@ class EpochContext:
     base_lr: float  # the configured initial learning rate
     sample_train: Callable[[int], tuple[Tensor, Tensor]]  # n augmented training examples (x, y)
     generator: torch.Generator
+    lr_milestones: tuple[float, ...] = ()  # epochs where the multistep schedule decays the LR; () for any other
 
 
 @dataclass

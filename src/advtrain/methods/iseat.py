@@ -14,14 +14,19 @@ logit-smoothness regulariser weighted by each example's rank of adversarial vuln
   from the clean branch's forward pass; BN in train mode throughout the attack (§4.2).
 - v: one AWP step (§4.3) on the unweighted batch-mean adversarial CE at θ, with BN on batch statistics and
   running statistics untouched (the code's throwaway proxy copy), multi-dimensional weights only.
-- λ per LR stage: `lam_before_decay` (0) until the first epoch whose starting LR is below `optim.lr` (with
-  the paper's multistep schedule, the first milestone), `lam` (0.1) from then on.
+- λ per LR stage (the released code's `--lam 0 0.1`): `lam_before_decay` (0) before the first LR milestone,
+  `lam` (0.1) from the epoch ⌊m₁⌋ (0-based) the first milestone m₁ falls in, as the released code counts
+  stages (`epoch >= int(milestone)`). Only a multistep schedule has milestones; a config with any other
+  schedule is refused unless `lam_start_epoch` names the epoch (which also overrides the milestone): under
+  cosine, cyclic or warm-up schedules the LR is below its base from epoch 1, so its first drop marks no stage.
 - Ties in AV share the average of their ranks, so the weights do not depend on the order of the batch
   (METHODS.md does not say; this is our choice).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -41,6 +46,7 @@ from advtrain.attacks import (
     project,
 )
 from advtrain.bounds import Ge, Gt, Le
+from advtrain.errors import UserError
 from advtrain.methods.base import (
     Batch,
     EpochContext,
@@ -61,9 +67,28 @@ class ISEATConfig(MethodConfig):
     gamma: Annotated[float, Ge(0)] = 7e-3  # AWP step (`-ag 7e-3` in the authors' command)
     lam: Annotated[float, Ge(0)] = 0.1  # λ after the first LR decay (`--lam 0 0.1`)
     lam_before_decay: Annotated[float, Ge(0)] = 0.0  # λ before it
+    # 0-based epoch from which λ = lam; None: the epoch of the first LR milestone (needs a multistep schedule).
+    lam_start_epoch: Annotated[int, Ge(0)] | None = None
     steps: Annotated[int, Ge(1)] = 10
     step_size: Annotated[float, Gt(0), Le(MAX_DISTANCE)] | None = None  # None: ε/4, i.e. 2/255 at ε = 8/255
     bn_mode: BNMode = "train"  # BN mode while crafting x' (§4.2: train)
+
+    def check_schedule(self, lr_milestones: Sequence[float], schedule_name: str) -> None:
+        lam_start_epoch(self, lr_milestones, schedule_name)
+
+
+def lam_start_epoch(config: ISEATConfig, lr_milestones: Sequence[float], schedule_name: str = "") -> int:
+    """The 0-based epoch from which λ = `lam`: `lam_start_epoch` if set, else the epoch the first LR milestone
+    falls in; a one-line UserError naming the fix when neither exists."""
+    if config.lam_start_epoch is not None:
+        return config.lam_start_epoch
+    if lr_milestones:
+        return math.floor(min(lr_milestones))
+    schedule = f"schedule {schedule_name}" if schedule_name else "this schedule"
+    raise UserError(
+        f"iseat switches λ on at the first LR milestone, but {schedule} has none: set method.lam_start_epoch "
+        "(the 0-based epoch, e.g. 100 of 200) or use schedule.name=multistep with milestones"
+    )
 
 
 def rank_weights(av: Tensor) -> Tensor:
@@ -90,8 +115,8 @@ class ISEAT(QuarterEpsStep, Method):
         self.stage_lam = self.config.lam_before_decay
 
     def on_epoch_start(self, model: nn.Module, ctx: EpochContext) -> None:
-        decayed = ctx.lr < ctx.base_lr and ctx.epoch > 0
-        self.stage_lam = self.config.lam if decayed else self.config.lam_before_decay
+        switched = ctx.epoch >= lam_start_epoch(self.config, ctx.lr_milestones)
+        self.stage_lam = self.config.lam if switched else self.config.lam_before_decay
 
     def clean_branch(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor]:
         """Clean logits z(x; θ) through clones of θ (differentiable), and ∇ₓ of the summed clean CE."""

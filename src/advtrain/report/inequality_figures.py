@@ -168,15 +168,20 @@ def occlusion_error_bars(results: Mapping[str, Mapping[str, float]]) -> Figure:
     return fig
 
 
-def corruption_error_curves(results: Mapping[str, Mapping[str, Mapping[int, float]]]) -> Figure:
+def corruption_error_curves(
+    results: Mapping[str, Mapping[str, Mapping[int, float]]], title: str | None = None
+) -> Figure:
     """Error rate (%) against corruption severity 1–5, one panel per corruption (up to 4 per row) and one
-    line per model, with one legend for the figure. Input maps model → corruption → {severity: error rate}."""
+    line per model, with one legend for the figure. Input maps model → corruption → {severity: error rate};
+    `title` (e.g. which images the error is over) heads the figure."""
     from matplotlib.figure import Figure
 
     names = _union(results)
     cols = min(max(len(names), 1), 4)
     rows = max(math.ceil(len(names) / cols), 1)
     fig = Figure(figsize=(3.6 * cols + 1.2, 3.3 * rows), layout="constrained")
+    if title:
+        fig.suptitle(title)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[len(names) :] if names else ():
         ax.remove()

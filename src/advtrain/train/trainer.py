@@ -567,7 +567,8 @@ def _train(
                 method.on_epoch_start(
                     model,
                     EpochContext(epoch, t.epochs, epoch_lr, config.optim.lr,
-                                 lambda n, g=epoch_gen: sample_train(n, g), epoch_gen),
+                                 lambda n, g=epoch_gen: sample_train(n, g), epoch_gen,
+                                 config.schedule.lr_milestones()),
                 )
             start = time.perf_counter()
             model.train()
