@@ -250,12 +250,16 @@ def test_the_fused_optimizer_takes_the_for_loop_step(name):
             F.cross_entropy(model(x[idx].contiguous(memory_format=torch.channels_last)), y[idx]).backward()
             optimizer.step()
         final[kernel] = model.state_dict()
-    for kernel in ("fused", "foreach"):
-        for key, value in final[kernel].items():
-            if name == "sgd":
-                assert torch.equal(value, final["for-loop"][key]), (kernel, key)  # bit for bit
-            else:
-                torch.testing.assert_close(value, final["for-loop"][key], rtol=1e-4, atol=1e-5)  # rounding order
+    origin = start.state_dict()
+    for key, reference in final["for-loop"].items():
+        if name == "sgd":
+            assert torch.equal(final["foreach"][key], reference), key  # the default kernel: bit for bit
+        # Vectorised kernels may round differently where the CPU has FMA / AVX-512 (Adam's 1/sqrt(v) most), and five
+        # steps compound it; a wrong update (the strides case above) is off by the size of the steps themselves.
+        moved = (reference - origin[key]).abs().max()
+        tolerance = 1e-6 if name == "sgd" else 2e-2
+        for kernel in ("fused", "foreach"):
+            assert (final[kernel][key] - reference).abs().max() <= tolerance * moved, (kernel, key)
 
 
 def test_a_loaded_fused_optimizer_state_takes_the_same_steps():
