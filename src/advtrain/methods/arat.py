@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks import MAX_DISTANCE, BNMode, ThreatModel, at_least_fp32, bn_policy, pgd
+from advtrain.attacks import MAX_DISTANCE, BNMode, ThreatModel, at_least_fp32, bn_policy, pgd_unchecked
 from advtrain.bounds import Ge, Gt, Le
 from advtrain.errors import UserError
 from advtrain.methods.base import (
@@ -132,14 +132,15 @@ class ARAT(QuarterEpsStep, AdversarialMethod):
     ) -> Tensor:
         """x' = PGD on CE through the adv BN, in `bn_mode`."""
         eps, norm = self.threat.eps, self.threat.norm
-        kwargs = dict(eps=eps, steps=self.config.steps, step_size=self.step_size, norm=norm, generator=generator)
+        kwargs = dict(eps=eps, steps=self.config.steps, step_size=self.step_size, norm=norm, generator=generator,
+                      keep="last")
         x = x.detach()
         with bn_route(model, "adv"), bn_policy(model, bn_mode):
             if self.config.official_noise and self.config.random_start and norm == "linf":
                 u = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * eps
                 center = x + u  # unclamped, and the projection centre from here on (the released code's start)
-                return pgd(model, center, y, x_init=center, **kwargs)
-            return pgd(model, x, y, random_start=self.config.random_start, **kwargs)
+                return pgd_unchecked(model, center, y, x_init=center, **kwargs)
+            return pgd_unchecked(model, x, y, random_start=self.config.random_start, **kwargs)
 
     def perturb(self, model: nn.Module, batch: Batch, ctx: StepContext) -> Tensor:
         return self.craft(model, batch.x, batch.y, ctx.generator, self.config.bn_mode)
