@@ -138,7 +138,7 @@ def test_logger_quiet_unless_verbose(model, data, caplog):
     [
         ({"version": "plus"}, "unknown AutoAttack version 'plus'"),
         ({"version": "custom"}, "unknown AutoAttack version"),
-        ({"norm": "L1"}, "unsupported AutoAttack norm"),
+        ({"norm": "L1"}, "unknown norm 'L1'"),
         ({"eps": 0.0}, "eps must be a positive number"),
         ({"batch_size": 0}, "batch_size"),
     ],

@@ -155,7 +155,7 @@ def test_unknown_config_keys(ws, capsys, argv, fragment):
         (_train("--set", "noequals"), "expected key=value"),
         (_eval_weights("--data", "digits", "--steps", "many"), "argument --steps: invalid int value: 'many'"),
         (_eval_weights("--data", "digits", "--eps", "8/zero"), "argument --eps"),
-        (_eval_weights("--data", "digits", "--norm", "l3"), "argument --norm: invalid choice: 'l3'"),
+        (_eval_weights("--data", "digits", "--norm", "l3"), "argument --norm: unknown norm 'l3'; use linf"),
     ],
 )
 def test_wrong_types(ws, capsys, argv, fragment):

@@ -153,7 +153,9 @@ def _teacher_file() -> Path:
 # Options a method needs before any of its fields can be checked.
 REQUIRED = {"igd": [f"method.teacher={_teacher_file()}"]}
 # Options a single field needs before it can be checked.
-FIELD_REQUIRED = {"averaging.swa_every_steps": ["averaging.swa_start=0"]}
+# The fields' own bound on a distance (MAX_DISTANCE) is the L2 one; under L∞ validate() refuses more than 1.
+FIELD_REQUIRED = {"averaging.swa_every_steps": ["averaging.swa_start=0"],
+                  **{key: ["threat.norm=l2"] for key in ("threat.eps", "eval.eps", "eval.step_size")}}
 
 
 def _bounded_fields() -> list[tuple[str, list[str], Bound, type]]:

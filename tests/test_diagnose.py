@@ -386,7 +386,7 @@ def test_cli_on_weights_writes_next_to_out(runs, tmp_path, capsys):
     [
         (["--out", "{tmp}"], "is a folder"),
         (["--eps", "0"], "--eps must be"),
-        (["--eps", "2"], "--eps must be"),
+        (["--eps", "2"], "--eps=2 is in 0..255 pixel units; advtrain uses [0, 1]: write 2/255"),
         (["--n", "0"], "--n must be >= 1"),
         (["--seed", "-1"], "--seed must be >= 0"),
         (["--surrogate", "{tmp}/missing"], "is not a run directory"),

@@ -34,7 +34,8 @@ def _hand_invariance(model, x, y, *, eps, steps, seed, batch_size):
     out = []
     try:
         for i, (xb, yb) in enumerate(zip(x.split(batch_size), y.split(batch_size), strict=True)):
-            x_adv = pgd(model, xb, yb, eps=eps, steps=steps, generator=torch.Generator().manual_seed(seed + i))
+            x_adv = pgd(model, xb, yb, eps=eps, steps=steps, keep="last",
+                        generator=torch.Generator().manual_seed(seed + i))
             with torch.no_grad():
                 seen.clear()
                 model(xb)

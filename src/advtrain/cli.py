@@ -43,6 +43,15 @@ def _number(text: str) -> float:
     return values[0]
 
 
+def _norm(text: str) -> str:
+    from advtrain.attacks.threat import parse_norm
+
+    try:
+        return parse_norm(text)
+    except ValueError as e:  # argparse turns this into its one-line usage error, exit 2
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _batch_size(text: str) -> int | str:
     """An integer or "auto"; the integer's range is checked with the other settings, naming --batch-size."""
     if text.strip() == "auto":
@@ -101,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a released CIFAR-10-C folder (gaussian_noise.npy, ..., labels.npy): `corruptions` reads "
                    "its images instead of generating them")
     p.add_argument("--eps", type=_eps_list, help="comma-separated ε list, fractions allowed: 8/255,16/255")
-    p.add_argument("--norm", choices=["linf", "l2"], help="threat model norm (default: the run's, or linf)")
+    p.add_argument("--norm", type=_norm, help="threat model norm: linf (also Linf, inf) or l2 (also L2) (default: "
+                   "the run's, or linf)")
     p.add_argument("--steps", type=int, help="PGD/CW steps (default 20)")
     p.add_argument("--restarts", type=int, help="PGD/CW restarts (default 1)")
     p.add_argument("--step-size", type=_number, help="PGD/CW step size (default 2.5·ε/steps)")
@@ -356,6 +366,7 @@ def _eval(args: argparse.Namespace) -> None:
 def _diagnose(args: argparse.Namespace) -> None:
     import math
 
+    from advtrain.attacks.threat import check_distance, parse_norm
     from advtrain.bounds import Ge, Lt
     from advtrain.eval.api import check_fits, eval_images, load_for_eval
     from advtrain.eval.batching import check_batch_setting, resolve_eval_batch
@@ -374,6 +385,8 @@ def _diagnose(args: argparse.Namespace) -> None:
         for bound in bounds:
             bound.check(value, flag)
     check_batch_setting(args.batch_size, "--batch-size")
+    if args.eps is not None:
+        check_distance(args.eps, "linf", "--eps")  # names the fix for 0..255 units (--eps 8)
     if args.eps is not None and not (math.isfinite(args.eps) and 0 < args.eps <= 1):
         raise UserError(f"--eps must be an L∞ radius in (0, 1] (images are in [0, 1]), got {args.eps!r}")
     if args.surrogate is not None and not args.surrogate.is_dir():
@@ -385,7 +398,7 @@ def _diagnose(args: argparse.Namespace) -> None:
     if eps is None:
         threat = read_config(args.run_dir).get("threat") if args.run_dir is not None else None
         threat = threat if isinstance(threat, dict) else {}
-        if threat.get("norm", "linf") != "linf":
+        if parse_norm(threat.get("norm", "linf"), "the run's threat.norm") != "linf":
             raise UserError(f"the run's threat model is {threat.get('norm')} but diagnose checks L∞: pass --eps")
         eps = threat.get("eps", 8 / 255)
         if not (isinstance(eps, int | float) and math.isfinite(eps) and 0 < eps <= 1):

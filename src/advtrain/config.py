@@ -15,6 +15,7 @@ import json
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
@@ -22,7 +23,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 import torch
 import yaml
 
-from advtrain.attacks import MAX_DISTANCE, Norm, ThreatModel
+from advtrain.attacks import MAX_DISTANCE, Norm, ThreatModel, check_distance, parse_norm
 from advtrain.bounds import Bound, Ge, Gt, Le, Lt
 from advtrain.data.sources import check_dataset_args
 from advtrain.errors import UserError
@@ -31,6 +32,14 @@ from advtrain.methods import MethodConfig, method_class
 from advtrain.models.registry import check_model_args
 from advtrain.runtime import SEED_LIMIT, CompileMode
 from advtrain.yamltags import refused_tag
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """`Annotated` metadata: turns the value as written into the field's canonical one before it is type-checked,
+    e.g. a norm's spellings (`Annotated[Norm, Parsed(parse_norm)]`). `parse(value, where)` raises a UserError."""
+
+    parse: Callable[[Any, str], Any]
 
 
 @dataclass
@@ -56,8 +65,8 @@ class ModelConfig:
 
 @dataclass
 class ThreatConfig:
-    norm: Norm = "linf"
-    eps: Annotated[float, Ge(0), Le(MAX_DISTANCE)] = 8 / 255  # in [0, 1] pixel units
+    norm: Annotated[Norm, Parsed(parse_norm)] = "linf"  # linf (also Linf, inf) or l2 (L2)
+    eps: Annotated[float, Ge(0), Le(MAX_DISTANCE)] = 8 / 255  # in [0, 1] pixel units: 8/255, not 8 (validate)
 
 
 @dataclass
@@ -277,8 +286,12 @@ def _plain(value: Any, where: str, depth: int = 0) -> Any:
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = get_origin(tp)
     if origin is Annotated:
-        # Annotated[T, Ge(1), ...]: coerce to T, then check each bound (None, an unset option, passes).
+        # Annotated[T, Parsed(f), Ge(1), ...]: parse with f, coerce to T, then check each bound (None, an unset
+        # option, passes).
         base, *extras = get_args(tp)
+        for extra in extras:
+            if isinstance(extra, Parsed):
+                value = extra.parse(value, where)
         value = _coerce(value, base, where)
         for extra in extras:
             if isinstance(extra, Bound):
@@ -479,6 +492,13 @@ def validate(config: RunConfig) -> None:
             torch.device(device)
         except RuntimeError:
             raise UserError(f"train.device: unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    # Distances in 0..255 pixel units (threat.eps: 8) are refused under L∞, where they are unmistakable.
+    norm = config.threat.norm
+    check_distance(config.threat.eps, norm, "threat.eps")
+    for i, eps in enumerate(config.eval.eps or ()):
+        check_distance(eps, norm, f"eval.eps[{i}]")
+    if config.eval.step_size is not None:
+        check_distance(config.eval.step_size, norm, "eval.step_size")
     val_size = config.data.val_size
     if val_size >= 1 and not val_size.is_integer():
         raise UserError(

@@ -22,3 +22,11 @@ class TrainingStopped(Exception):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class InvalidValue(UserError, ValueError):
+    """A value a library function cannot use, e.g. an unknown norm name or ε in 0..255 units.
+
+    A ValueError to Python callers; a UserError (one line, exit 2) when the value came from the command line
+    or a config file. The message names the fix.
+    """

@@ -1,4 +1,9 @@
-"""Attacks: one obvious call each. They never change the model's mode or parameter gradients."""
+"""Attacks: one obvious call each. They never change the model's mode or parameter gradients.
+
+`pgd`, `fgsm`, `single_step` and `autoattack` check their input once per call (float images in [0, 1], ε and step
+sizes in [0, 1] pixel units, a known norm name); the `*_unchecked` forms skip the pixel-scale checks (the image
+check costs a device sync) for the training methods, which attack every step on data checked when it was loaded.
+"""
 
 from advtrain.attacks.bn_policy import BN_MODES, BNMode, bn_policy
 from advtrain.attacks.losses import ATTACK_LOSSES, AttackLoss, at_least_fp32, attack_loss, cw_margin
@@ -9,8 +14,10 @@ from advtrain.attacks.pgd import (
     class_score_gradient,
     default_step_size,
     fgsm,
+    fgsm_unchecked,
     input_gradient,
     pgd,
+    pgd_unchecked,
     project,
     random_start,
 )
@@ -18,15 +25,26 @@ from advtrain.attacks.single_step import (
     SingleStep,
     gradient_cosine,
     single_step,
+    single_step_unchecked,
     uniform_noise,
     zero_gradient_fraction,
 )
-from advtrain.attacks.threat import MAX_DISTANCE, Norm, ThreatModel
+from advtrain.attacks.threat import (
+    MAX_DISTANCE,
+    NORM_SPELLINGS,
+    Norm,
+    ThreatModel,
+    check_attack_inputs,
+    check_distance,
+    check_images,
+    parse_norm,
+)
 
 __all__ = [
     "ATTACK_LOSSES",
     "BN_MODES",
     "MAX_DISTANCE",
+    "NORM_SPELLINGS",
     "AttackLoss",
     "BNMode",
     "Keep",
@@ -38,16 +56,23 @@ __all__ = [
     "at_least_fp32",
     "attack_loss",
     "bn_policy",
+    "check_attack_inputs",
+    "check_distance",
+    "check_images",
     "class_score_gradient",
     "cw_margin",
     "default_step_size",
     "fgsm",
+    "fgsm_unchecked",
     "gradient_cosine",
     "input_gradient",
+    "parse_norm",
     "pgd",
+    "pgd_unchecked",
     "project",
     "random_start",
     "single_step",
+    "single_step_unchecked",
     "uniform_noise",
     "zero_gradient_fraction",
 ]

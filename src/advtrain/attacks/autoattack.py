@@ -11,7 +11,6 @@ Two presets:
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -20,6 +19,7 @@ from pyautoattack import AutoAttack
 from torch import Tensor, nn
 
 from advtrain.attacks.bn_policy import bn_policy
+from advtrain.attacks.threat import check_distance, check_images, parse_norm
 from advtrain.errors import UserError
 
 __all__ = ["AUTOATTACK_PRESETS", "autoattack"]
@@ -31,7 +31,7 @@ AUTOATTACK_PRESETS: dict[str, tuple[str, ...]] = {
     "apgd": ("apgd-ce", "apgd-t"),
 }
 
-_NORMS = {"linf": "Linf", "l2": "L2"}
+_PYAUTOATTACK_NORMS = {"linf": "Linf", "l2": "L2"}  # pyautoattack's spelling of each of advtrain's norms
 _LOGGER_NAME = "auto-attack"
 
 
@@ -51,6 +51,8 @@ def autoattack(
 
     ``x_adv`` has the shape of ``x`` and is exactly what ``AutoAttack.run_standard_evaluation`` returns
     (inside the eps ball and [0, 1] by construction; points the attack could not flip stay clean).
+    ``x`` holds float images in [0, 1] and ``eps`` is in [0, 1] pixel units; ``norm`` is "Linf" (also "linf",
+    "inf") or "L2" ("l2"). Other input is refused with the fix named.
     The model runs in eval mode; every module's training flag and the parameters' ``.grad`` are restored
     afterwards. pyautoattack's ``auto-attack`` logger is silenced unless ``verbose``.
     """
@@ -58,10 +60,9 @@ def autoattack(
         raise UserError(
             f"unknown AutoAttack version {version!r}; use one of {', '.join(map(repr, AUTOATTACK_PRESETS))}"
         )
-    aa_norm = _NORMS.get(norm.lower()) if isinstance(norm, str) else None
-    if aa_norm is None:
-        raise UserError(f"unsupported AutoAttack norm {norm!r}; use 'Linf' or 'L2'")
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+    parsed = parse_norm(norm)
+    check_distance(eps, parsed)
+    if eps == 0:
         raise UserError(f"AutoAttack eps must be a positive number, got {eps!r}; e.g. eps=8/255 for Linf")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"AutoAttack batch_size must be a positive integer, got {batch_size!r}")
@@ -70,10 +71,12 @@ def autoattack(
             f"AutoAttack needs a non-empty batch x of shape (N, ...) and labels y of shape (N,), got "
             f"x {tuple(x.shape)} and y {tuple(y.shape)}; pass matching inputs and integer labels"
         )
+    check_images(x)
 
     device = _model_device(model, fallback=x.device)
     with _quiet_logger(verbose), bn_policy(model, "eval"), _grads_preserved(model):
-        adversary = _build(model, eps=float(eps), norm=aa_norm, version=version, seed=seed, device=device)
+        adversary = _build(model, eps=float(eps), norm=_PYAUTOATTACK_NORMS[parsed], version=version, seed=seed,
+                           device=device)
         adversary.verbose = verbose
         x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
     return x_adv

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advtrain.attacks.losses import AttackLoss, at_least_fp32, attack_loss
-from advtrain.attacks.threat import Norm
+from advtrain.attacks.threat import Norm, check_attack_inputs, parse_norm
 
 # "last": the final iterate (Madry's training attack). "first_fooling": per example, the first
 # iterate (start included) that the model misclassifies, else the final one — robust accuracy then
@@ -33,7 +33,7 @@ def _flat_norm(t: Tensor) -> Tensor:
 
 def random_start(x: Tensor, eps: float, norm: Norm, generator: torch.Generator | None) -> Tensor:
     """A random point of the ε-ball around x, clamped to [0, 1]."""
-    if norm == "linf":
+    if parse_norm(norm) == "linf":
         # For ε >= 1 the L∞ ball already covers all of [0, 1] around any x; the cap keeps the draw inside the
         # ball and keeps uniform_ from failing on a huge ε (2ε beyond the float32 range), and changes nothing
         # for ε <= 1.
@@ -50,7 +50,7 @@ def random_start(x: Tensor, eps: float, norm: Norm, generator: torch.Generator |
 def project(x_adv: Tensor, center: Tensor, eps: float, norm: Norm) -> Tensor:
     """Clip δ = x_adv − center to the ε-ball, then clamp center + δ to [0, 1]."""
     delta = x_adv - center
-    if norm == "linf":
+    if parse_norm(norm) == "linf":
         delta = delta.clamp(-eps, eps)
     else:
         delta = delta * (eps / _flat_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
@@ -59,7 +59,7 @@ def project(x_adv: Tensor, center: Tensor, eps: float, norm: Norm) -> Tensor:
 
 def ascent_step(x_adv: Tensor, grad: Tensor, step_size: float, norm: Norm) -> Tensor:
     """One steepest-ascent step: signed gradient for L∞, normalised gradient for L2."""
-    if norm == "linf":
+    if parse_norm(norm) == "linf":
         return x_adv + step_size * grad.sign()
     return x_adv + step_size * grad / _flat_norm(grad).clamp_min(1e-12)
 
@@ -147,7 +147,7 @@ def pgd(
     loss: AttackLoss = "ce",
     random_start: bool = True,
     restarts: int = 1,
-    keep: Keep = "last",
+    keep: Keep = "first_fooling",
     clean_logits: Tensor | None = None,
     kappa: float = math.inf,
     generator: torch.Generator | None = None,
@@ -155,6 +155,11 @@ def pgd(
 ) -> Tensor:
     """PGD-`steps` with `restarts` restarts; returns adversarial inputs in the ε-ball and [0, 1].
 
+    `x` holds float images in [0, 1] and `eps`, `step_size` are in [0, 1] pixel units (8/255, not 8): other
+    input is refused with the fix named. `norm` is "linf" (also "Linf", "inf") or "l2" ("L2").
+
+    `keep="first_fooling"` (default) returns, per example, the first iterate that fools the model, as
+    `advtrain eval` counts robust accuracy; `keep="last"` returns the final iterate (the training attack).
     Over restarts, each example keeps the first result that fools the model, else the one with the
     highest loss. `step_size` defaults to 2.5·ε/steps.
 
@@ -162,10 +167,41 @@ def pgd(
     random or zero start (`random_start` is then ignored). It is used as given, neither projected nor
     clamped (TRADES starts from x + 0.001·N(0, 1) exactly so); every step's iterate is projected as usual.
     """
+    norm = check_attack_inputs(x, eps, norm, step_size)
+    return pgd_unchecked(
+        model, x, y, eps=eps, steps=steps, step_size=step_size, norm=norm, loss=loss, random_start=random_start,
+        restarts=restarts, keep=keep, clean_logits=clean_logits, kappa=kappa, generator=generator, x_init=x_init,
+    )
+
+
+def pgd_unchecked(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    eps: float,
+    keep: Keep,
+    steps: int = 10,
+    step_size: float | None = None,
+    norm: Norm = "linf",
+    loss: AttackLoss = "ce",
+    random_start: bool = True,
+    restarts: int = 1,
+    clean_logits: Tensor | None = None,
+    kappa: float = math.inf,
+    generator: torch.Generator | None = None,
+    x_init: Tensor | None = None,
+) -> Tensor:
+    """`pgd` without the pixel-scale checks on x, eps and step_size, for callers that checked them once:
+    the training methods (every step; checking x costs a device sync) and the evaluation loops (every chunk).
+    `keep` has no default: a training attack keeps "last", an evaluation "first_fooling"."""
     if steps < 0 or restarts < 1:
         raise ValueError(f"need steps >= 0 and restarts >= 1, got steps={steps}, restarts={restarts}")
     if x_init is not None and x_init.shape != x.shape:
         raise ValueError(f"x_init must have the shape of x {tuple(x.shape)}, got {tuple(x_init.shape)}")
+    if keep not in ("last", "first_fooling"):
+        raise ValueError(f"keep must be 'last' or 'first_fooling', got {keep!r}")
+    norm = parse_norm(norm)
     step_size = default_step_size(eps, steps) if step_size is None else step_size
     x = x.detach()
     track = keep == "first_fooling"
@@ -210,9 +246,18 @@ def fgsm(
     eps: float,
     norm: Norm = "linf",
     loss: AttackLoss = "ce",
-    keep: Keep = "last",
+    keep: Keep = "first_fooling",
 ) -> Tensor:
-    """FGSM (L∞) or FGM (L2): one full-ε step from x, no random start."""
-    return pgd(
+    """FGSM (L∞) or FGM (L2): one full-ε step from x, no random start. Inputs are checked as `pgd` checks them;
+    `keep="first_fooling"` (default) returns x itself where the model already misclassifies it."""
+    norm = check_attack_inputs(x, eps, norm)
+    return fgsm_unchecked(model, x, y, eps=eps, norm=norm, loss=loss, keep=keep)
+
+
+def fgsm_unchecked(
+    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, keep: Keep, norm: Norm = "linf", loss: AttackLoss = "ce"
+) -> Tensor:
+    """`fgsm` without the pixel-scale checks, for callers that checked them once (see `pgd_unchecked`)."""
+    return pgd_unchecked(
         model, x, y, eps=eps, steps=1, step_size=eps, norm=norm, loss=loss, random_start=False, keep=keep
     )

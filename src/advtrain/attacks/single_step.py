@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from advtrain.attacks.losses import AttackLoss
 from advtrain.attacks.pgd import ascent_step, input_gradient, project
-from advtrain.attacks.threat import Norm
+from advtrain.attacks.threat import Norm, check_distance, check_images, parse_norm
 
 
 class SingleStep(NamedTuple):
@@ -51,7 +51,29 @@ def single_step(
     (locuslab/fast_adversarial CIFAR10/train_fgsm.py and pdejorge/N-FGSM train.py clamp the initial δ to
     [0 − x, 1 − x] before taking the gradient there). Π clips δ to the `eps`-ball (FGSM, FGSM-RS);
     `eps=None` skips it (N-FGSM: only the [0, 1] clamp). For `norm="l2"` the step is the normalised gradient.
+    `x` holds float images in [0, 1], `eps` and `step_size` are in [0, 1] pixel units: other input is refused.
     """
+    norm = parse_norm(norm)
+    if eps is not None:
+        check_distance(eps, norm)
+    check_distance(step_size, norm, "step_size")
+    check_images(x)
+    return single_step_unchecked(model, x, y, step_size=step_size, eps=eps, noise=noise, norm=norm, loss=loss)
+
+
+def single_step_unchecked(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    step_size: float,
+    eps: float | None,
+    noise: Tensor | None = None,
+    norm: Norm = "linf",
+    loss: AttackLoss = "ce",
+) -> SingleStep:
+    """`single_step` without the pixel-scale checks on x, eps and step_size, for the training methods that call
+    it every step (checking x costs a device sync; the trainer checked its data when it was loaded)."""
     x = x.detach()
     start = x if noise is None else (x + noise).clamp(0, 1)
     grad, _ = input_gradient(model, start, y, loss)

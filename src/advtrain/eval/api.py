@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from advtrain.attacks import MAX_DISTANCE, Norm
+from advtrain.attacks import MAX_DISTANCE, Norm, check_distance, parse_norm
 from advtrain.bounds import Bound, Ge, Gt, Le, Lt
 from advtrain.data import Dataset, load_dataset, to_float
 from advtrain.distributed import Processes
@@ -145,6 +145,7 @@ def split_attack_names(names: Sequence[str]) -> tuple[list[str], list[str]]:
 def check_eval_args(
     *,
     eps: Sequence[float],
+    norm: str = "linf",
     n: int | None,
     steps: int,
     restarts: int,
@@ -166,6 +167,11 @@ def check_eval_args(
     for value, bounds, flag in checks:
         for bound in bounds:
             bound.check(value, flag)
+    parsed = parse_norm(norm, "--norm")
+    for e in eps:
+        check_distance(e, parsed, "--eps")
+    if step_size is not None:
+        check_distance(step_size, parsed, "--step-size")
     check_batch_setting(batch_size, "--batch-size")
 
 
@@ -213,7 +219,7 @@ class EvalSettings:
             invariance_eps(self.eps)
         if not self.attacks and not self.inequality:
             raise UserError("no attack to run: pass e.g. --attacks clean,pgd")
-        check_eval_args(eps=self.eps, n=self.n, steps=self.steps, restarts=self.restarts,
+        check_eval_args(eps=self.eps, norm=self.norm, n=self.n, steps=self.steps, restarts=self.restarts,
                         step_size=self.step_size, batch_size=self.batch_size, seed=self.seed)
 
 

@@ -64,11 +64,12 @@ from torch import Tensor, nn
 from advtrain.attacks import (
     Keep,
     bn_policy,
+    check_images,
     default_step_size,
-    fgsm,
+    fgsm_unchecked,
     gradient_cosine,
     input_gradient,
-    pgd,
+    pgd_unchecked,
     uniform_noise,
     zero_gradient_fraction,
 )
@@ -200,16 +201,17 @@ def transfer_accuracy(
     """
     if spec.attack not in ("fgsm", "pgd", "cw"):
         raise ValueError(f"transfer attacks craft with fgsm, pgd or cw, got {spec.attack!r}")
+    check_images(x)  # once here; the spec checked its ε and norm when it was made
     correct = total = 0
     with bn_policy(surrogate, "eval"), bn_policy(target, "eval"):
         for i, (xb, yb) in enumerate(zip(x.split(batch_size), y.split(batch_size), strict=True)):
             if spec.attack == "fgsm":
-                x_adv = fgsm(surrogate, xb, yb, eps=spec.eps, norm=spec.norm, keep=keep)
+                x_adv = fgsm_unchecked(surrogate, xb, yb, eps=spec.eps, norm=spec.norm, keep=keep)
             else:
                 generator = torch.Generator(device=xb.device).manual_seed(seed + i)
-                x_adv = pgd(surrogate, xb, yb, eps=spec.eps, steps=spec.steps, step_size=spec.step_size,
-                            norm=spec.norm, loss="ce" if spec.attack == "pgd" else "cw", restarts=spec.restarts,
-                            keep=keep, generator=generator)
+                x_adv = pgd_unchecked(surrogate, xb, yb, eps=spec.eps, steps=spec.steps, step_size=spec.step_size,
+                                      norm=spec.norm, loss="ce" if spec.attack == "pgd" else "cw",
+                                      restarts=spec.restarts, keep=keep, generator=generator)
             with torch.no_grad():
                 correct += int((target(x_adv).argmax(1) == yb).sum())
             total += len(yb)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks import Norm, default_step_size
+from advtrain.attacks import Norm, check_attack_inputs, default_step_size
 from advtrain.errors import UserError
 from advtrain.eval.robustness import last_iterate_pgd
 from advtrain.models.features import classifier_layer, penultimate_features
@@ -145,6 +145,7 @@ def evaluate_invariance(
      "features": "input of the last nn.Linear", "models": {label: invariance_summary(cos, clean correct)}}.
     A model without an `nn.Linear`, or one whose features are not finite, is a one-line UserError naming it.
     """
+    norm = check_attack_inputs(x, eps, norm, step_size)  # the spelling recorded below is the canonical one
     size = default_step_size(eps, steps) if step_size is None else step_size
     out: dict[str, Any] = {
         "n": len(y), "eps": eps, "norm": norm, "steps": steps, "step_size": size, "restarts": 1,

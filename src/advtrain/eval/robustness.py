@@ -6,7 +6,6 @@ import contextlib
 import difflib
 import io
 import json
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from advtrain.attacks import Norm, bn_policy, default_step_size, fgsm, pgd
+from advtrain.attacks import (
+    Norm,
+    bn_policy,
+    check_attack_inputs,
+    check_distance,
+    check_images,
+    default_step_size,
+    fgsm_unchecked,
+    parse_norm,
+    pgd_unchecked,
+)
 from advtrain.attacks.autoattack import autoattack
 from advtrain.distributed import Processes
 from advtrain.errors import UserError
@@ -46,6 +55,14 @@ class AttackSpec:
     restarts: int = 1
     step_size: float | None = None
     version: str | None = None  # AutoAttack version: standard | apgd
+
+    def __post_init__(self) -> None:
+        # Any accepted spelling of the norm ("Linf", "L2") becomes the one eval.json records; ε and the step size
+        # must be in [0, 1] pixel units (see advtrain.attacks.threat).
+        object.__setattr__(self, "norm", parse_norm(self.norm))
+        check_distance(self.eps, self.norm)
+        if self.step_size is not None:
+            check_distance(self.step_size, self.norm, "step_size")
 
     def describe(self) -> dict[str, Any]:
         """The JSON fields of this attack (the eval.json row without the accuracy)."""
@@ -121,14 +138,23 @@ def attack_specs(
 def run_attack(
     model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, *, seed: int, batch_size: int
 ) -> Tensor:
-    """Adversarial inputs for one batch (AutoAttack: `batch_size` bounds the batches it runs)."""
+    """Adversarial inputs for one batch of float images in [0, 1] (AutoAttack: `batch_size` bounds the batches
+    it runs). An example counts as broken at the first iterate that fools the model (keep="first_fooling")."""
+    check_images(x)
+    return _run_attack(model, x, y, spec, seed=seed, batch_size=batch_size)
+
+
+def _run_attack(
+    model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, *, seed: int, batch_size: int
+) -> Tensor:
+    """`run_attack` on images already checked (the spec checks its own ε and norm when it is made)."""
     if spec.attack == "clean":
         return x
     if spec.attack == "fgsm":
-        return fgsm(model, x, y, eps=spec.eps, norm=spec.norm, keep="first_fooling")
+        return fgsm_unchecked(model, x, y, eps=spec.eps, norm=spec.norm, keep="first_fooling")
     if spec.attack in ("pgd", "ifgsm", "cw"):
         generator = torch.Generator(device=x.device).manual_seed(seed)
-        return pgd(
+        return pgd_unchecked(
             model, x, y, eps=spec.eps, steps=spec.steps, step_size=spec.step_size, norm=spec.norm,
             loss="cw" if spec.attack == "cw" else "ce", restarts=spec.restarts, keep="first_fooling",
             generator=generator, random_start=spec.attack != "ifgsm",
@@ -156,10 +182,10 @@ def evaluate(
 ) -> list[AttackResult]:
     """Per-example correctness under each attack, with the model in eval mode.
 
-    `x`, `y` must be on the model's device. Every attack, AutoAttack included, runs on chunks of `batch_size`
-    images, chunk i drawing its randomness from `seed + i`; so a chunk's result does not depend on which
-    process evaluates it or on the other chunks. PGD/CW count an example as broken as soon as any iterate fools
-    the model (keep="first_fooling").
+    `x` (float images in [0, 1], else a ValueError naming the fix) and `y` must be on the model's device. Every
+    attack, AutoAttack included, runs on chunks of `batch_size` images, chunk i drawing its randomness from
+    `seed + i`; so a chunk's result does not depend on which process evaluates it or on the other chunks. PGD/CW
+    count an example as broken as soon as any iterate fools the model (keep="first_fooling", `pgd`'s default).
 
     Under torchrun (`procs`), part (attack j, chunk i) belongs to process (j·chunks + i) mod world; each process
     attacks its own parts and one sum per attack merges them, so every process returns the same results as one
@@ -167,6 +193,7 @@ def evaluate(
     part attacked here is saved (see `advtrain.eval.parts`). A CUDA out-of-memory error is a one-line UserError
     naming a smaller batch (see `advtrain.eval.batching`).
     """
+    check_images(x)  # once here, not for every chunk
     procs = procs or Processes()
     chunks = list(zip(x.split(batch_size), y.split(batch_size), strict=True))
     if parts is not None:
@@ -191,7 +218,7 @@ def evaluate(
                 key = parts.key(weights, chunk_keys[i], spec.describe(), seed + i, setting) if parts is not None else ""
                 correct = parts.load(key, len(yb)) if parts is not None else None
                 if correct is None:
-                    x_adv = run_attack(model, xb, yb, spec, seed=seed + i, batch_size=batch_size)
+                    x_adv = _run_attack(model, xb, yb, spec, seed=seed + i, batch_size=batch_size)
                     with torch.no_grad():
                         correct = (model(x_adv).argmax(1) == yb).cpu()
                     if parts is not None:
@@ -242,20 +269,20 @@ def last_iterate_pgd(
     the last iterate (it maximises the loss rather than stopping at the first fooling one), the model in eval mode
     while the chunks are drawn. Chunk i of `batch_size` examples draws its random start from a generator seeded
     with `seed + i`, as `evaluate` does, so the same seed and batch size give the same x'. `step_size` defaults
-    to 2.5·ε/steps. Inconsistent arguments are a ValueError, raised here rather than at the first chunk."""
+    to 2.5·ε/steps. Inconsistent arguments (and x, ε, norm as `pgd` refuses them) are a ValueError, raised here
+    rather than at the first chunk."""
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"{x.shape[0]} images but {y.shape[0]} labels")
-    if not (math.isfinite(eps) and eps >= 0) or steps < 0 or batch_size < 1:
-        raise ValueError(f"need a finite eps >= 0, steps >= 0, batch_size >= 1; got {eps}, {steps}, {batch_size}")
-    if norm not in ("linf", "l2"):
-        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+    if steps < 0 or batch_size < 1:
+        raise ValueError(f"need steps >= 0 and batch_size >= 1; got {steps}, {batch_size}")
+    norm = check_attack_inputs(x, eps, norm, step_size)
 
     def chunks() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         with bn_policy(model, "eval"):
             for i, (xb, yb) in enumerate(zip(x.split(batch_size), y.split(batch_size), strict=True)):
                 generator = torch.Generator(device=xb.device).manual_seed(seed + i)
-                x_adv = pgd(model, xb, yb, eps=eps, steps=steps, step_size=step_size, norm=norm, loss="ce",
-                            random_start=random_start, keep="last", generator=generator)
+                x_adv = pgd_unchecked(model, xb, yb, eps=eps, steps=steps, step_size=step_size, norm=norm,
+                                      loss="ce", random_start=random_start, keep="last", generator=generator)
                 yield xb, yb, x_adv
 
     return chunks()

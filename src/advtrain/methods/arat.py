@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks import MAX_DISTANCE, BNMode, ThreatModel, at_least_fp32, bn_policy, pgd
+from advtrain.attacks import MAX_DISTANCE, BNMode, ThreatModel, at_least_fp32, bn_policy, pgd_unchecked
 from advtrain.bounds import Ge, Gt, Le
 from advtrain.errors import UserError
 from advtrain.methods.base import (
@@ -146,14 +146,15 @@ class ARAT(QuarterEpsStep, AdversarialMethod):
         """(x', the clean input): x' = PGD on CE through the adv BN, in `bn_mode`. The clean input is x, or
         x + u under `official_noise`, where the released attack adds u to the batch in place."""
         eps, norm = self.threat.eps, self.threat.norm
-        kwargs = dict(eps=eps, steps=self.config.steps, step_size=self.step_size, norm=norm, generator=generator)
+        kwargs = dict(eps=eps, steps=self.config.steps, step_size=self.step_size, norm=norm, generator=generator,
+                      keep="last")
         x = x.detach()
         with bn_route(model, "adv"), bn_policy(model, bn_mode):
             if self.config.official_noise and self.config.random_start and norm == "linf":
                 u = (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * eps
                 center = x + u  # unclamped: the clean input and the projection centre from here on
-                return pgd(model, center, y, x_init=center, **kwargs), center
-            return pgd(model, x, y, random_start=self.config.random_start, **kwargs), x
+                return pgd_unchecked(model, center, y, x_init=center, **kwargs), center
+            return pgd_unchecked(model, x, y, random_start=self.config.random_start, **kwargs), x
 
     def perturb(self, model: nn.Module, batch: Batch, ctx: StepContext) -> Tensor:
         x_adv, clean_input = self.craft(model, batch.x, batch.y, ctx.generator, self.config.bn_mode)

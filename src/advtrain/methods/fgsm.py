@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from advtrain.attacks import AttackLoss, BNMode, bn_policy, single_step, zero_gradient_fraction
+from advtrain.attacks import AttackLoss, BNMode, bn_policy, single_step_unchecked, zero_gradient_fraction
 from advtrain.methods.base import AdversarialMethod, Batch, MethodConfig, StepContext
 from advtrain.methods.registry import register_method
 
@@ -34,7 +34,7 @@ class FGSM(AdversarialMethod):
     def perturb_with_metrics(self, model: nn.Module, batch: Batch, ctx: StepContext) -> tuple[Tensor, dict]:
         """x' and the attack's diagnostics (`zero_grad`: fraction of examples whose sign step is all zero)."""
         with bn_policy(model, self.config.bn_mode):
-            step = single_step(
+            step = single_step_unchecked(
                 model, batch.x, batch.y, step_size=self.threat.eps, eps=self.threat.eps,
                 norm=self.threat.norm, loss=self.config.attack_loss,
             )

@@ -15,7 +15,7 @@ from typing import Annotated
 
 from torch import Tensor, nn
 
-from advtrain.attacks import AttackLoss, BNMode, bn_policy, random_start, single_step, zero_gradient_fraction
+from advtrain.attacks import AttackLoss, BNMode, bn_policy, random_start, single_step_unchecked, zero_gradient_fraction
 from advtrain.bounds import Gt
 from advtrain.methods.base import AdversarialMethod, Batch, MethodConfig, StepContext
 from advtrain.methods.registry import register_method
@@ -41,7 +41,7 @@ class FGSMRS(AdversarialMethod):
         # random_start draws U(−ε, ε) elementwise for L∞ (one draw from ctx.generator) and clamps to [0, 1].
         noise = random_start(batch.x, eps, norm, ctx.generator) - batch.x
         with bn_policy(model, self.config.bn_mode):
-            step = single_step(
+            step = single_step_unchecked(
                 model, batch.x, batch.y, step_size=self.config.alpha_factor * eps, eps=eps, noise=noise,
                 norm=norm, loss=self.config.attack_loss,
             )

@@ -42,7 +42,7 @@ from advtrain.attacks import (
     ascent_step,
     at_least_fp32,
     bn_policy,
-    pgd,
+    pgd_unchecked,
     project,
 )
 from advtrain.bounds import Ge, Gt, Le
@@ -136,8 +136,8 @@ class ISEAT(QuarterEpsStep, Method):
         if self.config.steps == 1:
             return first.detach()
         with bn_policy(model, self.config.bn_mode):
-            return pgd(model, x, batch.y, eps=eps, steps=self.config.steps - 1, step_size=alpha, norm=norm,
-                       x_init=first)
+            return pgd_unchecked(model, x, batch.y, eps=eps, steps=self.config.steps - 1, step_size=alpha, norm=norm,
+                                 x_init=first, keep="last")
 
     def weight_direction(self, model: nn.Module, batch: Batch, x_adv: Tensor, ctx: StepContext) -> dict[str, Tensor]:
         """v of §4.3: the layer-wise scaled gradient of the unweighted adversarial CE at θ (averaged over the

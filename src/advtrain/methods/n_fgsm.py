@@ -19,7 +19,7 @@ from advtrain.attacks import (
     BNMode,
     ThreatModel,
     bn_policy,
-    single_step,
+    single_step_unchecked,
     uniform_noise,
     zero_gradient_fraction,
 )
@@ -54,7 +54,7 @@ class NFGSM(AdversarialMethod):
         eps = self.threat.eps
         noise = uniform_noise(batch.x, self.config.noise_factor * eps, ctx.generator)
         with bn_policy(model, self.config.bn_mode):
-            step = single_step(
+            step = single_step_unchecked(
                 model, batch.x, batch.y, step_size=self.config.step_factor * eps, eps=None, noise=noise,
                 loss=self.config.attack_loss,
             )

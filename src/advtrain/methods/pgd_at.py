@@ -7,7 +7,7 @@ from typing import Annotated
 
 from torch import Tensor, nn
 
-from advtrain.attacks import MAX_DISTANCE, AttackLoss, BNMode, bn_policy, pgd
+from advtrain.attacks import MAX_DISTANCE, AttackLoss, BNMode, bn_policy, pgd_unchecked
 from advtrain.bounds import Ge, Gt, Le
 from advtrain.methods.base import AdversarialMethod, Batch, MethodConfig, QuarterEpsStep, StepContext
 from advtrain.methods.registry import register_method
@@ -32,8 +32,8 @@ class PGDAT(QuarterEpsStep, AdversarialMethod):
 
     def perturb(self, model: nn.Module, batch: Batch, ctx: StepContext) -> Tensor:
         with bn_policy(model, self.config.bn_mode):
-            return pgd(
+            return pgd_unchecked(
                 model, batch.x, batch.y, eps=self.threat.eps, steps=self.config.steps,
                 step_size=self.step_size, norm=self.threat.norm, loss=self.config.attack_loss,
-                random_start=self.config.random_start, generator=ctx.generator,
+                random_start=self.config.random_start, generator=ctx.generator, keep="last",
             )

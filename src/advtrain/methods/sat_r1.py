@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advtrain.attacks import BNMode, at_least_fp32, bn_policy, fgsm, pgd
+from advtrain.attacks import BNMode, at_least_fp32, bn_policy, fgsm_unchecked, pgd_unchecked
 from advtrain.bounds import Ge
 from advtrain.methods.base import Batch, Method, MethodConfig, StepContext, StepOutput, accuracy, joint_forward
 from advtrain.methods.registry import register_method
@@ -47,9 +47,9 @@ class SATR1(Method):
         m = min(c.n_iter_samples, len(y))
         picked = torch.randperm(len(y), generator=ctx.generator, device=x.device)[:m]
         with bn_policy(model, c.bn_mode):
-            x_single = fgsm(model, x, y, eps=eps, norm=norm)
-            x_multi = pgd(model, x[picked], y[picked], eps=eps, steps=c.iter_steps, step_size=eps / c.iter_steps,
-                          norm=norm, random_start=False)
+            x_single = fgsm_unchecked(model, x, y, eps=eps, norm=norm, keep="last")
+            x_multi = pgd_unchecked(model, x[picked], y[picked], eps=eps, steps=c.iter_steps,
+                                    step_size=eps / c.iter_steps, norm=norm, random_start=False, keep="last")
         z_single, z_multi = joint_forward(model, x_single, x_multi)
         ce = F.cross_entropy(at_least_fp32(z_single), y)
         gap = (at_least_fp32(z_single[picked]) - at_least_fp32(z_multi)).pow(2).sum(1).mean()

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from advtrain.attacks import BNMode, ascent_step, at_least_fp32, bn_policy, fgsm, input_gradient
+from advtrain.attacks import BNMode, ascent_step, at_least_fp32, bn_policy, fgsm_unchecked, input_gradient
 from advtrain.bounds import Ge, Gt
 from advtrain.methods.base import Batch, Method, MethodConfig, StepContext, StepOutput, accuracy, joint_forward
 from advtrain.methods.registry import register_method
@@ -46,7 +46,7 @@ class SATR2(Method):
         noise = torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
         x_start = x + c.alpha * noise.sign()  # not clamped (§5)
         with bn_policy(model, c.bn_mode):
-            x_fgsm = fgsm(model, x, y, eps=eps, norm=norm)
+            x_fgsm = fgsm_unchecked(model, x, y, eps=eps, norm=norm, keep="last")
             grad, _ = input_gradient(model, x_start, y)
         x_rfgsm = ascent_step(x_start, grad, eps, norm).clamp(0, 1).detach()  # full ε step, no projection
         z_fgsm, z_rfgsm = joint_forward(model, x_fgsm, x_rfgsm)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks import MAX_DISTANCE, BNMode, at_least_fp32, bn_policy, pgd
+from advtrain.attacks import MAX_DISTANCE, BNMode, at_least_fp32, bn_policy, pgd_unchecked
 from advtrain.bounds import Ge, Gt, Le
 from advtrain.methods.base import (
     AdversarialMethod,
@@ -62,10 +62,10 @@ class TRADES(QuarterEpsStep, AdversarialMethod):
         with bn_policy(model, self.config.bn_mode):
             with torch.no_grad():
                 clean_logits = model(x)  # the attack's constant KL target p(x)
-            return pgd(
+            return pgd_unchecked(
                 model, x, batch.y, eps=self.threat.eps, steps=self.config.steps, step_size=self.step_size,
                 norm=self.threat.norm, loss="kl", clean_logits=clean_logits,
-                x_init=x + self.config.init_std * noise, generator=ctx.generator,
+                x_init=x + self.config.init_std * noise, generator=ctx.generator, keep="last",
             )
 
     def objective(self, model: nn.Module, batch: Batch, x_adv: Tensor) -> StepOutput:
