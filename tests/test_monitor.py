@@ -4,6 +4,7 @@ two flag rules, and `stop_on_collapse` in the trainer."""
 import copy
 import json
 
+import pytest
 import torch
 
 from advtrain.attacks import bn_policy, fgsm, pgd
@@ -83,22 +84,29 @@ def test_stop_on_collapse_ends_training_after_the_flagged_epoch_and_resume_keeps
 
 def test_a_collapsed_epoch_never_becomes_the_best_checkpoint(tmp_path):
     # FGSM-AT at a large ε with only the drop rule, at 0: the first PGD reading below the previous one flags.
-    # With this seed that happens at the end of epoch 3, whose validation PGD accuracy is the highest so
-    # far; the run must still keep the epoch before the collapse as best (METHODS.md §7.7).
-    config = load_config(None, [
-        "method.name=fgsm", "threat.eps=0.3", "train.epochs=4", "train.batch_size=64", "optim.lr=0.05",
-        "train.progress=quiet", "data.val_size=200", "train.val_steps=2", "monitor.size=100",
-        "monitor.fgsm_gap=1", "monitor.pgd_drop=0", "monitor.stop_on_collapse=true",
-    ])
-    result = train(config, tmp_path / "run", log=lambda _: None)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    # The case under test is a collapse after epoch 1 at an epoch whose validation PGD accuracy is the highest so
+    # far; the run must still keep the epoch before the collapse as best (§7.7). Which seed shows it depends on the
+    # CPU's rounding (FMA/AVX-512 change the trajectory), so the first seed that does is taken.
+    for seed in range(8):
+        run = tmp_path / f"seed{seed}"
+        config = load_config(None, [
+            f"seed={seed}", "method.name=fgsm", "threat.eps=0.3", "train.epochs=4", "train.batch_size=64",
+            "optim.lr=0.05", "train.progress=quiet", "data.val_size=200", "train.val_steps=2", "monitor.size=100",
+            "monitor.fgsm_gap=1", "monitor.pgd_drop=0", "monitor.stop_on_collapse=true",
+        ])
+        result = train(config, run, log=lambda _: None)
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        if len(rows) >= 2 and rows[-1]["co_collapse"] and rows[-1]["val_pgd_acc"] > max(
+                r["val_pgd_acc"] for r in rows[:-1]):
+            break
+    else:
+        pytest.fail("no seed in 0..7 collapsed after epoch 1 at its best validation epoch")
     stop_epoch = len(rows)
-    assert stop_epoch >= 2 and rows[-1]["co_collapse"]  # the case under test: a collapse after epoch 1
     assert not any(r["co_collapse"] for r in rows[:-1])
     earlier = rows[:-1]
     best = max(earlier, key=lambda r: r["val_pgd_acc"])
     assert result.best_epoch == best["epoch"] < stop_epoch
-    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints = run / "checkpoints"
     best_state, best_meta = load_weights(checkpoints / "best.safetensors")
     last_state, last_meta = load_weights(checkpoints / "last.safetensors")
     assert best_meta["epoch"] == best["epoch"] and last_meta["epoch"] == stop_epoch
