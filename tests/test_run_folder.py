@@ -174,6 +174,37 @@ def test_a_failure_half_way_through_the_clear_out_puts_the_old_run_back(finished
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
 
 
+# SIGKILLs itself at the N-th rename: --overwrite killed while it moves the old run's files aside.
+KILL_IN_RENAME = """
+import os, signal, sys
+n, calls, real_rename = int(sys.argv[1]), [0], os.rename
+def rename(src, dst):
+    calls[0] += 1
+    if calls[0] == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_rename(src, dst)
+os.rename = rename
+from advtrain.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_an_overwrite_killed_half_way_keeps_every_old_file_and_is_named_next_time(finished, tmp_path, capsys):
+    run = copy_run(finished, tmp_path)
+    before = snapshot(run)
+    killed = subprocess.run([sys.executable, "-c", KILL_IN_RENAME, "4", "train", *sets([*RUN, *PGD]), "--out",
+                             str(run), "--overwrite"], env=ENV, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    (aside,) = run.glob(".advtrain-replaced-*")
+    # Every old file is still there, in the run or in the aside folder under the same relative path.
+    after = {name.removeprefix(f"{aside.name}/"): digest for name, digest in snapshot(run).items()}
+    assert after == before
+    assert train_cli(run, "--overwrite") == 2
+    line = one_error_line(capsys)
+    assert f"{aside} holds the files of a run that an interrupted --overwrite was replacing" in line, line
+    assert {name.removeprefix(f"{aside.name}/"): digest for name, digest in snapshot(run).items()} == before
+
+
 # --- point 7: a run's eval.json is never silently replaced ---------------------------------------------
 
 
