@@ -276,7 +276,8 @@ def test_the_workspace_is_usable(ws, capsys):
     """The cases above fail because of their one bad input: the same commands with good input succeed."""
     ok = [
         _eval_weights("--data", "npz", "--data-root", f"{ws}/data/ok.npz", "--attacks", "clean,pgd"),
-        _eval_run("--data", "digits", "--attacks", "clean"),
+        # The run's own evaluation protocol (its eval.n): evaluated again in place, not refused.
+        _eval_run("--data", "digits", "--attacks", "clean", "--n", "50"),
     ]
     for argv in ok:
         assert main([a.replace("{ws}", str(ws)) for a in argv]) == 0, capsys.readouterr().err

@@ -126,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, help="eval JSON path (default: RUN_DIR/eval.json; none for --weights; "
-                   "required with --compare); figures go to RUN_DIR/figures or to OUT_STEM-figures next to it")
+    p.add_argument("--out", type=Path, help="eval JSON path (default: RUN_DIR/eval.json, refused when it holds an "
+                   "evaluation under another protocol; none for --weights; required with --compare); figures go to "
+                   "RUN_DIR/figures with RUN_DIR/eval.json, else to OUT_STEM-figures next to it")
 
     p = sub.add_parser("diagnose", parents=[debug],
                        help="check a run or a weights file for gradient masking (METHODS.md §7.7)")
@@ -275,6 +276,7 @@ def _eval(args: argparse.Namespace) -> None:
         write_vulnerability_figure,
     )
     from advtrain.eval.parts import EvalParts
+    from advtrain.eval.protocol import check_run_eval_kept
     from advtrain.eval.robustness import AttackResult, write_per_example
     from advtrain.fileio import atomic_write_text
     from advtrain.report import write_run_report
@@ -305,6 +307,8 @@ def _eval(args: argparse.Namespace) -> None:
     # Finished parts go next to the JSON, so rerunning a killed evaluation resumes it (advtrain.eval.parts).
     parts = EvalParts(out.with_name(f"{out.name}.parts")) if out is not None else None
     settings = replace(settings, device=local_device(settings.device))
+    if args.out is None and args.run_dir is not None:  # the run's own eval.json: never silently replaced
+        check_run_eval_kept(out, settings, data, checkpoint)
     intact = (f"the finished parts in {parts.folder} are intact: rerun the same command to resume"
               if parts is not None else "pass --out FILE.json to keep finished parts for a rerun")
     per_example: dict[str, list[AttackResult]] = {}
@@ -349,7 +353,9 @@ def _eval(args: argparse.Namespace) -> None:
             print(f"wrote {write_per_example(out.with_name(f'{out.stem}.examples.npz'), per_example)}")
         if parts is not None:
             parts.remove()
-    figures = args.run_dir / "figures" if args.run_dir is not None else (
+    # The run's figures belong to its eval.json: another evaluation's go next to its own JSON.
+    run_eval = args.run_dir is not None and out == args.run_dir / "eval.json"
+    figures = args.run_dir / "figures" if run_eval else (
         out.with_name(f"{out.stem}-figures") if out is not None else None)
     if figures is not None and "inequality" in report:
         for path in inequality_figures(models, data, report["inequality"], figures, n=args.n, device=args.device,
@@ -359,7 +365,7 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"wrote {write_vulnerability_figure(report['vulnerability'], figures)}")
     if figures is not None and args.compare is not None and "tradeoff" in report:
         print(f"wrote {write_tradeoff_figure(report['tradeoff'], figures)}")
-    if args.run_dir is not None and out == args.run_dir / "eval.json":
+    if run_eval:
         write_run_report(args.run_dir)
 
 

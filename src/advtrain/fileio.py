@@ -1,4 +1,8 @@
-"""Atomic file writes: readers see the old file or the complete new one, never a torn one."""
+"""Atomic file writes: readers see the old file or the complete new one, never a torn one.
+
+A file written into a run folder is first added to the run's record of its files (`advtrain.runfiles`), which
+is what lets `--overwrite` remove exactly the files advtrain wrote.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +18,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     The bytes go to a temporary file in the same directory (``os.replace`` is only atomic within one
     file system), are fsynced, and the temporary file is renamed over ``path``; the directory is then
     fsynced so the rename itself survives a crash. On failure the temporary file is removed and the
-    previous ``path`` is left untouched. Missing parent directories are created.
+    previous ``path`` is left untouched. Missing parent directories are created. Inside a run folder, ``path``
+    and those directories are recorded first (:func:`advtrain.runfiles.record_write`).
     """
-    path = Path(path)
+    from advtrain.runfiles import record_write  # runfiles writes its record with replace_file
+
+    record_write(Path(path))
+    replace_file(Path(path), data)
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """:func:`atomic_write_bytes` without recording ``path`` in a run's list of files."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     # O_EXCL: never write through a file (or symlink) someone else put there; mode 0o666 lets the umask

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -105,6 +106,13 @@ class IGD(AdversarialMethod):
         self.teacher_path = teacher_file(config.teacher or "").resolve()
         self.teacher_sha256 = sha256_file(self.teacher_path)
         self._teacher: nn.Module | None = None
+
+    def prepare_model(self, model: nn.Module, example: Tensor) -> nn.Module:
+        # The teacher is loaded now, so a wrong teacher file or architecture fails before the run folder is
+        # touched; fork_rng: its throwaway initialisation must not shift the run's random stream.
+        with torch.random.fork_rng(devices=[]):
+            self.teacher(model, example)
+        return model
 
     def teacher(self, student: nn.Module, like: Tensor) -> nn.Module:
         """The frozen teacher on `like`'s device, built on first use: a sidecar-less file takes its shape

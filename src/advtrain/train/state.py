@@ -17,6 +17,7 @@ import contextlib
 import math
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from advtrain.checkpoint import load_weights, save_weights, sidecar_path
 from advtrain.errors import UserError
+from advtrain.runfiles import forget_files
 
 STATES_KEPT = 2
 _STATE_NAME = re.compile(r"^state-e(\d+)-b(\d+)\.safetensors$")
@@ -167,15 +169,21 @@ def load_newest_state(directory: Path, log: Any = print) -> tuple[dict[str, Any]
     raise UserError(f"no intact checkpoint in {directory}: {problems[0]}")
 
 
-def remove_incomplete_writes(directory: Path) -> None:
-    """Delete what a killed writer left: temporary files and state tensors without a sidecar."""
+def remove_incomplete_writes(directory: Path, log: Callable[[str], None] = print) -> None:
+    """Delete what a killed writer left: temporary files and state tensors without a sidecar. A state without
+    its sidecar is announced like any other damaged state: it may be the newest, and resuming falls back."""
     for tmp in directory.glob(".*.tmp"):
         with contextlib.suppress(OSError):
             tmp.unlink()
-    for path in directory.glob("state-e*-b*.safetensors"):
+    removed = []
+    for path in sorted(directory.glob("state-e*-b*.safetensors"), reverse=True):
         if not sidecar_path(path).is_file():
+            log(f"skipping damaged checkpoint {path.name}: its sidecar {sidecar_path(path).name} is missing (its "
+                "write was cut short, or the file was deleted), so it cannot be read; deleting it")
             with contextlib.suppress(OSError):
                 path.unlink()
+            removed.append(path)
+    forget_files(removed)
 
 
 def _remove_state(path: Path) -> None:
@@ -183,3 +191,4 @@ def _remove_state(path: Path) -> None:
     for p in (sidecar_path(path), path):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
+    forget_files([sidecar_path(path), path])

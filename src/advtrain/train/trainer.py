@@ -15,7 +15,6 @@ import io
 import json
 import math
 import os
-import shutil
 import signal
 import threading
 import time
@@ -40,6 +39,7 @@ from advtrain.eval.vulnerability import adversarial_vulnerability
 from advtrain.fileio import atomic_write_bytes, atomic_write_text
 from advtrain.methods import Batch, EpochContext, StepContext, build_method
 from advtrain.models.spec import ModelSpec
+from advtrain.runfiles import RECORD, Replacement, mark_run, plan_replacement, record_folder, record_write, replace_run
 from advtrain.runtime import (
     autocast_dtype,
     derive_seed,
@@ -68,8 +68,6 @@ from advtrain.train.step import autocast_context, compile_for_training, train_st
 # the check costs no per-step synchronisation; the message still names the first bad step exactly.
 FINITE_CHECK_EVERY = 10
 EXIT_DIVERGED = 3
-RUN_FILES = ("config.yaml", "metrics.jsonl", "monitor.jsonl", "checkpoints", "eval.json", "report.md", "figures",
-             "vulnerability", "tensorboard")
 
 
 @dataclass
@@ -105,41 +103,41 @@ def load_run_data(config: RunConfig) -> Dataset:
     return load_dataset(config.data.name, config.data.root, **config.data.options)
 
 
-def check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse an --out that holds anything, unless --overwrite names a run; writes nothing."""
+def check_run_dir(run_dir: Path, overwrite: bool) -> Replacement | None:
+    """Refuse an --out that holds anything, unless --overwrite names a run that can be replaced as a whole;
+    writes nothing. Returns what --overwrite will remove (None: a new or empty folder)."""
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} exists and is not a folder: choose a new --out folder")
-    # Temporary files of a writer killed before config.yaml existed do not make a folder a run.
-    if not run_dir.is_dir() or all(p.name.endswith(".tmp") for p in run_dir.iterdir()):
-        return
+    # Temporary files of a writer killed before config.yaml existed, or the run's record alone (written just
+    # before config.yaml), do not make a folder hold anything.
+    if not run_dir.is_dir() or all(p.name.endswith(".tmp") or p.name == RECORD for p in run_dir.iterdir()):
+        return None
     if not overwrite:
         raise UserError(
             f"{run_dir} is not empty: continue that run with --resume {run_dir}, replace it with --overwrite, "
             "or choose a new --out folder (nothing was changed)"
         )
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(
-            f"{run_dir} is not empty and holds no advtrain run (no config.yaml), so --overwrite will not delete "
-            "it: choose a new --out folder"
-        )
+    return plan_replacement(run_dir)
 
 
-def create_run_dir(run_dir: Path, config: RunConfig, overwrite: bool) -> None:
-    """The run folder with its config.yaml, written first: from then on the folder can be resumed."""
-    if overwrite:
-        # Only the files a run writes are removed, so a mistyped --out loses nothing else.
-        for name in RUN_FILES:
-            path = run_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(config))
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
+def create_run_dir(run_dir: Path, config: RunConfig, replacing: Replacement | None) -> None:
+    """The run folder: its record of files first, then config.yaml; from then on the folder can be resumed.
+    `replacing` (--overwrite): the old run's files are removed only once the new config.yaml is in place."""
+    if replacing is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        mark_run(run_dir, files=[], folders=[])
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(config))
+    else:
+        def write_new() -> None:
+            atomic_write_text(run_dir / "config.yaml", dump_yaml(config))
+            mark_run(run_dir, files=["config.yaml"], folders=replacing.folders)
+
+        replace_run(replacing, write_new)
+    record_folder(run_dir / "checkpoints")
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    record_write(path)
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
@@ -166,7 +164,11 @@ def tensorboard_scalars(folder: Path, first_epoch: int, on: bool) -> Iterator[Ca
         return
     from torch.utils.tensorboard import SummaryWriter  # only here: the tensorboard package is optional
 
+    record_folder(folder)
+    before = set(folder.iterdir())
     writer = SummaryWriter(str(folder), purge_step=first_epoch)
+    for path in set(folder.iterdir()) - before:  # its event file, named by time, host and process
+        record_write(path)
 
     def write(row: dict[str, Any]) -> None:
         for key, value in row.items():
@@ -316,15 +318,15 @@ def _train(
     checkpoints = run_dir / "checkpoints"
     t = config.train
     resume_hint = f"continue with: advtrain train --resume {run_dir}"
-    save_advice = f"the previous checkpoint is intact: free space or fix the folder, then {resume_hint}"
     state: dict[str, Any] | None = None
+    replacing: Replacement | None = None
     if t.tensorboard:
         require_tensorboard()
     if resume:
         if procs.main:  # only rank 0 writes; the others read what it leaves
             with disk_errors("fix the folder's permissions and resume again"):
-                checkpoints.mkdir(exist_ok=True)  # missing when the run was killed right after config.yaml
-                remove_incomplete_writes(checkpoints)
+                record_folder(checkpoints)  # missing when the run was killed right after config.yaml
+                remove_incomplete_writes(checkpoints, log)
         if list_states(checkpoints):
             state, meta = load_newest_state(checkpoints, log)
             if meta.get("config_hash") != config.digest():
@@ -335,7 +337,7 @@ def _train(
         else:
             log(f"{run_dir} was stopped before its first checkpoint: training it from the start")
     elif procs.main:
-        check_run_dir(run_dir, overwrite)
+        replacing = check_run_dir(run_dir, overwrite)
     seed_everything(config.seed)
     amp = autocast_dtype(t.precision, device)
     channels_last = use_channels_last(t.channels_last)
@@ -416,8 +418,9 @@ def _train(
             keep_metrics_rows(run_dir / "metrics.jsonl", progress.rows)
             keep_metrics_rows(run_dir / "monitor.jsonl", progress.monitor_rows)
     elif procs.main:
-        with disk_errors("choose an --out folder on a writable disk with free space"):
-            create_run_dir(run_dir, config, overwrite)
+        with disk_errors("the old run is unchanged: free space or fix the folder, then run again" if replacing
+                         else "choose an --out folder on a writable disk with free space"):
+            create_run_dir(run_dir, config, replacing)
         log(
             f"training {config.method.name} on {data.name} ({len(train_idx)} train / {len(y_val)} val images) "
             f"with {spec.name} on {device} ({'bf16' if amp else 'fp32'}) for {t.epochs} epochs → {run_dir}"
@@ -475,12 +478,19 @@ def _train(
             "monitor": monitor.state_dict(), "averages": averages.state_dict(), "progress": progress.to_dict(),
             "rng": capture_rng(),
         }
-        with disk_errors(save_advice):
+        with disk_errors(save_advice()):
             save_state(checkpoints, Position(progress.epoch, progress.batch), tree, sidecar)
 
     def newest_state() -> str:
         states = list_states(checkpoints)
         return str(states[0][1]) if states else "none was written yet"
+
+    def save_advice() -> str:
+        """What a failed write leaves and what to do, as true at the moment before the write."""
+        states = list_states(checkpoints)
+        kept = (f"the previous checkpoint is intact ({states[0][1].name})" if states else
+                "no checkpoint was saved yet, so resuming starts the run from the beginning")
+        return f"{kept}: free space or fix the folder, then {resume_hint}"
 
     def check_losses(pending: list[tuple[int, Tensor]], epoch: int) -> None:
         bad = first_nonfinite(pending, procs)
@@ -525,8 +535,7 @@ def _train(
         buffer = io.BytesIO()
         np.save(buffer, av.numpy().astype(np.float32))
         if procs.main:
-            with disk_errors(save_advice):
-                (run_dir / "vulnerability").mkdir(exist_ok=True)
+            with disk_errors(save_advice()):
                 atomic_write_bytes(run_dir / "vulnerability" / f"epoch-{epoch + 1:04d}.npy", buffer.getvalue())
         return {"vuln_mean": float(av.mean()), "vuln_std": float(av.std())}
 
@@ -659,7 +668,7 @@ def _train(
                 progress.best_value = value if value is not None else -math.inf
                 progress.best_epoch = epoch + 1
             if procs.main:
-                with disk_errors(save_advice):
+                with disk_errors(save_advice()):
                     append_jsonl(run_dir / "metrics.jsonl", row)
                     write_scalars(row)
                     # Weights files hold the plain exported model (AR-AT: the adv BN branch, no predictors).
