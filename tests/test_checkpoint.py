@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from advtrain import fileio
 from advtrain.checkpoint import (
     load_state_into,
     load_weights,
@@ -301,7 +300,7 @@ def test_failed_replace_keeps_previous_file_and_no_temp(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(fileio.os, "replace", broken_replace)
+    monkeypatch.setattr(os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         atomic_write_bytes(path, b"new content")
     assert path.read_bytes() == b"old content"
@@ -319,7 +318,7 @@ def test_failed_write_midway_keeps_previous_weights(tmp_path, monkeypatch, train
         real_fsync(fd)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fileio.os, "fsync", crash_after_partial_write)
+    monkeypatch.setattr(os, "fsync", crash_after_partial_write)
     with pytest.raises(KeyboardInterrupt):
         save_weights(path, conv_model().state_dict(), {"epoch": 99})
     monkeypatch.undo()

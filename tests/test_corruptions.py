@@ -395,7 +395,8 @@ def test_corruption_error_among_a_mask_matches_a_hand_written_fp64_count():
 
 
 def test_evaluate_inequality_reports_both_corruption_protocols_labelled():
-    from advtrain.eval.inequality import evaluate_inequality, inequality_text
+    from advtrain.eval.inequality import evaluate_inequality
+    from advtrain.report.analysis_tables import inequality_text
 
     models = fp64_models()
     _, _, x, y = digits_tensors()

@@ -37,11 +37,11 @@ from advtrain.eval.diagnose import (
     check_transfer,
     check_zero_gradients,
     diagnose,
-    diagnose_text,
     eps_schedule,
     grey_baseline,
     pgd_spec,
 )
+from advtrain.report.analysis_tables import diagnose_text
 from advtrain.train import train
 from tests.helpers import digits_tensors, trained_digits_cnn
 

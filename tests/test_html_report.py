@@ -25,9 +25,9 @@ from advtrain.data import Dataset
 from advtrain.errors import UserError
 from advtrain.eval.api import EvalSettings, eval_images, evaluate_loaded
 from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
-from advtrain.eval.diagnose import diagnose, write_diagnose_figures
-from advtrain.eval.inequality import write_inequality_figures
-from advtrain.eval.vulnerability import write_vulnerability_figure
+from advtrain.eval.diagnose import diagnose
+from advtrain.eval.inequality import saliency_examples
+from advtrain.report.diagnose_figures import write_diagnose_figures
 from advtrain.report.grid import (
     CSV_COLUMNS,
     Cell,
@@ -39,6 +39,8 @@ from advtrain.report.grid import (
     write_csv,
 )
 from advtrain.report.html_report import write_html_report
+from advtrain.report.inequality_figures import write_inequality_figures
+from advtrain.report.vulnerability_figures import write_vulnerability_figure
 from advtrain.train import load_run_data, train
 
 METHODS = ("pgd_at", "trades")
@@ -72,7 +74,8 @@ def _add_analyses(run: Path) -> None:
     report = _evaluate(run, "best", dataclasses.replace(SETTINGS, inequality=("gini", "vulnerability")))
     loaded = load_checkpoint_model(checkpoint_path(run, "best"))
     x, y = eval_images(_digits(), 60, torch.device("cpu"))
-    write_inequality_figures({"small_cnn": loaded.model}, x, y, report["inequality"], run / "figures")
+    saliency = saliency_examples({"small_cnn": loaded.model}, x, y)
+    write_inequality_figures(report["inequality"], run / "figures", saliency)
     write_vulnerability_figure(report["vulnerability"], run / "figures")
     checks = diagnose(loaded.model, x, y, eps=0.2, steps=(1, 3), restarts=2, restart_steps=2)
     (run / "diagnose.json").write_text(json.dumps(checks | {"checkpoint": "best"}), encoding="utf-8")

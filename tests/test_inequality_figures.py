@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from advtrain.eval.inequality import SALIENCY_FIGURE_IMAGES, saliency_examples
 from advtrain.report.figures import save_figure
 from advtrain.report.inequality_figures import (
     corruption_error_curves,
     noise_error_curves,
     occlusion_error_bars,
     saliency_grid,
+    write_inequality_figures,
 )
 
 RHOS_INDUCTIVE = [0.002 * k for k in range(1, 11)]
@@ -146,3 +148,27 @@ def test_corruption_error_curves_empty(tmp_path: Path) -> None:
     save_figure(fig, tmp_path / "empty.png")
     nan_only = corruption_error_curves({"m": {"gaussian_noise": {1: math.nan}}})
     assert texts(nan_only) == ["no data"] and not nan_only.legends
+
+
+def test_write_inequality_figures_draws_the_saliency_examples_of_the_models(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4)).double()
+    x = torch.rand(10, 3, 8, 8, dtype=torch.float64)
+    y = model(x).argmax(1)  # every image correct: the examples are the first SALIENCY_FIGURE_IMAGES
+    examples = saliency_examples({"m": model}, x, y, class_names=["a", "b", "c", "d"])
+    assert torch.equal(examples.images, x[:SALIENCY_FIGURE_IMAGES])
+    assert examples.titles == ["abcd"[int(c)] for c in y[:SALIENCY_FIGURE_IMAGES]]
+    assert len(examples.ginis["m"]) == SALIENCY_FIGURE_IMAGES
+    result = {"n": 10, "n_common_correct": 10, "gini": {"m": {"global": 0.5}},
+              "inductive_occlusion": {"m": {"grey": 0.25, "white": 0.5}}}
+    written = write_inequality_figures(result, tmp_path, examples)
+    assert written == [tmp_path / "saliency.png", tmp_path / "occlusion.png"]
+    for path in written:
+        assert_png_not_blank(path)
+
+
+def test_write_inequality_figures_refuses_gini_without_its_saliency_maps(tmp_path: Path) -> None:
+    result = {"n": 10, "n_common_correct": 10, "gini": {"m": {"global": 0.5}}}
+    with pytest.raises(ValueError, match="saliency_examples"):
+        write_inequality_figures(result, tmp_path / "figures")
+    assert not (tmp_path / "figures").exists()

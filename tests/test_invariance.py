@@ -17,7 +17,8 @@ from advtrain.config import load_config
 from advtrain.errors import UserError
 from advtrain.eval.checkpoints import load_checkpoint_model
 from advtrain.eval.invariance import evaluate_invariance, invariance_summary, representation_invariance
-from advtrain.report.tables import comparison_table, tradeoff_line, tradeoff_scores
+from advtrain.eval.tradeoff import tradeoff_scores
+from advtrain.report.tables import comparison_table, tradeoff_line
 from advtrain.report.tradeoff_figures import tradeoff_scatter
 from advtrain.train import train
 from tests.helpers import digits_tensors, trained_digits_cnn

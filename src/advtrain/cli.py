@@ -266,22 +266,21 @@ def _eval(args: argparse.Namespace) -> None:
     from advtrain.eval import (
         compare_runs,
         evaluate_loaded,
-        inequality_figures,
-        inequality_text,
-        invariance_text,
+        inequality_saliency,
         load_for_eval,
         load_group,
         split_attack_names,
-        vulnerability_text,
-        write_vulnerability_figure,
     )
     from advtrain.eval.parts import EvalParts
     from advtrain.eval.protocol import check_run_eval_kept
     from advtrain.eval.robustness import AttackResult, write_per_example
     from advtrain.fileio import atomic_write_text
     from advtrain.report import write_run_report
+    from advtrain.report.analysis_tables import inequality_text, invariance_text, vulnerability_text
+    from advtrain.report.inequality_figures import write_inequality_figures
     from advtrain.report.tables import comparison_text, eval_rows, text_table, tradeoff_line
     from advtrain.report.tradeoff_figures import write_tradeoff_figure
+    from advtrain.report.vulnerability_figures import write_vulnerability_figure
     from advtrain.runtime import resolve_device
 
     out = _eval_out(args)
@@ -358,8 +357,9 @@ def _eval(args: argparse.Namespace) -> None:
     figures = args.run_dir / "figures" if run_eval else (
         out.with_name(f"{out.stem}-figures") if out is not None else None)
     if figures is not None and "inequality" in report:
-        for path in inequality_figures(models, data, report["inequality"], figures, n=args.n, device=args.device,
-                                       batch_size=report["batch_size"]):
+        saliency = inequality_saliency(models, data, report["inequality"], n=args.n, device=args.device,
+                                       batch_size=report["batch_size"])
+        for path in write_inequality_figures(report["inequality"], figures, saliency):
             print(f"wrote {path}")
     if figures is not None and "vulnerability" in report:
         print(f"wrote {write_vulnerability_figure(report['vulnerability'], figures)}")
@@ -377,8 +377,10 @@ def _diagnose(args: argparse.Namespace) -> None:
     from advtrain.eval.api import check_fits, eval_images, load_for_eval
     from advtrain.eval.batching import check_batch_setting, resolve_eval_batch
     from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
-    from advtrain.eval.diagnose import diagnose, diagnose_text, write_diagnose_figures
+    from advtrain.eval.diagnose import diagnose
     from advtrain.fileio import atomic_write_text
+    from advtrain.report.analysis_tables import diagnose_text
+    from advtrain.report.diagnose_figures import write_diagnose_figures
     from advtrain.rundir import read_config
     from advtrain.runtime import SEED_LIMIT, resolve_device
 

@@ -40,9 +40,8 @@ from advtrain.eval import (
     EvalSettings,
     attack_specs,
     evaluate_loaded,
-    inequality_figures,
+    inequality_saliency,
     split_attack_names,
-    write_vulnerability_figure,
 )
 from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
 from advtrain.eval.inequality import INEQUALITY_EVALS
@@ -50,6 +49,8 @@ from advtrain.eval.parts import EvalParts
 from advtrain.fileio import atomic_write_text
 from advtrain.report.grid import Cell, summarize, summary_markdown, write_csv
 from advtrain.report.html_report import write_html_report
+from advtrain.report.inequality_figures import write_inequality_figures
+from advtrain.report.vulnerability_figures import write_vulnerability_figure
 from advtrain.rundir import read_config
 from advtrain.runtime import SEED_LIMIT
 from advtrain.train import load_run_data, train
@@ -281,8 +282,9 @@ def _evaluate_cell(data: Dataset, run_dir: Path, which: str, settings: EvalSetti
     parts.remove()
     # The figures of the analyses (saliency grid, noise, vulnerability histogram) for the report: best only.
     if "inequality" in report and which == "best":
-        inequality_figures({run_dir.name: loaded}, data, report["inequality"], run_dir / "figures", n=settings.n,
-                           device=settings.device, batch_size=report["batch_size"])
+        saliency = inequality_saliency({run_dir.name: loaded}, data, report["inequality"], n=settings.n,
+                                       device=settings.device, batch_size=report["batch_size"])
+        write_inequality_figures(report["inequality"], run_dir / "figures", saliency)
     if "vulnerability" in report and which == "best":
         write_vulnerability_figure(report["vulnerability"], run_dir / "figures")
     log(f"{prefix}: wrote {out}")

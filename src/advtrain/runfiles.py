@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from advtrain.atomic_replace import replace_file
 from advtrain.errors import UserError
-from advtrain.fileio import replace_file
 
 RECORD = ".advtrain-run.json"
 ASIDE_PREFIX = ".advtrain-replaced-"  # the old run's files while --overwrite replaces it

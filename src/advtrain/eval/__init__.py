@@ -1,4 +1,5 @@
-"""Evaluation: robust accuracy under attacks, on checkpoints and run directories. Never imports `train`."""
+"""Evaluation: robust accuracy under attacks, on checkpoints and run directories. Computes numbers and JSON;
+`advtrain.report` presents them (tables, figures). Never imports `train` or `report`."""
 
 from advtrain.eval.api import (
     ANALYSIS_EVALS,
@@ -6,7 +7,7 @@ from advtrain.eval.api import (
     compare_runs,
     evaluate_analyses,
     evaluate_loaded,
-    inequality_figures,
+    inequality_saliency,
     load_for_eval,
     load_group,
     split_attack_names,
@@ -18,19 +19,23 @@ from advtrain.eval.diagnose import (
     Check,
     Probe,
     diagnose,
-    diagnose_text,
     transfer_accuracy,
-    write_diagnose_figures,
 )
-from advtrain.eval.inequality import INEQUALITY_EVALS, InequalityOptions, evaluate_inequality, inequality_text
+from advtrain.eval.inequality import (
+    INEQUALITY_EVALS,
+    InequalityOptions,
+    SaliencyExamples,
+    evaluate_inequality,
+    saliency_examples,
+)
 from advtrain.eval.invariance import (
     INVARIANCE_EVALS,
     evaluate_invariance,
     invariance_summary,
-    invariance_text,
     representation_invariance,
 )
 from advtrain.eval.robustness import ATTACK_ALIASES, AttackResult, AttackSpec, attack_specs, evaluate, run_attack
+from advtrain.eval.tradeoff import tradeoff_scores
 from advtrain.eval.vulnerability import (
     VULNERABILITY_EVALS,
     adversarial_vulnerability,
@@ -39,8 +44,6 @@ from advtrain.eval.vulnerability import (
     read_training_vulnerability,
     vulnerability_history,
     vulnerability_stats,
-    vulnerability_text,
-    write_vulnerability_figure,
 )
 
 __all__ = [
@@ -56,35 +59,32 @@ __all__ = [
     "EvalSettings",
     "InequalityOptions",
     "Probe",
+    "SaliencyExamples",
     "adversarial_vulnerability",
     "attack_specs",
     "batch_for_memory",
     "compare_runs",
     "compare_vulnerability",
     "diagnose",
-    "diagnose_text",
     "evaluate",
     "evaluate_analyses",
     "evaluate_inequality",
     "evaluate_invariance",
     "evaluate_loaded",
     "evaluate_vulnerability",
-    "inequality_figures",
-    "inequality_text",
+    "inequality_saliency",
     "invariance_summary",
-    "invariance_text",
     "load_for_eval",
     "load_group",
     "read_training_vulnerability",
     "representation_invariance",
     "resolve_eval_batch",
     "run_attack",
+    "saliency_examples",
     "split_attack_names",
     "tradeoff_part",
+    "tradeoff_scores",
     "transfer_accuracy",
     "vulnerability_history",
     "vulnerability_stats",
-    "vulnerability_text",
-    "write_diagnose_figures",
-    "write_vulnerability_figure",
 ]

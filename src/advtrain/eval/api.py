@@ -22,12 +22,14 @@ from advtrain.eval.checkpoints import LoadedModel, checkpoint_path, load_checkpo
 from advtrain.eval.inequality import (
     INEQUALITY_EVALS,
     InequalityOptions,
+    SaliencyExamples,
     evaluate_inequality,
-    write_inequality_figures,
+    saliency_examples,
 )
 from advtrain.eval.invariance import INVARIANCE_EVALS, evaluate_invariance, invariance_eps
 from advtrain.eval.parts import EvalParts
 from advtrain.eval.robustness import ATTACK_ALIASES, AttackResult, attack_specs, check_attack_names, evaluate
+from advtrain.eval.tradeoff import tradeoff_scores
 from advtrain.eval.vulnerability import VULNERABILITY_EVALS, VULNERABILITY_SPLITS, evaluate_vulnerability, first_eps
 from advtrain.models.spec import ModelSpec
 from advtrain.rundir import read_config
@@ -269,8 +271,6 @@ def evaluate_analyses(
 def tradeoff_part(evals: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """{"tradeoff": `tradeoff_scores(evals)`} (METHODS.md §6, §7.6: clean + AutoAttack accuracy, or clean + the
     strongest attack run, flagged as not being the sum), or {} when no run has a clean and a robust accuracy."""
-    from advtrain.report.tables import tradeoff_scores
-
     scores = tradeoff_scores(evals)
     return {} if scores is None else {"tradeoff": scores}
 
@@ -460,19 +460,20 @@ def compare_runs(
     }
 
 
-def inequality_figures(
+def inequality_saliency(
     models: Mapping[str, LoadedModel],
     data: Dataset,
     result: Mapping[str, Any],
-    folder: Path,
     *,
     n: int | None = None,
     device: str = "auto",
     batch_size: int = 256,
-) -> list[Path]:
-    """Write the PNGs of an "inequality" result (see `write_inequality_figures`) into `folder`; their paths."""
+) -> SaliencyExamples | None:
+    """The saliency maps that saliency.png shows (`saliency_examples`) for an "inequality" result measured on the
+    first `n` test images of `data`, or None when the result has no gini (no saliency.png to draw)."""
+    if "gini" not in result:
+        return None
     dev = resolve_device(device)
     x, y = eval_images(data, n, dev)
     modules = {label: loaded.model.to(dev) for label, loaded in models.items()}
-    return write_inequality_figures(modules, x, y, result, folder, batch_size=batch_size,
-                                    class_names=data.class_names)
+    return saliency_examples(modules, x, y, batch_size=batch_size, class_names=data.class_names)

@@ -54,7 +54,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -472,48 +471,6 @@ def diagnose(
     }
 
 
-def _fmt(value: Any) -> str:
-    from advtrain.report.tables import fmt_float
-
-    return fmt_float(value, 3)
-
-
-def diagnose_text(report: Mapping[str, Any]) -> str:
-    """The verdict table of a `diagnose` report: one row per check (value, threshold, verdict, meaning)."""
-    model = f"{report['model']} on {report.get('data')}, " if report.get("model") else ""
-    head = (f"gradient-masking diagnostics ({model}{report.get('n')} images, ε {_fmt(report.get('eps'))} "
-            f"L∞): clean accuracy {_fmt(report.get('clean_accuracy'))}")
-    rows = [["check", "value", "pass if", "verdict", "meaning"]]
-    for name, c in report.get("checks", {}).items():
-        threshold = _fmt(c.get("threshold"))
-        if c.get("threshold") is not None and c.get("pass_if") in ("<=", ">="):
-            threshold = f"{'≤' if c['pass_if'] == '<=' else '≥'} {threshold}"
-        rows.append([name, _fmt(c.get("value")), threshold, str(c.get("verdict")), str(c.get("meaning"))])
-    widths = [max(len(r[j]) for r in rows) for j in range(4)]
-    lines = [head]
-    for r in rows:
-        cells = [r[0].ljust(widths[0]), r[1].rjust(widths[1]), r[2].rjust(widths[2]), r[3].ljust(widths[3]), r[4]]
-        lines.append("  ".join(cells).rstrip())
-    warnings = list(report.get("warnings", []))
-    lines.append(f"{len(warnings)} warning(s): {', '.join(warnings)}" if warnings else
-                 "no warning: no sign of gradient masking")
-    return "\n".join(lines)
-
-
-def write_diagnose_figures(report: Mapping[str, Any], folder: Path) -> list[Path]:
-    """diagnose_pgd_steps.png, diagnose_pgd_eps.png and diagnose_fgsm_direction.png in `folder`; their paths."""
-    from advtrain.report.diagnose_figures import fgsm_direction_figure, pgd_eps_figure, pgd_steps_figure
-    from advtrain.report.figures import save_figure
-
-    folder = Path(folder)
-    checks = report["checks"]
-    return [
-        save_figure(pgd_steps_figure(checks["pgd_steps"]), folder / "diagnose_pgd_steps.png"),
-        save_figure(pgd_eps_figure(checks["pgd_eps"]), folder / "diagnose_pgd_eps.png"),
-        save_figure(fgsm_direction_figure(checks["fgsm_direction_loss"]), folder / "diagnose_fgsm_direction.png"),
-    ]
-
-
 def _json_number(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None
@@ -546,7 +503,6 @@ __all__ = [
     "check_zero_gradients",
     "clean_accuracy",
     "diagnose",
-    "diagnose_text",
     "eps_schedule",
     "fgsm_spec",
     "gradient_alignment",
@@ -554,6 +510,5 @@ __all__ = [
     "loss_along_fgsm",
     "pgd_spec",
     "transfer_accuracy",
-    "write_diagnose_figures",
     "zero_gradient_share",
 ]

@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +69,6 @@ class InequalityOptions:
 
 
 SALIENCY_FIGURE_IMAGES = 6  # rows of saliency.png: the first images of the commonly correct set
-FIGURE_NOISE_MODE = "add"
 
 
 def regional_blocks(size: int) -> dict[str, int]:
@@ -166,99 +164,41 @@ def _by_rho(sweep: Mapping[float, float]) -> dict[str, float]:
     return {f"{rho:g}": error for rho, error in sweep.items()}
 
 
-# ------------------------------------------------------------------------------------ tables and figures
+@dataclass(frozen=True)
+class SaliencyExamples:
+    """What saliency.png shows: `images` (k×C×H×W, CPU), the first `SALIENCY_FIGURE_IMAGES` that every model
+    classifies correctly; each model's saliency `maps` of them (CPU); their global Gini per image (`ginis`);
+    and the images' class names (`titles`, or None)."""
+
+    images: Tensor
+    maps: dict[str, Tensor]
+    ginis: dict[str, list[float]]
+    titles: list[str] | None
 
 
-def inequality_text(result: Mapping[str, Any]) -> str:
-    """The "inequality" results of `evaluate_inequality` as fixed-width text tables, one per evaluation:
-    mean Gini per model; error rate (%) at each ρ per model and noise mode; occlusion error (%) per colour;
-    corruption error (%) averaged over the severities, per corruption, under each protocol."""
-    from advtrain.report.tables import fmt_acc, text_table
-
-    parts = [f"commonly correct: {result.get('n_common_correct')} of {result.get('n')} images "
-             "(inductive/random noise, occlusion and IGD-protocol corruption error rates are over these)\n"]
-    if "gini" in result:
-        keys = list(dict.fromkeys(k for per in result["gini"].values() for k in per))
-        rows = [[label, *(per.get(k) for k in keys)] for label, per in result["gini"].items()]
-        parts.append("Gini of the saliency |∇ₓ z_y| (mean over all images / over each model's correct ones)\n"
-                     + text_table(["model", *(k.replace("_", " ") for k in keys)], rows))
-    for name in ("inductive_noise", "random_noise"):
-        if name not in result:
-            continue
-        rhos = list(dict.fromkeys(r for per in result[name].values() for sweep in per.values() for r in sweep))
-        rows = [[f"{label} ({mode})", *(fmt_acc(sweep.get(r)) for r in rhos)]
-                for label, per in result[name].items() for mode, sweep in per.items()]
-        headers = ["model (mode)", *(f"ρ={100 * float(r):g}%" for r in rhos)]
-        parts.append(f"{name.replace('_', ' ')}: error rate %\n" + text_table(headers, rows))
-    if "inductive_occlusion" in result:
-        occlusion = result["inductive_occlusion"]
-        colours = list(dict.fromkeys(c for per in occlusion.values() for c in per))
-        rows = [[label, *(fmt_acc(per.get(c)) for c in colours)] for label, per in occlusion.items()]
-        parts.append("inductive occlusion: error rate %\n" + text_table(["model", *colours], rows))
-    for protocol, over in CORRUPTION_PROTOCOLS.items() if "corruptions" in result else ():
-        tables = {label: _severity_tables(per, protocol) for label, per in result["corruptions"].items()}
-        names = list(dict.fromkeys(c for per in tables.values() for c in per))
-        rows = [[label, *(fmt_acc(_mean(per.get(c, {}).values())) for c in names)] for label, per in tables.items()]
-        parts.append(f"noise corruptions: error rate % {over.format_map(result)}, mean over severities\n"
-                     + text_table(["model", *names], rows))
-    return "\n".join(parts)
-
-
-def write_inequality_figures(
+def saliency_examples(
     models: Mapping[str, nn.Module],
     x: Tensor,
     y: Tensor,
-    result: Mapping[str, Any],
-    folder: Path,
     *,
     batch_size: int = 256,
     class_names: Sequence[str] | None = None,
-) -> list[Path]:
-    """Write the PNGs of the evaluations in `result` (from `evaluate_inequality` on these models and images)
-    into `folder`; return their paths. saliency.png (gini): the first `SALIENCY_FIGURE_IMAGES` commonly
-    correct images with each model's saliency map and global Gini; noise.png (inductive and/or random noise,
-    'add' mode); occlusion.png; corruptions.png (the commonly correct protocol, IGD's)."""
-    from advtrain.report import inequality_figures as figures
-    from advtrain.report.figures import save_figure
-
-    folder = Path(folder)
-    written: list[Path] = []
-    if "gini" in result:
-        common = commonly_correct(list(models.values()), x, y, batch_size).to(x.device)
-        xs, ys = x[common][:SALIENCY_FIGURE_IMAGES], y[common][:SALIENCY_FIGURE_IMAGES]
-        maps: dict[str, Tensor] = {}
-        for label, model in models.items():
-            with bn_policy(model, "eval"):
-                maps[label] = saliency(model, xs, ys).cpu() if len(xs) else torch.zeros(xs.shape)
-        ginis = {label: global_gini(m).tolist() if len(m) else [] for label, m in maps.items()}
-        titles = [class_names[int(c)] for c in ys] if class_names else None
-        fig = figures.saliency_grid(xs.cpu(), maps, ginis, titles)
-        written.append(save_figure(fig, folder / "saliency.png"))
-    if "inductive_noise" in result or "random_noise" in result:
-        curves = [
-            {label: {float(rho): error for rho, error in per.get(FIGURE_NOISE_MODE, {}).items()}
-             for label, per in result.get(name, {}).items()}
-            for name in ("inductive_noise", "random_noise")
-        ]
-        written.append(save_figure(figures.noise_error_curves(*curves), folder / "noise.png"))
-    if "inductive_occlusion" in result:
-        written.append(save_figure(figures.occlusion_error_bars(result["inductive_occlusion"]),
-                                   folder / "occlusion.png"))
-    if "corruptions" in result:
-        tables = {label: _severity_tables(per, "commonly_correct") for label, per in result["corruptions"].items()}
-        title = f"Noise corruptions, error {CORRUPTION_PROTOCOLS['commonly_correct'].format_map(result)}"
-        written.append(save_figure(figures.corruption_error_curves(tables, title), folder / "corruptions.png"))
-    return written
+) -> SaliencyExamples:
+    """The saliency maps and Gini values that saliency.png shows, for the models compared on x, y."""
+    common = commonly_correct(list(models.values()), x, y, batch_size).to(x.device)
+    xs, ys = x[common][:SALIENCY_FIGURE_IMAGES], y[common][:SALIENCY_FIGURE_IMAGES]
+    maps: dict[str, Tensor] = {}
+    for label, model in models.items():
+        with bn_policy(model, "eval"):
+            maps[label] = saliency(model, xs, ys).cpu() if len(xs) else torch.zeros(xs.shape)
+    ginis = {label: global_gini(m).tolist() if len(m) else [] for label, m in maps.items()}
+    titles = [class_names[int(c)] for c in ys] if class_names else None
+    return SaliencyExamples(xs.cpu(), maps, ginis, titles)
 
 
-def _severity_tables(per_model: Mapping[str, Any], protocol: str) -> dict[str, dict[int, float]]:
+def severity_tables(per_model: Mapping[str, Any], protocol: str) -> dict[str, dict[int, float]]:
     """{corruption: {severity (int): error}} under one of CORRUPTION_PROTOCOLS, from one model's JSON entry."""
     return {
         name: {int(severity): error for severity, error in by_severity.items()}
         for name, by_severity in (per_model.get(protocol) or {}).items()
     }
-
-
-def _mean(values: Any) -> float:
-    values = [float(v) for v in values]
-    return sum(values) / len(values) if values else math.nan

@@ -9,11 +9,11 @@ towards 1.
 
 - `representation_invariance`: the per-example cosine of one model.
 - `invariance_summary`: mean, std, min, median, and the mean over the correctly classified clean examples.
-- `evaluate_invariance`: the `advtrain eval --attacks invariance` JSON for one model or a group.
-- `invariance_text`: that JSON as a terminal table.
+- `evaluate_invariance`: the `advtrain eval --attacks invariance` JSON for one model or a group (shown by
+  `advtrain.report.analysis_tables.invariance_text`).
 
 The trade-off score of §7.6 ("sum" = clean + AutoAttack accuracy) is computed from an eval's attack results,
-not here: see `advtrain.report.tables.tradeoff_scores`.
+not here: see `advtrain.eval.tradeoff.tradeoff_scores`.
 
 Everything returned is fp32/fp64 on the CPU; the functions never leave the model in another mode.
 """
@@ -164,25 +164,3 @@ def evaluate_invariance(
     return out | {"models": per_model}
 
 
-def invariance_text(result: Mapping[str, Any]) -> str:
-    """An `evaluate_invariance` result as a fixed-width text table (one row per model), with its settings."""
-    from advtrain.report.tables import fmt_acc, text_table
-
-    headers = ["model", "mean cos", "mean cos (clean-correct)", "std", "min", "median", "clean acc %"]
-    rows = [
-        [label, s.get("mean"), s.get("mean_correct"), s.get("std"), s.get("min"), s.get("median"),
-         fmt_acc(s.get("clean_accuracy"))]
-        for label, s in result.get("models", {}).items()
-    ]
-    return f"{invariance_heading(result)}\n" + text_table(headers, rows)
-
-
-def invariance_heading(result: Mapping[str, Any]) -> str:
-    """One line stating what an `evaluate_invariance` result measured: images, attack, ε, steps, step size."""
-    from advtrain.report.tables import fmt_eps, fmt_float
-
-    return (
-        f"representation invariance cos(f(x), f(x')) of the penultimate features on the first {result.get('n')} "
-        f"test images (x' = PGD-{result.get('steps')} on CE, random start, last iterate, "
-        f"ε {fmt_eps(result.get('eps'))}, {result.get('norm')}, step {fmt_float(result.get('step_size'))})"
-    )

@@ -2,7 +2,7 @@
 against the number of steps, PGD accuracy against ε, and the loss along the FGSM direction.
 
 Like `advtrain.report.figures`, every function builds a `matplotlib.figure.Figure` directly (never pyplot)
-and imports matplotlib only when called; save it with `advtrain.report.figures.save_figure`. Each takes one
+and imports matplotlib only when called; `write_diagnose_figures` saves all three as PNGs. Each takes one
 check of a `diagnose` report (`Check.as_dict()`, with its curve under "details"); None/NaN values leave a
 gap, and a panel with nothing to draw says "no data". The title carries the check's verdict.
 """
@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from advtrain.report.figures import _no_data
+from advtrain.report.figures import _no_data, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["fgsm_direction_figure", "pgd_eps_figure", "pgd_steps_figure"]
+__all__ = ["fgsm_direction_figure", "pgd_eps_figure", "pgd_steps_figure", "write_diagnose_figures"]
 
 _LINE = {"marker": "o", "markersize": 4, "linewidth": 1.5}
 
@@ -97,3 +98,14 @@ def fgsm_direction_figure(check: Mapping[str, Any]) -> Figure:
     ax.set_xlabel("t (step along sign ∇ₓCE)")
     ax.set_ylabel("mean cross-entropy")
     return fig
+
+
+def write_diagnose_figures(report: Mapping[str, Any], folder: Path) -> list[Path]:
+    """diagnose_pgd_steps.png, diagnose_pgd_eps.png and diagnose_fgsm_direction.png in `folder`; their paths."""
+    folder = Path(folder)
+    checks = report["checks"]
+    return [
+        save_figure(pgd_steps_figure(checks["pgd_steps"]), folder / "diagnose_pgd_steps.png"),
+        save_figure(pgd_eps_figure(checks["pgd_eps"]), folder / "diagnose_pgd_eps.png"),
+        save_figure(fgsm_direction_figure(checks["fgsm_direction_loss"]), folder / "diagnose_fgsm_direction.png"),
+    ]

@@ -3,7 +3,7 @@ error rates under inductive / random noise and inductive occlusion, and error ra
 corruptions by severity.
 
 Like `advtrain.report.figures`, every function builds a `matplotlib.figure.Figure` directly (never
-pyplot) and imports matplotlib only when called; save the result with `advtrain.report.figures.save_figure`.
+pyplot) and imports matplotlib only when called; `write_inequality_figures` saves those of a result as PNGs.
 Inputs are plain Python data; error rates are fractions in [0, 1] and are drawn in percent. NaN (or
 missing) values leave a gap or an empty bar rather than raising; a panel with nothing to draw says "no data".
 """
@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from advtrain.report.figures import _no_data
+from advtrain.eval.inequality import CORRUPTION_PROTOCOLS, SaliencyExamples, severity_tables
+from advtrain.report.figures import _no_data, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
 _LINE = {"marker": "o", "markersize": 4, "linewidth": 1.5}
+NOISE_FIGURE_MODE = "add"  # the noise mode noise.png draws (the table shows every mode)
 
 
 def _array(x: Any) -> np.ndarray:
@@ -206,3 +209,33 @@ def corruption_error_curves(
     if handles:
         fig.legend(handles.values(), handles.keys(), loc="outside right upper", fontsize="small")
     return fig
+
+
+def write_inequality_figures(
+    result: Mapping[str, Any], folder: Path, saliency: SaliencyExamples | None = None
+) -> list[Path]:
+    """Write the PNGs of the evaluations in an `evaluate_inequality` result into `folder`; return their paths.
+    saliency.png (gini): `saliency` (`advtrain.eval.inequality.saliency_examples` of the same models and
+    images), needed when the result has gini; noise.png (inductive and/or random noise, 'add' mode);
+    occlusion.png; corruptions.png (the commonly correct protocol, IGD's)."""
+    if "gini" in result and saliency is None:
+        raise ValueError("the result has gini: pass saliency=saliency_examples(models, x, y) to draw saliency.png")
+    folder = Path(folder)
+    written: list[Path] = []
+    if "gini" in result and saliency is not None:
+        fig = saliency_grid(saliency.images, saliency.maps, saliency.ginis, saliency.titles)
+        written.append(save_figure(fig, folder / "saliency.png"))
+    if "inductive_noise" in result or "random_noise" in result:
+        curves = [
+            {label: {float(rho): error for rho, error in per.get(NOISE_FIGURE_MODE, {}).items()}
+             for label, per in result.get(name, {}).items()}
+            for name in ("inductive_noise", "random_noise")
+        ]
+        written.append(save_figure(noise_error_curves(*curves), folder / "noise.png"))
+    if "inductive_occlusion" in result:
+        written.append(save_figure(occlusion_error_bars(result["inductive_occlusion"]), folder / "occlusion.png"))
+    if "corruptions" in result:
+        tables = {label: severity_tables(per, "commonly_correct") for label, per in result["corruptions"].items()}
+        title = f"Noise corruptions, error {CORRUPTION_PROTOCOLS['commonly_correct'].format_map(result)}"
+        written.append(save_figure(corruption_error_curves(tables, title), folder / "corruptions.png"))
+    return written
