@@ -19,6 +19,7 @@ import math
 import types
 import typing
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
@@ -81,6 +82,15 @@ class Lt(Bound):
         return value < self.limit
 
 
+@dataclass(frozen=True)
+class Parsed:
+    """`Annotated` metadata: turns the value as written into the field's canonical one before it is checked, e.g. a
+    norm's spellings (`Annotated[Norm, Parsed(parse_norm)]`), in Python as from YAML. `parse(value, where)` raises
+    a UserError for a value it does not understand."""
+
+    parse: Callable[[Any, str], Any]
+
+
 class FieldError(InvalidValue):
     """A config field's value its annotation refuses. The message starts with the field's name as seen from the
     dataclass (`relative`, e.g. "betas[1] must be < 1, got 1.0"), qualified by `owner`: the class name when the
@@ -102,9 +112,15 @@ class CheckedConfig:
     def __post_init__(self) -> None:
         for name, annotation in _field_annotations(type(self)).items():
             try:
+                for parsed in _parsers(annotation):
+                    setattr(self, name, parsed.parse(getattr(self, name), name))
                 check_value(getattr(self, name), annotation, name)
             except UserError as e:
                 raise FieldError(str(e), type(self).__name__) from None
+
+
+def _parsers(annotation: Any) -> list[Parsed]:
+    return [e for e in get_args(annotation)[1:] if isinstance(e, Parsed)] if get_origin(annotation) is Annotated else []
 
 
 @functools.cache
@@ -187,4 +203,4 @@ def _check_scalar(value: Any, kind: type, where: str) -> None:
         raise UserError(f"{where}: expected a {kind.__name__}, got {value!r}")
 
 
-__all__ = ["Bound", "CheckedConfig", "FieldError", "Ge", "Gt", "Le", "Lt", "check_choice", "check_value"]
+__all__ = ["Bound", "CheckedConfig", "FieldError", "Ge", "Gt", "Le", "Lt", "Parsed", "check_choice", "check_value"]

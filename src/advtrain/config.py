@@ -16,7 +16,6 @@ import json
 import math
 import types
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
@@ -25,7 +24,7 @@ import torch
 import yaml
 
 from advtrain.attacks import MAX_DISTANCE, Norm, ThreatModel, check_distance, parse_norm
-from advtrain.bounds import CheckedConfig, FieldError, Ge, Gt, Le, Lt, check_value
+from advtrain.bounds import CheckedConfig, FieldError, Ge, Gt, Le, Lt, Parsed, check_value
 from advtrain.data.sources import check_dataset_args
 from advtrain.errors import UserError
 from advtrain.eval.robustness import check_attack_names
@@ -33,14 +32,6 @@ from advtrain.methods import MethodConfig, method_class
 from advtrain.models.registry import check_model_args
 from advtrain.runtime import SEED_LIMIT, CompileMode
 from advtrain.yamltags import refused_tag
-
-
-@dataclass(frozen=True)
-class Parsed:
-    """`Annotated` metadata: turns the value as written into the field's canonical one before it is type-checked,
-    e.g. a norm's spellings (`Annotated[Norm, Parsed(parse_norm)]`). `parse(value, where)` raises a UserError."""
-
-    parse: Callable[[Any, str], Any]
 
 
 @dataclass
