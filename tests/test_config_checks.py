@@ -196,5 +196,5 @@ def test_a_norm_spelling_is_normalised_in_python_as_in_yaml():
 
     assert ThreatConfig(norm="Linf").norm == "linf" == load_config(None, ["threat.norm=Linf"]).threat.norm
     assert ThreatConfig(norm="L2", eps=0.5).norm == "l2"
-    with pytest.raises(ValueError, match="ThreatConfig.norm: unknown norm 'foo'; use linf"):
+    with pytest.raises(ValueError, match=r"ThreatConfig\.norm: unknown norm 'foo'; use linf"):
         ThreatConfig(norm="foo")
