@@ -1,21 +1,29 @@
-"""Range bounds for numeric config fields, written as `typing.Annotated` metadata.
+"""Range bounds for numeric config fields, written as `typing.Annotated` metadata, and the check of every field.
 
     steps: Annotated[int, Ge(1)] = 10
     step_size: Annotated[float, Gt(0)] | None = None   # the bound applies when a value is given
 
-The config loader (`advtrain.config`) checks every bound while it builds a config, so an out-of-range value
-fails at load time with a one-line `UserError` naming the field, before any file is written. This module
-imports nothing from advtrain but `errors`, so method modules can use the markers without importing
-`advtrain.config` (which imports the methods).
+Every config dataclass derives from `CheckedConfig`, whose `__post_init__` checks each field's value against its
+annotation (type, `Literal` choices, bounds), so a config built in Python (`TRADESConfig(beta=-1)`) is refused
+just as one read from YAML is: with a one-line `FieldError` (a UserError and a ValueError) naming the field. The
+YAML loader (`advtrain.config`) relies on this same check. This module imports nothing from advtrain but
+`errors`, so method modules can use it without importing `advtrain.config` (which imports the methods).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import functools
+import math
+import types
+import typing
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin, get_type_hints
 
-from advtrain.errors import UserError
+from advtrain.errors import InvalidValue, UserError
 
 
 @dataclass(frozen=True)
@@ -74,4 +82,125 @@ class Lt(Bound):
         return value < self.limit
 
 
-__all__ = ["Bound", "Ge", "Gt", "Le", "Lt"]
+@dataclass(frozen=True)
+class Parsed:
+    """`Annotated` metadata: turns the value as written into the field's canonical one before it is checked, e.g. a
+    norm's spellings (`Annotated[Norm, Parsed(parse_norm)]`), in Python as from YAML. `parse(value, where)` raises
+    a UserError for a value it does not understand."""
+
+    parse: Callable[[Any, str], Any]
+
+
+class FieldError(InvalidValue):
+    """A config field's value its annotation refuses. The message starts with the field's name as seen from the
+    dataclass (`relative`, e.g. "betas[1] must be < 1, got 1.0"), qualified by `owner`: the class name when the
+    config is built in Python, the section (e.g. "optim") when it is read from YAML."""
+
+    def __init__(self, relative: str, owner: str = "") -> None:
+        super().__init__(f"{owner}.{relative}" if owner else relative)
+        self.relative = relative
+
+    def under(self, owner: str) -> FieldError:
+        """The same error, named from `owner` ("" for the top level)."""
+        return FieldError(self.relative, owner)
+
+
+class CheckedConfig:
+    """Base of the config dataclasses: building one checks every field against its annotation (see the module
+    docstring). A subclass with its own `__post_init__` (cross-field rules) calls `super().__post_init__()` first."""
+
+    def __post_init__(self) -> None:
+        for name, annotation in _field_annotations(type(self)).items():
+            try:
+                for parsed in _parsers(annotation):
+                    setattr(self, name, parsed.parse(getattr(self, name), name))
+                check_value(getattr(self, name), annotation, name)
+            except UserError as e:
+                raise FieldError(str(e), type(self).__name__) from None
+
+
+def _parsers(annotation: Any) -> list[Parsed]:
+    return [e for e in get_args(annotation)[1:] if isinstance(e, Parsed)] if get_origin(annotation) is Annotated else []
+
+
+@functools.cache
+def _field_annotations(cls: type) -> dict[str, Any]:
+    hints = get_type_hints(cls, include_extras=True)  # include_extras keeps the Annotated bounds
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def check_choice(value: Any, allowed: tuple[Any, ...], where: str) -> None:
+    """A one-line UserError, with the closest choice, unless `value` is one of `allowed`."""
+    if value in allowed:
+        return
+    close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise UserError(f"{where}: {value!r} is not allowed: {hint}choose one of {', '.join(map(str, allowed))}")
+
+
+def check_value(value: Any, annotation: Any, where: str) -> None:
+    """A one-line UserError naming `where` unless `value` fits `annotation`: a scalar type, a Literal, a list or
+    dict of them, a union, a dataclass, with the bounds of any `Annotated` part."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        base, *extras = get_args(annotation)
+        check_value(value, base, where)
+        for extra in extras:
+            if isinstance(extra, Bound):
+                extra.check(value, where)
+    elif origin in (typing.Union, types.UnionType):
+        _check_union(value, get_args(annotation), where)
+    elif origin is Literal:
+        check_choice(value, get_args(annotation), where)
+    elif origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        (item,) = get_args(annotation)
+        for i, v in enumerate(value):
+            check_value(v, item, f"{where}[{i}]")
+    elif origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {value!r}")
+    elif annotation is not Any:
+        _check_scalar(value, annotation, where)
+
+
+def _check_union(value: Any, options: tuple[Any, ...], where: str) -> None:
+    if value is None and type(None) in options:
+        return
+    errors = []
+    for option in (o for o in options if o is not type(None)):
+        try:
+            check_value(value, option, where)
+            return
+        except UserError as e:
+            # A Literal of words speaks for strings only: for a number (`eval.batch_size: 0`), the numeric
+            # option's error says what is wrong (its bound), not "choose one of auto".
+            if get_origin(option) is not Literal or isinstance(value, str):
+                errors.append(str(e))
+    raise UserError(errors[-1] if errors else f"{where}: bad value {value!r}")
+
+
+def _check_scalar(value: Any, kind: type, where: str) -> None:
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"{where}: expected a number, got {value!r}")
+        # inf or nan would only surface later, as a diverging loss or an empty attack, after files were written.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{where}: expected a finite number, got {value!r}")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where}: expected an integer, got {value!r}")
+        if not -(2**63) <= value < 2**63:  # torch takes sizes, counts and seeds as 64-bit integers
+            raise UserError(f"{where}: {value} does not fit in a 64-bit integer")
+    elif kind is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: expected true or false, got {value!r}")
+    elif kind is str:
+        if not isinstance(value, str):
+            raise UserError(f"{where}: expected a string, got {value!r}")
+    elif not isinstance(value, kind):
+        raise UserError(f"{where}: expected a {kind.__name__}, got {value!r}")
+
+
+__all__ = ["Bound", "CheckedConfig", "FieldError", "Ge", "Gt", "Le", "Lt", "Parsed", "check_choice", "check_value"]

@@ -2,8 +2,9 @@
 
 Every option has a named field with its default; unknown keys and bad values raise a one-line
 `UserError` with a suggestion. Numbers accept fractions such as `8/255`. Single-field ranges are declared on
-the fields themselves (`Annotated[int, Ge(1)]`, see `advtrain.bounds`) and checked while the config is built;
-`validate()` holds only the checks that involve several fields or a registry of names.
+the fields themselves (`Annotated[int, Ge(1)]`, see `advtrain.bounds`) and checked whenever a config dataclass is
+built, from YAML or in Python; `validate()` holds only the checks that involve several fields or a registry of
+names, and runs whenever a RunConfig is built.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import json
 import math
 import types
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from advtrain.attacks import MAX_DISTANCE, Norm, ThreatModel, check_distance, parse_norm
-from advtrain.bounds import Bound, Ge, Gt, Le, Lt
+from advtrain.bounds import CheckedConfig, FieldError, Ge, Gt, Le, Lt, Parsed, check_value
 from advtrain.data.sources import check_dataset_args
 from advtrain.errors import UserError
 from advtrain.eval.robustness import check_attack_names
@@ -34,16 +34,8 @@ from advtrain.runtime import SEED_LIMIT, CompileMode
 from advtrain.yamltags import refused_tag
 
 
-@dataclass(frozen=True)
-class Parsed:
-    """`Annotated` metadata: turns the value as written into the field's canonical one before it is type-checked,
-    e.g. a norm's spellings (`Annotated[Norm, Parsed(parse_norm)]`). `parse(value, where)` raises a UserError."""
-
-    parse: Callable[[Any, str], Any]
-
-
 @dataclass
-class DataConfig:
+class DataConfig(CheckedConfig):
     name: str = "digits"
     root: str | None = None  # folder or file for on-disk datasets (cifar10, cifar100, svhn, npz)
     # A fraction (< 1) or a count of training images held out for validation.
@@ -55,7 +47,7 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(CheckedConfig):
     name: str = "small_cnn"
     # Per-channel normalisation as the model's first layer: "none", "dataset" (training-set mean/std)
     # or an explicit [[means], [stds]].
@@ -64,13 +56,13 @@ class ModelConfig:
 
 
 @dataclass
-class ThreatConfig:
+class ThreatConfig(CheckedConfig):
     norm: Annotated[Norm, Parsed(parse_norm)] = "linf"  # linf (also Linf, inf) or l2 (L2)
     eps: Annotated[float, Ge(0), Le(MAX_DISTANCE)] = 8 / 255  # in [0, 1] pixel units: 8/255, not 8 (validate)
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(CheckedConfig):
     name: Literal["sgd", "adam"] = "sgd"
     lr: Annotated[float, Gt(0)] = 0.1
     momentum: Annotated[float, Ge(0)] = 0.9
@@ -84,7 +76,7 @@ class OptimConfig:
 
 
 @dataclass
-class ScheduleConfig:
+class ScheduleConfig(CheckedConfig):
     # multistep: ×gamma at each milestone epoch; cosine: to 0; cyclic: linear 0 → lr at
     # peak_epoch_fraction of the run → 0 (Wong et al. 2020); plateau: ×factor after `patience` epochs
     # without relative improvement > threshold of the training loss (IGD code); constant.
@@ -102,7 +94,7 @@ class ScheduleConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(CheckedConfig):
     epochs: Annotated[int, Ge(1)] = 200
     batch_size: Annotated[int, Ge(1)] = 128
     device: str = "auto"  # auto: cuda when available, else cpu
@@ -129,7 +121,7 @@ class TrainConfig:
 
 
 @dataclass
-class MonitorConfig:
+class MonitorConfig(CheckedConfig):
     """Catastrophic-overfitting monitor (METHODS.md §7.7): PGD and FGSM on a fixed held-out batch.
 
     The batch is the first `size` images of the validation split; readings go to monitor.jsonl and the
@@ -147,7 +139,7 @@ class MonitorConfig:
 
 
 @dataclass
-class VulnerabilityConfig:
+class VulnerabilityConfig(CheckedConfig):
     """Per-example adversarial vulnerability AVᵢ = CE(x'ᵢ) − CE(xᵢ) (METHODS.md §7.5) of a fixed training
     subset (its first `size` images, no augmentation), every `every_epochs` epochs and after the first, saved
     as vulnerability/epoch-EEEE.npy; x' = PGD-`steps` (step ε/4, random start) in eval mode."""
@@ -158,7 +150,7 @@ class VulnerabilityConfig:
 
 
 @dataclass
-class AveragingConfig:
+class AveragingConfig(CheckedConfig):
     """Weight averaging; each average is validated every epoch and saved as checkpoints/ema|swa.safetensors,
     with its BatchNorm statistics recomputed first on the first `bn_batches` batches of a shuffled pass over the
     training set (the method's inputs: clean images, or AR-AT's PGD examples)."""
@@ -171,7 +163,7 @@ class AveragingConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(CheckedConfig):
     attacks: list[str] = field(default_factory=lambda: ["clean", "pgd"])  # names: see eval.ATTACK_ALIASES
     eps: list[Annotated[float, Ge(0), Le(MAX_DISTANCE)]] | None = None  # None: the threat model's ε
     steps: Annotated[int, Ge(1)] = 20
@@ -184,7 +176,7 @@ class EvalConfig:
 
 
 @dataclass
-class RunConfig:
+class RunConfig(CheckedConfig):
     seed: Annotated[int, Ge(0), Lt(SEED_LIMIT)] = 0  # see runtime.SEED_LIMIT
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -197,6 +189,10 @@ class RunConfig:
     averaging: AveragingConfig = field(default_factory=AveragingConfig)
     vulnerability: VulnerabilityConfig = field(default_factory=VulnerabilityConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        validate(self)  # the checks across sections, for a config built in Python as for one read from YAML
 
     def threat_model(self) -> ThreatModel:
         return ThreatModel(self.threat.norm, self.threat.eps)
@@ -286,17 +282,13 @@ def _plain(value: Any, where: str, depth: int = 0) -> Any:
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = get_origin(tp)
     if origin is Annotated:
-        # Annotated[T, Parsed(f), Ge(1), ...]: parse with f, coerce to T, then check each bound (None, an unset
-        # option, passes).
+        # Annotated[T, Parsed(f), Ge(1), ...]: parse with f and coerce to T; the bounds are checked when the
+        # dataclass is built (bounds.CheckedConfig), as for a config built in Python.
         base, *extras = get_args(tp)
         for extra in extras:
             if isinstance(extra, Parsed):
                 value = extra.parse(value, where)
-        value = _coerce(value, base, where)
-        for extra in extras:
-            if isinstance(extra, Bound):
-                extra.check(value, where)
-        return value
+        return _coerce(value, base, where)
     if origin in (typing.Union, types.UnionType):
         options = get_args(tp)
         if value is None and type(None) in options:
@@ -311,13 +303,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 if get_origin(option) is not Literal or isinstance(value, str):
                     errors.append(str(e))
         raise UserError(errors[-1] if errors else f"{where}: bad value {value!r}")
-    if origin is Literal:
-        allowed = get_args(tp)
-        if value not in allowed:
-            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            choices = ", ".join(map(str, allowed))
-            raise UserError(f"{where}: {value!r} is not allowed: {hint}choose one of {choices}")
+    if origin is Literal or tp in (bool, int, str):
+        check_value(value, tp, where)  # nothing to convert: YAML writes these as they are
         return value
     if origin is list:
         if not isinstance(value, list | tuple):
@@ -334,20 +321,6 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return _plain(value, where)
     if tp is float:
         return parse_number(value, where)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{where}: expected an integer, got {value!r}")
-        if not -(2**63) <= value < 2**63:  # torch takes sizes, counts and seeds as 64-bit integers
-            raise UserError(f"{where}: {value} does not fit in a 64-bit integer")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise UserError(f"{where}: expected a string, got {value!r}")
-        return value
     if tp is Any:
         return _plain(value, where)
     if dataclasses.is_dataclass(tp):
@@ -385,7 +358,10 @@ def _build(cls: type, raw: Any, where: str) -> Any:
             if nested.get("name", default.name) == default.name:
                 raw = {**raw, f.name: {**dataclasses.asdict(default), **nested}}
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in raw.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except FieldError as e:  # named from the class (TRADESConfig.beta): name it as written (method.beta)
+        raise e.under(where) from None
 
 
 def _get_path(raw: dict[str, Any], keys: list[str]) -> Any:
@@ -437,9 +413,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
-    config: RunConfig = _build(RunConfig, raw, "")
-    validate(config)
-    return config
+    return _build(RunConfig, raw, "")  # RunConfig.__post_init__ validates it
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

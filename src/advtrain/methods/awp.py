@@ -61,6 +61,7 @@ class AWPConfig(MethodConfig):
     warmup_epochs: Annotated[int, Ge(0)] | None = None  # epochs without AWP; None: 0 for pgd_at, 9 for trades/mart
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         # Checked here so a bad base fails while the config is loaded, before a run writes anything.
         if not issubclass(method_class(self.base.name), AdversarialMethod):
             raise UserError(

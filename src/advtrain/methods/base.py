@@ -59,21 +59,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advtrain.attacks import ThreatModel, at_least_fp32
+from advtrain.bounds import CheckedConfig
 from advtrain.models.split_bn import recompute_bn_statistics
 
 
 @dataclass
-class MethodConfig:
+class MethodConfig(CheckedConfig):
     """Base of every method's options; subclasses add fields with the paper defaults.
 
-    Numeric options declare their valid range on the field with the markers of `advtrain.bounds`, and the
-    config loader refuses an out-of-range value at load time with a one-line error naming the field, e.g.::
+    Numeric options declare their valid range on the field with the markers of `advtrain.bounds`, and building
+    the config (from YAML or in Python) refuses an out-of-range value with a one-line error naming the field
+    (a `FieldError`, also a ValueError), e.g.::
 
         steps: Annotated[int, Ge(1)] = 10
         step_size: Annotated[float, Gt(0)] | None = None
         beta: Annotated[float, Ge(0)] = 6.0  # loss weights (λ, β, ...) are Ge(0)
 
-    Import the markers from `advtrain.bounds`, never from `advtrain.config` (which imports the methods).
+    Import the markers from `advtrain.bounds`, never from `advtrain.config` (which imports the methods). A subclass
+    with cross-field rules checks them in its own `__post_init__`, after calling `super().__post_init__()`.
     """
 
     name: str = ""

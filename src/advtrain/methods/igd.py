@@ -55,6 +55,7 @@ class IGDConfig(MethodConfig):
     base: MethodConfig = field(default_factory=lambda: PGDATConfig(bn_mode="eval"))
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         # Checked while the config loads, so a bad teacher fails before a run writes anything.
         if self.base.name not in BASES:
             raise UserError(f"method.base: igd adds its term to {' or '.join(BASES)}, got {self.base.name!r}")
