@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from advtrain.attacks import fgsm, pgd, single_step
-from advtrain.attacks.autoattack import autoattack
+from advtrain.attacks.reference_autoattack import autoattack
 from advtrain.checkpoint import save_weights
 from advtrain.cli import main
 from advtrain.config import load_config

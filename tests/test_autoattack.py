@@ -7,7 +7,7 @@ import torch
 from pyautoattack import AutoAttack
 from torch import nn
 
-from advtrain.attacks.autoattack import AUTOATTACK_PRESETS, autoattack
+from advtrain.attacks.reference_autoattack import AUTOATTACK_PRESETS, autoattack
 from advtrain.errors import UserError
 
 N_CLASSES = 10

@@ -113,13 +113,13 @@ def _eval_run(*args: str) -> list[str]:
     ("argv", "fragment"),
     [
         (_train("--set", "method.name=pgd_att"), "unknown method 'pgd_att': did you mean 'pgd_at'?"),
-        (_train("--set", "model.name=small_cn"), "unknown model 'small_cn'; did you mean 'small_cnn'?"),
-        (_train("--set", "data.name=digit"), "unknown dataset 'digit' (did you mean digits?)"),
+        (_train("--set", "model.name=small_cn"), "unknown model 'small_cn': did you mean 'small_cnn'?"),
+        (_train("--set", "data.name=digit"), "unknown dataset 'digit': did you mean 'digits'?"),
         (_train("--set", "eval.attacks=[clean, pgdd]"), "eval.attacks: unknown attack 'pgdd': did you mean 'pgd'?"),
         (_train("--set", "optim.name=sdg"), "optim.name: 'sdg' is not allowed: did you mean 'sgd'?"),
         (_eval_weights("--data", "digits", "--model", "resnet19"),
-         "unknown model 'resnet19'; did you mean 'resnet18'?"),
-        (_eval_weights("--data", "cifar"), "unknown dataset 'cifar' (did you mean cifar10?)"),
+         "unknown model 'resnet19': did you mean 'resnet18'?"),
+        (_eval_weights("--data", "cifar"), "unknown dataset 'cifar': did you mean 'cifar10'?"),
         (_eval_run("--attacks", "clean,fgsn"), "unknown attack 'fgsn': did you mean 'fgsm'?"),
     ],
 )

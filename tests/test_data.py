@@ -316,7 +316,7 @@ def test_pickle_with_foreign_globals_is_refused(tmp_path: Path) -> None:
 def test_error_unknown_dataset_and_option() -> None:
     with pytest.raises(UserError) as excinfo:
         load_dataset("cifar-10")
-    assert_one_line_error(excinfo, "did you mean cifar10", "digits, npz")
+    assert_one_line_error(excinfo, "did you mean 'cifar10'", "digits, npz")
     with pytest.raises(UserError, match="does not take option seed"):
         load_dataset("digits", seed=3)
     with pytest.raises(UserError, match="takes no --data-root"):

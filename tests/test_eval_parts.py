@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from advtrain.attacks.autoattack import autoattack
+from advtrain.attacks.reference_autoattack import autoattack
 from advtrain.eval.parts import EvalParts
 from advtrain.eval.robustness import AttackSpec, attack_specs, evaluate
 

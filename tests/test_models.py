@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 from collections.abc import Callable
@@ -95,8 +96,8 @@ def test_small_cnn_rejects_unsupported_input_size(size: int) -> None:
 
 
 def test_register_model_adds_builder_and_rejects_duplicates(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A private copy so the test's model does not leak into the real registry.
-    monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
+    # A private copy so the test's model does not leak into the real registry (builders are shared, not copied).
+    monkeypatch.setattr(registry_module, "_REGISTRY", copy.deepcopy(registry_module._REGISTRY))
 
     @register_model("tiny_linear")
     def tiny_linear(
@@ -108,8 +109,8 @@ def test_register_model_adds_builder_and_rejects_duplicates(monkeypatch: pytest.
     model = build_model("tiny_linear", num_classes=4, in_channels=1, input_size=8, bias=False)
     assert model(torch.rand(3, 1, 8, 8)).shape == (3, 4)
     assert model[1].bias is None
-    with pytest.raises(ValueError, match="already registered"):
-        register_model("tiny_linear")(tiny_linear)
+    with pytest.raises(ValueError, match="already registered"):  # another builder claiming the name
+        register_model("tiny_linear")(lambda *, num_classes, in_channels, input_size, normalize: nn.Identity())
     with pytest.raises(TypeError, match="must accept"):
         register_model("no_common_args")(lambda: nn.Identity())
 

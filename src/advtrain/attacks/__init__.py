@@ -3,6 +3,8 @@
 `pgd`, `fgsm`, `single_step` and `autoattack` check their input once per call (float images in [0, 1], ε and step
 sizes in [0, 1] pixel units, a known norm name); the `*_unchecked` forms skip the pixel-scale checks (the image
 check costs a device sync) for the training methods, which attack every step on data checked when it was loaded.
+`autoattack` runs the reference implementation; its module is `reference_autoattack`, so that
+`advtrain.attacks.autoattack` is the function, not a module.
 """
 
 from advtrain.attacks.bn_policy import BN_MODES, BNMode, bn_policy
@@ -21,6 +23,7 @@ from advtrain.attacks.pgd import (
     project,
     random_start,
 )
+from advtrain.attacks.reference_autoattack import AUTOATTACK_PRESETS, autoattack
 from advtrain.attacks.single_step import (
     SingleStep,
     gradient_cosine,
@@ -42,6 +45,7 @@ from advtrain.attacks.threat import (
 
 __all__ = [
     "ATTACK_LOSSES",
+    "AUTOATTACK_PRESETS",
     "BN_MODES",
     "MAX_DISTANCE",
     "NORM_SPELLINGS",
@@ -55,6 +59,7 @@ __all__ = [
     "ascent_step",
     "at_least_fp32",
     "attack_loss",
+    "autoattack",
     "bn_policy",
     "check_attack_inputs",
     "check_distance",

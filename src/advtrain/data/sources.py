@@ -7,7 +7,6 @@ uint8 until a batch is drawn (see ``batcher.py``) so that a whole dataset fits o
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import math
 import pickle
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from advtrain.errors import UserError
+from advtrain.registry import Registry
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _NPZ_LAYOUT = "an .npz with x_train, y_train, x_test, y_test (uint8 images NCHW, NHWC or NHW; integer labels)"
@@ -558,27 +558,23 @@ class _Source:
     options: tuple[str, ...]
 
 
-_SOURCES: dict[str, _Source] = {
+_SOURCES: Registry[_Source] = Registry("dataset", {
     "digits": _Source(_load_digits, ()),
     "cifar10": _Source(_load_cifar10, ()),
     "cifar100": _Source(_load_cifar100, ()),
     "svhn": _Source(_load_svhn, ()),
     "npz": _Source(_load_npz, ("num_classes",)),
     "synthetic": _Source(_load_synthetic, ("shape", "num_classes", "n_train", "n_test", "seed", "noise")),
-}
+})
 
 
 def list_datasets() -> list[str]:
     """Names accepted by :func:`load_dataset`, sorted."""
-    return sorted(_SOURCES)
+    return _SOURCES.names()
 
 
 def _source(name: str, options: Mapping[str, Any]) -> _Source:
-    source = _SOURCES.get(name) if isinstance(name, str) else None
-    if source is None:
-        close = difflib.get_close_matches(str(name), _SOURCES, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise UserError(f"unknown dataset {name!r}{hint}; choose one of {', '.join(list_datasets())}")
+    source = _SOURCES.get(name)
     # str(): sorting names of mixed types (from a hand-written YAML mapping) would fail; repr() keeps the message
     # on one line when a name holds a line break.
     unknown = sorted({str(o) if str(o).isprintable() else repr(o) for o in options} - set(source.options))

@@ -9,7 +9,7 @@ from typing import TypeGuard
 
 MISSING = "–"  # a missing value, in labels and tables
 
-# The AutoAttack preset that runs only the two APGD attacks (advtrain.attacks.autoattack).
+# The AutoAttack preset that runs only the two APGD attacks (advtrain.attacks.reference_autoattack).
 _APGD_ONLY_VERSION = "apgd"
 
 

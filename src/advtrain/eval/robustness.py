@@ -26,7 +26,7 @@ from advtrain.attacks import (
     parse_norm,
     pgd_unchecked,
 )
-from advtrain.attacks.autoattack import autoattack
+from advtrain.attacks.reference_autoattack import autoattack
 from advtrain.distributed import Processes
 from advtrain.errors import UserError
 from advtrain.eval.batching import out_of_memory_as_user_error

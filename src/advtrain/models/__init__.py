@@ -1,4 +1,5 @@
-"""Model registry: ``build_model(name, ...)`` maps a name to a classifier taking inputs in [0, 1].
+"""Models by name: ``create(name, ...)`` (alias ``build_model``) builds a registered classifier taking inputs in
+[0, 1]; ``list_models()`` names them and ``register_model`` adds one.
 
 Also the pieces AR-AT is built from, usable with any model: split BatchNorm (``to_split_bn``, ``bn_route``,
 ``merge_split_bn``) and feature taps by layer name (``feature_taps``, ``penultimate_features``).
@@ -11,11 +12,14 @@ from .normalize import Normalize
 from .registry import build_model, list_models, register_model
 from .split_bn import SplitBatchNorm, bn_route, merge_split_bn, to_split_bn
 
+create = build_model
+
 __all__ = [
     "Normalize",
     "SplitBatchNorm",
     "bn_route",
     "build_model",
+    "create",
     "feature_taps",
     "list_models",
     "merge_split_bn",

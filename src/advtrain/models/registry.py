@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
@@ -10,27 +9,29 @@ from typing import TypeVar
 from torch import nn
 
 from advtrain.errors import UserError
+from advtrain.registry import Registry
 
 Builder = Callable[..., nn.Module]
 _B = TypeVar("_B", bound=Builder)
 
-_REGISTRY: dict[str, Builder] = {}
+_REGISTRY: Registry[Builder] = Registry("model")
 
 # Every builder takes these as keyword arguments; anything else is a model-specific option.
 _COMMON_ARGS = ("num_classes", "in_channels", "input_size", "normalize")
 
 
 def register_model(name: str) -> Callable[[_B], _B]:
-    """Decorator that makes ``builder`` available to :func:`build_model` under ``name``."""
+    """Decorator that makes ``builder`` available to :func:`build_model` under ``name``.
+
+    Re-running the notebook cell that defines ``builder`` replaces it; another builder claiming a taken name
+    raises ValueError.
+    """
 
     def decorator(builder: _B) -> _B:
-        if name in _REGISTRY:
-            # Two modules claiming one name is a programming error, not bad user input.
-            raise ValueError(f"model name {name!r} is already registered")
         missing = [a for a in _COMMON_ARGS if a not in inspect.signature(builder).parameters]
         if missing:
             raise TypeError(f"builder for {name!r} must accept keyword arguments {missing}")
-        _REGISTRY[name] = builder
+        _REGISTRY.add(name, builder)
         return builder
 
     return decorator
@@ -38,7 +39,7 @@ def register_model(name: str) -> Callable[[_B], _B]:
 
 def list_models() -> list[str]:
     """Names of all registered models, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def _builder_options(builder: Builder) -> list[str]:
@@ -52,11 +53,6 @@ def check_model_args(name: str, options: Mapping[str, object] | None = None) -> 
     Used by the config loader too, so a typo in ``model.name`` fails before a run directory is created.
     """
     builder = _REGISTRY.get(name)
-    if builder is None:
-        valid = ", ".join(list_models())
-        close = difflib.get_close_matches(str(name), list_models(), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise UserError(f"unknown model {name!r}; {hint}valid models: {valid}")
     known = _builder_options(builder)
     # str(): option names from a hand-edited sidecar need not be strings, and sorting mixed types fails;
     # repr() keeps the message on one line when a name holds a line break.
