@@ -15,6 +15,7 @@ from torch import nn
 import advtrain
 from advtrain.attacks import ThreatModel
 from advtrain.data import list_datasets, load_dataset
+from advtrain.errors import UserError
 from advtrain.methods import registry as method_registry
 from advtrain.models import registry as model_registry
 
@@ -143,9 +144,9 @@ def test_a_different_definition_cannot_take_a_registered_name() -> None:
     ],
 )
 def test_unknown_names_get_one_did_you_mean_line(lookup, kind, typo, closest, names) -> None:
-    with pytest.raises(advtrain.UserError) as info:
+    with pytest.raises(UserError) as info:
         lookup(typo)
     assert str(info.value) == f"unknown {kind} {typo!r}: did you mean {closest!r}? choose one of {', '.join(names())}"
-    with pytest.raises(advtrain.UserError) as info:
+    with pytest.raises(UserError) as info:
         lookup("zzzz\nx")
     assert str(info.value) == f"unknown {kind} 'zzzz\\nx': choose one of {', '.join(names())}"
