@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 
 import pytest
 import torch
 from pyautoattack import AutoAttack
 
+from advtrain.attacks import ThreatModel, training_step_size
 from advtrain.cli import main
 from advtrain.data import load_dataset, to_float
+from advtrain.eval.diagnose import diagnose
 from advtrain.eval.public import Evaluation, evaluate
+from advtrain.eval.robustness import AttackSpec
+from advtrain.methods import build_method, method_class
 from tests.helpers import digits_tensors, trained_digits_cnn
 
 
@@ -119,3 +124,42 @@ def test_float_images_need_no_conversion_and_the_model_stays_in_its_mode():
     with torch.no_grad():
         expected = (model.eval()(to_float(data.x_test[:30], data.pixel_max)).argmax(1) == data.y_test[:30])
     assert result.accuracy() == expected.float().mean().item()
+
+
+# ------------------------------------------------------------------ one place for each ε rule (issue 20, point 4)
+
+
+def test_an_attack_spec_carries_its_threat_model_and_is_checked_by_it():
+    spec = AttackSpec("pgd", 0.1, "Linf", steps=5, step_size=0.025)
+    assert spec.threat == ThreatModel("linf", 0.1) and spec.norm == "linf"
+    for bad in ((8, "linf"), (0.1, "l3")):
+        with pytest.raises(ValueError) as from_spec:
+            AttackSpec("pgd", *bad)
+        with pytest.raises(ValueError) as from_threat:
+            ThreatModel(bad[1], bad[0])
+        assert str(from_spec.value) == str(from_threat.value)
+
+
+def test_the_training_step_is_a_quarter_of_eps_in_every_method_that_defaults_it():
+    threat = ThreatModel("linf", 0.1)
+    assert training_step_size(0.1) == 0.1 / 4
+    for name in ("pgd_at", "trades", "mart"):
+        method = build_method(method_class(name).config_class(), threat)
+        assert method.step_size == training_step_size(threat.eps)
+
+
+def test_diagnose_refuses_a_zero_or_pixel_unit_eps_with_the_attacks_messages(tmp_path, capsys):
+    model = trained_digits_cnn()
+    _, _, x, y = digits_tensors()
+    with pytest.raises(ValueError, match=r"^eps must be a positive number, got 0"):
+        diagnose(model, x[:10], y[:10], eps=0)
+    fix = "eps=8 is in 0..255 pixel units; advtrain uses [0, 1]: write 8/255"
+    with pytest.raises(ValueError, match=re.escape(fix)):
+        diagnose(model, x[:10], y[:10], eps=8)
+    weights = tmp_path / "w.pt"
+    torch.save(model.state_dict(), weights)
+    capsys.readouterr()
+    assert main(["diagnose", "--weights", str(weights), "--model", "small_cnn", "--data", "digits",
+                 "--eps", "0"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--eps must be a positive number, got 0" in line

@@ -37,7 +37,9 @@ from advtrain.attacks.threat import (
     check_attack_inputs,
     check_distance,
     check_images,
+    check_radius,
     parse_norm,
+    training_step_size,
 )
 
 __all__ = [
@@ -59,6 +61,7 @@ __all__ = [
     "check_attack_inputs",
     "check_distance",
     "check_images",
+    "check_radius",
     "class_score_gradient",
     "cw_margin",
     "default_step_size",
@@ -73,6 +76,7 @@ __all__ = [
     "random_start",
     "single_step",
     "single_step_unchecked",
+    "training_step_size",
     "uniform_noise",
     "zero_gradient_fraction",
 ]
