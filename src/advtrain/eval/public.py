@@ -67,9 +67,10 @@ class Evaluation:
     def accuracy(self, attack: str = "clean", eps: float | None = None) -> float:
         """The accuracy (a fraction) under `attack` (an eval.json name: clean, fgsm, pgd, ifgsm, cw, autoattack;
         "aa" and "apgd" are accepted as on the command line) at `eps` (needed when several ε ran)."""
-        name = ATTACK_ALIASES[attack][0] if attack in ATTACK_ALIASES else attack
-        found = [r for r in self.results if r.spec.attack == name and (eps is None or r.spec.eps == eps)]
-        if len(found) == 1 or (found and name == "clean"):
+        name, version = ATTACK_ALIASES.get(attack, (attack, None))
+        found = [r for r in self.results if r.spec.attack == name and r.spec.version == version
+                 and (eps is None or name == "clean" or r.spec.eps == eps)]
+        if len(found) == 1:
             return found[0].accuracy
         ran = ", ".join(f"{r.spec.attack}@{r.spec.eps:g}" for r in self.results)
         which = "no result" if not found else "several results (pass eps=)"
