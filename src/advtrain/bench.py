@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import advtrain
-from advtrain.attacks import ThreatModel, bn_policy, check_distance, pgd_unchecked
+from advtrain.attacks import ThreatModel, bn_policy, check_distance, pgd_unchecked, training_step_size
 from advtrain.config import load_config
 from advtrain.errors import UserError
 from advtrain.methods import Batch, StepContext, build_method, list_methods, method_class
@@ -191,7 +191,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
         initial = build_model(settings.model, num_classes=10, in_channels=c, input_size=h).to(device)
     except UserError as e:
         raise UserError(f"--model/--shape: {e}") from None
-    eps, alpha, k = settings.eps, settings.eps / 4, settings.attack_steps
+    eps, alpha, k = settings.eps, training_step_size(settings.eps), settings.attack_steps
     flops = forward_flops_per_image(initial, settings.shape, device)
 
     # The reference: fp32, NCHW, for-loop SGD.

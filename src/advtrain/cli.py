@@ -370,9 +370,7 @@ def _eval(args: argparse.Namespace) -> None:
 
 
 def _diagnose(args: argparse.Namespace) -> None:
-    import math
-
-    from advtrain.attacks.threat import check_distance, parse_norm
+    from advtrain.attacks.threat import check_radius, parse_norm
     from advtrain.bounds import Ge, Lt
     from advtrain.eval.api import check_fits, eval_images, load_for_eval
     from advtrain.eval.batching import check_batch_setting, resolve_eval_batch
@@ -394,9 +392,7 @@ def _diagnose(args: argparse.Namespace) -> None:
             bound.check(value, flag)
     check_batch_setting(args.batch_size, "--batch-size")
     if args.eps is not None:
-        check_distance(args.eps, "linf", "--eps")  # names the fix for 0..255 units (--eps 8)
-    if args.eps is not None and not (math.isfinite(args.eps) and 0 < args.eps <= 1):
-        raise UserError(f"--eps must be an L∞ radius in (0, 1] (images are in [0, 1]), got {args.eps!r}")
+        check_radius(args.eps, "linf", "--eps")  # names the fix for 0..255 units (--eps 8)
     if args.surrogate is not None and not args.surrogate.is_dir():
         raise UserError(f"--surrogate {args.surrogate} is not a run directory: pass one made by `advtrain train`")
     device = resolve_device(args.device)
@@ -409,8 +405,10 @@ def _diagnose(args: argparse.Namespace) -> None:
         if parse_norm(threat.get("norm", "linf"), "the run's threat.norm") != "linf":
             raise UserError(f"the run's threat model is {threat.get('norm')} but diagnose checks L∞: pass --eps")
         eps = threat.get("eps", 8 / 255)
-        if not (isinstance(eps, int | float) and math.isfinite(eps) and 0 < eps <= 1):
-            raise UserError(f"the run's threat.eps {eps!r} is not an L∞ radius in (0, 1]: pass --eps")
+        try:
+            check_radius(eps, "linf", "the run's threat.eps")
+        except UserError as e:
+            raise UserError(f"{e}; or pass --eps") from None
     surrogate = None
     if args.surrogate is not None:
         surrogate = load_checkpoint_model(checkpoint_path(args.surrogate, args.checkpoint))

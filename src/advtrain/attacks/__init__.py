@@ -40,7 +40,9 @@ from advtrain.attacks.threat import (
     check_attack_inputs,
     check_distance,
     check_images,
+    check_radius,
     parse_norm,
+    training_step_size,
 )
 
 __all__ = [
@@ -64,6 +66,7 @@ __all__ = [
     "check_attack_inputs",
     "check_distance",
     "check_images",
+    "check_radius",
     "class_score_gradient",
     "cw_margin",
     "default_step_size",
@@ -78,6 +81,7 @@ __all__ = [
     "random_start",
     "single_step",
     "single_step_unchecked",
+    "training_step_size",
     "uniform_noise",
     "zero_gradient_fraction",
 ]

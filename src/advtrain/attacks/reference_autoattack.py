@@ -19,7 +19,7 @@ from pyautoattack import AutoAttack
 from torch import Tensor, nn
 
 from advtrain.attacks.bn_policy import bn_policy
-from advtrain.attacks.threat import check_distance, check_images, parse_norm
+from advtrain.attacks.threat import check_images, check_radius, parse_norm
 from advtrain.errors import UserError
 
 __all__ = ["AUTOATTACK_PRESETS", "autoattack"]
@@ -61,9 +61,7 @@ def autoattack(
             f"unknown AutoAttack version {version!r}; use one of {', '.join(map(repr, AUTOATTACK_PRESETS))}"
         )
     parsed = parse_norm(norm)
-    check_distance(eps, parsed)
-    if eps == 0:
-        raise UserError(f"AutoAttack eps must be a positive number, got {eps!r}; e.g. eps=8/255 for Linf")
+    check_radius(eps, parsed)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"AutoAttack batch_size must be a positive integer, got {batch_size!r}")
     if x.ndim < 2 or x.shape[0] == 0 or y.ndim != 1 or y.shape[0] != x.shape[0]:

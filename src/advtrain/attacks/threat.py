@@ -54,6 +54,19 @@ def check_distance(value: float, norm: Norm, where: str = "eps") -> None:
                            f"{value:g}/255")
 
 
+def check_radius(value: float, norm: Norm, where: str = "eps") -> None:
+    """`check_distance`, and refuse 0: the ε of an attack that must move the images (AutoAttack, diagnose)."""
+    check_distance(value, norm, where)
+    if value == 0:
+        raise InvalidValue(f"{where} must be a positive number, got {value!r}; e.g. {where}=8/255 for L∞")
+
+
+def training_step_size(eps: float) -> float:
+    """ε/4, the step of the multi-step training and validation PGD when none is set (2/255 at ε = 8/255, as in
+    the PGD-AT, TRADES, MART, ISEAT and AR-AT codes). Evaluation's PGD uses `default_step_size` instead."""
+    return eps / 4
+
+
 def check_images(x: Tensor, where: str = "x") -> None:
     """Refuse inputs that are not float images in [0, 1] (one device sync): uint8 or other integer pixels,
     0..255 floats, mean/std-normalised floats, NaN."""

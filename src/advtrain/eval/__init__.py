@@ -2,15 +2,12 @@
 `advtrain.report` presents them (tables, figures). Never imports `train` or `report`."""
 
 from advtrain.eval.api import (
-    ANALYSIS_EVALS,
-    EvalSettings,
     compare_runs,
     evaluate_analyses,
     evaluate_loaded,
     inequality_saliency,
     load_for_eval,
     load_group,
-    split_attack_names,
     tradeoff_part,
 )
 from advtrain.eval.batching import batch_for_memory, resolve_eval_batch
@@ -34,7 +31,9 @@ from advtrain.eval.invariance import (
     invariance_summary,
     representation_invariance,
 )
+from advtrain.eval.public import Evaluation
 from advtrain.eval.robustness import ATTACK_ALIASES, AttackResult, AttackSpec, attack_specs, evaluate, run_attack
+from advtrain.eval.settings import ANALYSIS_EVALS, EvalSettings, split_attack_names
 from advtrain.eval.tradeoff import tradeoff_scores
 from advtrain.eval.vulnerability import (
     VULNERABILITY_EVALS,
@@ -57,6 +56,7 @@ __all__ = [
     "AttackSpec",
     "Check",
     "EvalSettings",
+    "Evaluation",
     "InequalityOptions",
     "Probe",
     "SaliencyExamples",

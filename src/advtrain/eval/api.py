@@ -2,38 +2,35 @@
 
 from __future__ import annotations
 
-import difflib
-import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from advtrain.attacks import MAX_DISTANCE, Norm, check_distance, parse_norm
-from advtrain.bounds import Bound, Ge, Gt, Le, Lt
 from advtrain.data import Dataset, load_dataset, to_float
 from advtrain.distributed import Processes
 from advtrain.errors import UserError
-from advtrain.eval.batching import check_batch_setting, out_of_memory_as_user_error, resolve_eval_batch
+from advtrain.eval.batching import out_of_memory_as_user_error, resolve_eval_batch
 from advtrain.eval.checkpoints import LoadedModel, checkpoint_path, load_checkpoint_model
 from advtrain.eval.inequality import (
     INEQUALITY_EVALS,
-    InequalityOptions,
     SaliencyExamples,
     evaluate_inequality,
     saliency_examples,
 )
-from advtrain.eval.invariance import INVARIANCE_EVALS, evaluate_invariance, invariance_eps
+from advtrain.eval.invariance import evaluate_invariance, invariance_eps
 from advtrain.eval.parts import EvalParts
-from advtrain.eval.robustness import ATTACK_ALIASES, AttackResult, attack_specs, check_attack_names, evaluate
+from advtrain.eval.public import attack_model
+from advtrain.eval.robustness import AttackResult
+from advtrain.eval.settings import EvalSettings
 from advtrain.eval.tradeoff import tradeoff_scores
-from advtrain.eval.vulnerability import VULNERABILITY_EVALS, VULNERABILITY_SPLITS, evaluate_vulnerability, first_eps
+from advtrain.eval.vulnerability import evaluate_vulnerability, first_eps
 from advtrain.models.spec import ModelSpec
 from advtrain.rundir import read_config
-from advtrain.runtime import SEED_LIMIT, autocast_dtype, resolve_device
+from advtrain.runtime import autocast_dtype, resolve_device
 
 _FIT_FIX = "pass the dataset it was trained on with --data"
 
@@ -117,112 +114,6 @@ def load_for_eval(
     data = load_dataset(data_name, data_root, **options)
     check_fits(loaded, data)
     return loaded, data
-
-
-# The evaluations `--attacks` takes besides the robustness attacks ("analyses"; EvalSettings.inequality).
-ANALYSIS_EVALS = (*INEQUALITY_EVALS, *VULNERABILITY_EVALS, *INVARIANCE_EVALS)
-
-
-def split_attack_names(names: Sequence[str]) -> tuple[list[str], list[str]]:
-    """(robustness attacks, other evaluations) from one `--attacks` list, blanks dropped.
-
-    The other evaluations are the inequality ones (INEQUALITY_EVALS), `vulnerability` (VULNERABILITY_EVALS) and
-    `invariance` (INVARIANCE_EVALS); they go to `EvalSettings.inequality`. One-line UserError, suggesting the
-    closest valid name, for an unknown name or an empty list. An evaluation named twice runs once (its results
-    are keyed by name).
-    """
-    names = [str(name).strip() for name in names if str(name).strip()]
-    others = ANALYSIS_EVALS
-    valid = [*ATTACK_ALIASES, *others]
-    for name in names:
-        if name not in valid:
-            close = difflib.get_close_matches(name, valid, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise UserError(f"unknown attack {name!r}: {hint}choose from {', '.join(valid)}")
-    if not names:
-        raise UserError("no attack to run: pass e.g. --attacks clean,pgd (or gini,inductive_noise)")
-    return [n for n in names if n in ATTACK_ALIASES], list(dict.fromkeys(n for n in names if n in others))
-
-
-def check_eval_args(
-    *,
-    eps: Sequence[float],
-    norm: str = "linf",
-    n: int | None,
-    steps: int,
-    restarts: int,
-    step_size: float | None,
-    batch_size: int | str,
-    seed: int,
-) -> None:
-    """One-line UserError, naming the `advtrain eval` flag, for the first out-of-range setting."""
-    if not all(math.isfinite(e) for e in eps) or (step_size is not None and not math.isfinite(step_size)):
-        raise UserError(f"--eps and --step-size must be finite numbers, got eps {list(eps)}, step size {step_size}")
-    checks: list[tuple[Any, tuple[Bound, ...], str]] = [
-        (n, (Ge(1), Lt(2**63)), "--n"),
-        (steps, (Ge(1),), "--steps"),
-        (restarts, (Ge(1),), "--restarts"),
-        (step_size, (Gt(0), Le(MAX_DISTANCE)), "--step-size"),
-        (seed, (Ge(0), Lt(SEED_LIMIT)), "--seed"),
-        *((e, (Ge(0), Le(MAX_DISTANCE)), "--eps") for e in eps),
-    ]
-    for value, bounds, flag in checks:
-        for bound in bounds:
-            bound.check(value, flag)
-    parsed = parse_norm(norm, "--norm")
-    for e in eps:
-        check_distance(e, parsed, "--eps")
-    if step_size is not None:
-        check_distance(step_size, parsed, "--step-size")
-    check_batch_setting(batch_size, "--batch-size")
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """What `advtrain eval` runs, on which images, how: one value shared by single runs and --compare."""
-
-    attacks: Sequence[str] = ("clean", "pgd")  # robustness attacks (ATTACK_ALIASES)
-    eps: Sequence[float] = (8 / 255,)
-    norm: Norm = "linf"
-    steps: int = 20
-    restarts: int = 1
-    step_size: float | None = None
-    n: int | None = None  # the first n test images; None: all
-    # "auto": sized to the device's free memory once per model, before the first attack (eval.batching)
-    batch_size: int | str = "auto"
-    device: str = "auto"
-    precision: str = "fp32"
-    seed: int = 0
-    # INEQUALITY_EVALS, run on the same images in fp32, and/or "vulnerability", "invariance" (ANALYSIS_EVALS)
-    inequality: Sequence[str] = ()
-    inequality_options: InequalityOptions | None = None
-    vulnerability_split: str = "train"  # `vulnerability` runs on the first n images of this split
-
-    @property
-    def vulnerability(self) -> bool:
-        return any(e in VULNERABILITY_EVALS for e in self.inequality)
-
-    @property
-    def invariance(self) -> bool:
-        return any(e in INVARIANCE_EVALS for e in self.inequality)
-
-    def check(self) -> None:
-        """One-line UserError for an unknown name, nothing to run, or an out-of-range setting."""
-        check_attack_names(self.attacks)
-        others = ANALYSIS_EVALS
-        unknown = [e for e in self.inequality if e not in others]
-        if unknown:
-            raise UserError(f"unknown inequality evaluation {unknown[0]!r}: choose from {', '.join(others)}")
-        if self.vulnerability_split not in VULNERABILITY_SPLITS:
-            raise UserError(f"--split {self.vulnerability_split!r}: choose from {', '.join(VULNERABILITY_SPLITS)}")
-        if self.vulnerability:
-            first_eps(self.eps)
-        if self.invariance:
-            invariance_eps(self.eps)
-        if not self.attacks and not self.inequality:
-            raise UserError("no attack to run: pass e.g. --attacks clean,pgd")
-        check_eval_args(eps=self.eps, norm=self.norm, n=self.n, steps=self.steps, restarts=self.restarts,
-                        step_size=self.step_size, batch_size=self.batch_size, seed=self.seed)
 
 
 def eval_images(
@@ -310,17 +201,8 @@ def evaluate_loaded(
     model = loaded.model.to(dev)
     x, y = eval_images(data, st.n, dev)
     amp = autocast_dtype(st.precision, dev)
-    specs = attack_specs(st.attacks, st.eps, norm=st.norm, steps=st.steps, restarts=st.restarts,
-                         step_size=st.step_size)
-    # One batch size for the attacks and the analyses. The analyses run in fp32, which takes at least the
-    # memory of bf16, so with any of them the memory is measured in fp32.
-    st = replace(st, batch_size=procs.min(resolve_eval_batch(model, x, y, len(y), st.batch_size,
-                                                             None if st.inequality else amp)))
     before = (parts.reused, parts.computed) if parts is not None else (0, 0)
-    results = evaluate(
-        model, x, y, specs, batch_size=st.batch_size, seed=st.seed, autocast_dtype=amp, on_result=on_result,
-        procs=procs, parts=parts,
-    ) if specs else []
+    st, results = attack_model(model, x, y, st, on_result=on_result, procs=procs, parts=parts)
     report = {
         "model": loaded.spec.name,
         "data": data.name,
@@ -335,7 +217,7 @@ def evaluate_loaded(
         "torch_version": torch.__version__,
         "results": [r.as_dict() for r in results],
     }
-    if parts is not None and specs:
+    if parts is not None and results:
         counts = procs.sum(torch.tensor([parts.reused - before[0], parts.computed - before[1]], device=procs.device))
         reused, computed = (int(c) for c in counts.tolist())
         report["parts"] = {"reused": reused, "total": reused + computed}

@@ -64,6 +64,7 @@ from advtrain.attacks import (
     Keep,
     bn_policy,
     check_images,
+    check_radius,
     default_step_size,
     fgsm_unchecked,
     gradient_cosine,
@@ -444,8 +445,7 @@ def diagnose(
     down for a quick look. `on_check` is called as each check finishes (progress). The transfer check is SKIP
     without a surrogate.
     """
-    if not (math.isfinite(eps) and 0 < eps <= 1):
-        raise ValueError(f"diagnose needs 0 < eps <= 1 (L∞, images in [0, 1]), got {eps}")
+    check_radius(eps, "linf")  # diagnose checks the L∞ ball
     probe = Probe(model, x, y, seed=seed, batch_size=batch_size)
     runs: list[Callable[[], Check]] = [
         lambda: check_zero_gradients(probe),

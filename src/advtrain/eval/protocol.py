@@ -16,8 +16,8 @@ from typing import Any
 
 from advtrain.data import Dataset
 from advtrain.errors import UserError
-from advtrain.eval.api import EvalSettings
 from advtrain.eval.robustness import attack_specs
+from advtrain.eval.settings import EvalSettings
 from advtrain.runtime import autocast_dtype, resolve_device
 
 FIELDS = ("data", "n", "checkpoint", "seed", "precision")

@@ -17,13 +17,13 @@ from torch import Tensor, nn
 
 from advtrain.attacks import (
     Norm,
+    ThreatModel,
     bn_policy,
     check_attack_inputs,
     check_distance,
     check_images,
     default_step_size,
     fgsm_unchecked,
-    parse_norm,
     pgd_unchecked,
 )
 from advtrain.attacks.reference_autoattack import autoattack
@@ -57,12 +57,16 @@ class AttackSpec:
     version: str | None = None  # AutoAttack version: standard | apgd
 
     def __post_init__(self) -> None:
-        # Any accepted spelling of the norm ("Linf", "L2") becomes the one eval.json records; ε and the step size
-        # must be in [0, 1] pixel units (see advtrain.attacks.threat).
-        object.__setattr__(self, "norm", parse_norm(self.norm))
-        check_distance(self.eps, self.norm)
+        # The threat model checks ε and the norm (any accepted spelling, "Linf", "L2", becomes the one eval.json
+        # records); the step size follows the same pixel-scale rule (see advtrain.attacks.threat).
+        object.__setattr__(self, "norm", self.threat.norm)
         if self.step_size is not None:
             check_distance(self.step_size, self.norm, "step_size")
+
+    @property
+    def threat(self) -> ThreatModel:
+        """The ε-ball this attack searches (raises as `ThreatModel` does for a bad ε or norm)."""
+        return ThreatModel(self.norm, self.eps)
 
     def describe(self) -> dict[str, Any]:
         """The JSON fields of this attack (the eval.json row without the accuracy)."""

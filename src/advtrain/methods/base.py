@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks import ThreatModel, at_least_fp32
+from advtrain.attacks import ThreatModel, at_least_fp32, training_step_size
 from advtrain.bounds import CheckedConfig
 from advtrain.models.split_bn import recompute_bn_statistics
 
@@ -212,15 +212,15 @@ class AdversarialMethod(Method):
 
 
 class QuarterEpsStep:
-    """Mixin: the multi-step training attack's `step_size` is the config's, or ε/4 when that is None (2/255 at
-    ε = 8/255, as in the PGD-AT, TRADES, MART, ISEAT and AR-AT codes)."""
+    """Mixin: the multi-step training attack's `step_size` is the config's, or ε/4 (`training_step_size`) when that
+    is None."""
 
     config: Any
     threat: ThreatModel
 
     @property
     def step_size(self) -> float:
-        return self.threat.eps / 4 if self.config.step_size is None else self.config.step_size
+        return training_step_size(self.threat.eps) if self.config.step_size is None else self.config.step_size
 
 
 def joint_forward(model: nn.Module, *inputs: Tensor) -> tuple[Tensor, ...]:

@@ -6,36 +6,18 @@ with two decimals, perturbation budgets as ``k/255`` when they are one, and miss
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
-from advtrain.eval.labels import MISSING, attack_label, fmt_eps, is_number
+# The cell formats and the plain-text table live in eval.labels, so that `advtrain.evaluate`'s result prints the
+# table `advtrain eval` prints without eval importing report.
+from advtrain.eval.labels import MISSING, is_number
+from advtrain.eval.labels import attack_label as attack_label
+from advtrain.eval.labels import eval_rows as eval_rows
+from advtrain.eval.labels import fmt_acc as fmt_acc
+from advtrain.eval.labels import fmt_eps as fmt_eps
+from advtrain.eval.labels import fmt_float as fmt_float
+from advtrain.eval.labels import text_table as text_table
 from advtrain.eval.tradeoff import tradeoff_scores
-
-
-def fmt_acc(x: object) -> str:
-    """Format an accuracy fraction in [0, 1] as a percentage with two decimals: ``0.98333 -> "98.33"``."""
-    if x is None:
-        return MISSING
-    if not is_number(x):
-        return str(x)
-    value = float(x)
-    if math.isnan(value):
-        return "NaN"
-    return f"{100.0 * value:.2f}"
-
-
-def fmt_float(x: object, digits: int = 4) -> str:
-    """Format a generic number compactly (``digits`` significant digits); None becomes a dash."""
-    if x is None:
-        return MISSING
-    if not is_number(x):
-        return str(x)
-    if isinstance(x, int):
-        return str(x)
-    if math.isnan(x):
-        return "NaN"
-    return f"{x:.{digits}g}"
 
 
 def _cell(x: object) -> str:
@@ -59,37 +41,6 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     ]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def text_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Render a fixed-width plain-text table: first column left-aligned, the others right-aligned."""
-    cells = [[str(h) for h in headers]]
-    for i, row in enumerate(rows):
-        if len(row) != len(headers):
-            raise ValueError(f"row {i} has {len(row)} cells but there are {len(headers)} headers")
-        cells.append([fmt_float(c) if is_number(c) or c is None else str(c) for c in row])
-    widths = [max(len(r[j]) for r in cells) for j in range(len(headers))]
-
-    def line(r: list[str]) -> str:
-        parts = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)]
-        return "  ".join(parts).rstrip()
-
-    out = [line(cells[0]), "  ".join("-" * w for w in widths)]
-    out += [line(r) for r in cells[1:]]
-    return "\n".join(out) + "\n"
-
-
-def eval_rows(eval_json: Mapping[str, object]) -> list[tuple[str, str, str]]:
-    """One ``(attack label, ε, accuracy %)`` row per entry of an eval.json ``results`` list."""
-    results = eval_json.get("results") or []
-    if not isinstance(results, Sequence):
-        return []
-    rows: list[tuple[str, str, str]] = []
-    for r in results:
-        if not isinstance(r, Mapping):
-            continue
-        rows.append((attack_label(r), fmt_eps(r.get("eps")), fmt_acc(r.get("accuracy"))))
-    return rows
 
 
 def _comparison_grid(
