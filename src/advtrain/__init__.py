@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 # public name → (module, attribute of it; None for the module itself)
 _LAZY: dict[str, tuple[str, str | None]] = {
     "attacks": ("advtrain.attacks", None),
-    "evaluate": ("advtrain.eval", "evaluate"),
+    "evaluate": ("advtrain.eval.public", "evaluate"),
     "fit": ("advtrain.train.fit", "fit"),
     "methods": ("advtrain.methods", None),
     "models": ("advtrain.models", None),
