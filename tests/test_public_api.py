@@ -33,10 +33,11 @@ def test_import_advtrain_exposes_exactly_all_and_stays_cheap() -> None:
 
 
 def test_public_names_resolve_and_others_do_not() -> None:
-    from advtrain import attacks, eval, methods, models
+    from advtrain import attacks, methods, models
+    from advtrain.eval import public
 
     assert (advtrain.attacks, advtrain.methods, advtrain.models) == (attacks, methods, models)
-    assert advtrain.evaluate is eval.evaluate
+    assert advtrain.evaluate is public.evaluate
     assert issubclass(advtrain.UserError, Exception) and isinstance(advtrain.__version__, str)
     with pytest.raises(AttributeError, match="no attribute 'trainer'"):
         advtrain.trainer  # noqa: B018
