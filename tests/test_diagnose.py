@@ -21,7 +21,7 @@ from torch import nn
 
 from advtrain.cli import main
 from advtrain.config import load_config
-from advtrain.eval import CHECK_NAMES, evaluate, transfer_accuracy
+from advtrain.eval import CHECK_NAMES, evaluate_attacks, transfer_accuracy
 from advtrain.eval.diagnose import (
     INFO,
     PASS,
@@ -205,7 +205,7 @@ def test_transfer_from_a_model_to_itself_is_the_white_box_attack():
     x, y = x[:64], y[:64]
     spec = pgd_spec(0.2, steps=5)
     # Same seeds per batch (seed + batch index) and the same "first fooling iterate" rule: identical examples.
-    white = evaluate(cnn, x, y, [spec], batch_size=32, seed=3)[0]
+    white = evaluate_attacks(cnn, x, y, [spec], batch_size=32, seed=3)[0]
     same = transfer_accuracy(cnn, cnn, x, y, spec, seed=3, batch_size=32, keep="first_fooling")
     assert same == int(white.correct.sum()) / 64
     # The final iterate (the default for transfer) can only be classified correctly more often.

@@ -3,7 +3,7 @@ from pathlib import Path
 import pyautoattack
 import pytest
 
-from advtrain.eval import EvalSettings, attack_specs, evaluate, evaluate_loaded, load_for_eval
+from advtrain.eval import EvalSettings, attack_specs, evaluate_attacks, evaluate_loaded, load_for_eval
 from advtrain.eval.robustness import AttackSpec
 from tests.helpers import digits_tensors, trained_digits_cnn
 
@@ -39,7 +39,7 @@ def test_evaluate_orders_attacks_by_strength_and_restores_train_mode():
     _, _, x, y = digits_tensors()
     x, y = x[:120], y[:120]
     specs = attack_specs(["clean", "fgsm", "pgd", "apgd"], [0.15], steps=10)
-    results = {r.spec.attack: r for r in evaluate(model, x, y, specs, batch_size=50)}
+    results = {r.spec.attack: r for r in evaluate_attacks(model, x, y, specs, batch_size=50)}
     assert model.training
     clean, fgsm, pgd, aa = (results[k].correct for k in ("clean", "fgsm", "pgd", "autoattack"))
     assert clean.float().mean() > 0.9

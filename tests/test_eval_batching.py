@@ -15,7 +15,7 @@ from advtrain.checkpoint import save_weights
 from advtrain.cli import main
 from advtrain.config import load_config
 from advtrain.errors import UserError
-from advtrain.eval import EvalSettings, attack_specs, evaluate, evaluate_loaded, load_for_eval
+from advtrain.eval import EvalSettings, attack_specs, evaluate_attacks, evaluate_loaded, load_for_eval
 from advtrain.eval.batching import CPU_EVAL_BATCH, batch_for_memory, resolve_eval_batch
 from advtrain.models.spec import ModelSpec
 from tests.helpers import digits_tensors, trained_digits_cnn
@@ -100,12 +100,12 @@ def test_evaluate_turns_out_of_memory_into_one_line_naming_half_the_batch():
     model = _OutOfMemoryAbove(limit=50)
     for batch in (100, 256):  # 256 > 100 images: the batch that ran held 100
         with pytest.raises(UserError) as info:
-            evaluate(model, x, y, specs, batch_size=batch)
+            evaluate_attacks(model, x, y, specs, batch_size=batch)
         assert str(info.value) == "evaluation ran out of GPU memory at batch size 100: pass --batch-size 50"
-    results = evaluate(model, x, y, specs, batch_size=50)  # what the message says works
+    results = evaluate_attacks(model, x, y, specs, batch_size=50)  # what the message says works
     assert [len(r.correct) for r in results] == [100, 100]
     with pytest.raises(UserError, match=r"^evaluation ran out of GPU memory at batch size 1: .*--device cpu$"):
-        evaluate(_OutOfMemoryAbove(limit=0), x, y, specs, batch_size=1)
+        evaluate_attacks(_OutOfMemoryAbove(limit=0), x, y, specs, batch_size=1)
 
 
 def test_config_takes_an_integer_or_auto_for_eval_batch_size():

@@ -9,7 +9,7 @@ input only (and IGD, GradAlign differentiate twice), so DDP would need `find_unu
 on them. The explicit all-reduce is the same arithmetic as DDP's bucketed one, applied once per optimizer step,
 and attacks run on the plain module as in one process. BatchNorm statistics are per process (as in DDP without
 SyncBatchNorm) and rank 0's buffers are broadcast after each step (as DDP's `broadcast_buffers`).
-Evaluation (advtrain.eval.robustness.evaluate) gives each process whole chunks and merges their per-example
+Evaluation (advtrain.eval.robustness.evaluate_attacks) gives each process whole chunks and merges their per-example
 results with one `sum` per attack.
 """
 

@@ -32,7 +32,14 @@ from advtrain.eval.invariance import (
     representation_invariance,
 )
 from advtrain.eval.public import Evaluation
-from advtrain.eval.robustness import ATTACK_ALIASES, AttackResult, AttackSpec, attack_specs, evaluate, run_attack
+from advtrain.eval.robustness import (
+    ATTACK_ALIASES,
+    AttackResult,
+    AttackSpec,
+    attack_specs,
+    evaluate_attacks,
+    run_attack,
+)
 from advtrain.eval.settings import ANALYSIS_EVALS, EvalSettings, split_attack_names
 from advtrain.eval.tradeoff import tradeoff_scores
 from advtrain.eval.vulnerability import (
@@ -66,8 +73,8 @@ __all__ = [
     "compare_runs",
     "compare_vulnerability",
     "diagnose",
-    "evaluate",
     "evaluate_analyses",
+    "evaluate_attacks",
     "evaluate_inequality",
     "evaluate_invariance",
     "evaluate_loaded",

@@ -73,7 +73,7 @@ from advtrain.attacks import (
     uniform_noise,
     zero_gradient_fraction,
 )
-from advtrain.eval.robustness import AttackResult, AttackSpec, evaluate
+from advtrain.eval.robustness import AttackResult, AttackSpec, evaluate_attacks
 from advtrain.runtime import make_generator
 
 PASS, WARN, INFO, SKIP = "PASS", "WARN", "INFO", "SKIP"
@@ -146,7 +146,7 @@ class Probe:
 
     def result(self, spec: AttackSpec) -> AttackResult:
         if spec not in self._results:
-            (self._results[spec],) = evaluate(self.model, self.x, self.y, [spec], batch_size=self.batch_size,
+            (self._results[spec],) = evaluate_attacks(self.model, self.x, self.y, [spec], batch_size=self.batch_size,
                                               seed=self.seed)
         return self._results[spec]
 
@@ -196,7 +196,7 @@ def transfer_accuracy(
 
     `spec` is a FGSM, PGD or CW spec; both models run in eval mode. The random starts follow `evaluate`'s
     seeding (`seed` + batch index), so with `keep="first_fooling"` and `surrogate is target` the result equals
-    white-box `evaluate(target, x, y, [spec], seed=seed)`. The default `keep="last"` transfers the final
+    white-box `evaluate_attacks(target, x, y, [spec], seed=seed)`. The default `keep="last"` transfers the final
     iterate: the first iterate that fools the surrogate sits just across its boundary and transfers worse.
     """
     if spec.attack not in ("fgsm", "pgd", "cw"):

@@ -82,7 +82,7 @@ def representation_invariance(
     with a random start, keeping the last iterate (it maximises the loss rather than stopping at the first
     fooling one), one restart. The model runs in eval mode (`bn_policy(model, "eval")`; its modes are
     restored afterwards). Chunk i of `batch_size` examples draws its random start from a generator seeded
-    with `seed + i`, the convention of `advtrain.eval.robustness.evaluate`, so the same seed and batch size
+    with `seed + i`, the convention of `advtrain.eval.robustness.evaluate_attacks`, so the same seed and batch size
     give the same values. `step_size` defaults to 2.5·ε/steps. The cosine is `F.cosine_similarity` of the
     fp32 features (a zero feature vector gives 0). At ε = 0, x' = x and every cosine is 1 (up to rounding).
 

@@ -1,6 +1,6 @@
 """Finished parts of an evaluation kept on disk, so a killed evaluation resumes where it stopped.
 
-A part is one attack on one chunk of `batch_size` test images (`advtrain.eval.robustness.evaluate`). Its result,
+A part is one attack on one chunk of `batch_size` test images (`advtrain.eval.robustness.evaluate_attacks`). Its result,
 the per-example correctness, goes into its own small file as soon as it is known, named by a digest of
 everything that decides it: the model's weights and buffers, the attack and its settings, the chunk's seed
 (seed + chunk index), the chunk's images and labels, the precision and the device type. A rerun of the same

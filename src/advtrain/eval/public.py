@@ -14,8 +14,7 @@ from advtrain.errors import InvalidValue, UserError
 from advtrain.eval.batching import resolve_eval_batch
 from advtrain.eval.labels import eval_rows, text_table
 from advtrain.eval.parts import EvalParts
-from advtrain.eval.robustness import ATTACK_ALIASES, AttackResult, attack_specs
-from advtrain.eval.robustness import evaluate as evaluate_specs
+from advtrain.eval.robustness import ATTACK_ALIASES, AttackResult, attack_specs, evaluate_attacks
 from advtrain.eval.settings import EvalSettings, python_keyword, split_attack_names
 from advtrain.runtime import autocast_dtype, resolve_device
 
@@ -41,7 +40,7 @@ def attack_model(
     batch = procs.min(resolve_eval_batch(model, x, y, len(y), settings.batch_size,
                                          None if settings.inequality else amp))
     settings = replace(settings, batch_size=batch)
-    results = evaluate_specs(
+    results = evaluate_attacks(
         model, x, y, specs, batch_size=batch, seed=settings.seed, autocast_dtype=amp, on_result=on_result,
         procs=procs, parts=parts,
     ) if specs else []

@@ -171,7 +171,7 @@ def _run_attack(
     raise UserError(f"unknown attack {spec.attack!r}")
 
 
-def evaluate(
+def evaluate_attacks(
     model: nn.Module,
     x: Tensor,
     y: Tensor,

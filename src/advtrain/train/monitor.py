@@ -13,8 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advtrain.attacks.threat import training_step_size
 from advtrain.config import MonitorConfig, ThreatConfig
-from advtrain.eval.robustness import AttackSpec, evaluate
+from advtrain.eval.robustness import AttackSpec, evaluate_attacks
 
 
 class CollapseMonitor:
@@ -23,7 +24,7 @@ class CollapseMonitor:
         self.x, self.y = x[: config.size], y[: config.size]
         eps = threat.eps
         self.specs = [
-            AttackSpec("pgd", eps, threat.norm, config.steps, 1, eps / 4),
+            AttackSpec("pgd", eps, threat.norm, config.steps, 1, training_step_size(eps)),
             AttackSpec("fgsm", eps, threat.norm),
         ]
         self.seed = seed
@@ -36,7 +37,7 @@ class CollapseMonitor:
     def read(self, model: nn.Module, amp: torch.dtype | None) -> dict[str, Any]:
         """PGD and FGSM accuracy on the fixed batch, their gap and the collapse flag; the model's mode is kept."""
         # The same seed every reading: the random starts are identical, so readings differ only by the model.
-        pgd_result, fgsm_result = evaluate(model, self.x, self.y, self.specs, batch_size=len(self.y),
+        pgd_result, fgsm_result = evaluate_attacks(model, self.x, self.y, self.specs, batch_size=len(self.y),
                                            seed=self.seed, autocast_dtype=amp)
         pgd_acc, fgsm_acc = pgd_result.accuracy, fgsm_result.accuracy
         dropped = self.previous is not None and pgd_acc < self.previous - self.config.pgd_drop

@@ -29,12 +29,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 import advtrain
+from advtrain.attacks.threat import training_step_size
 from advtrain.checkpoint import load_state_into, save_weights
 from advtrain.config import RunConfig, dump_yaml
 from advtrain.data import Augment, Dataset, DeviceBatcher, augment_batch, load_dataset, split_validation, to_float
 from advtrain.distributed import Processes, local_device, processes
 from advtrain.errors import TrainingStopped, UserError
-from advtrain.eval.robustness import AttackSpec, evaluate
+from advtrain.eval.robustness import AttackSpec, evaluate_attacks
 from advtrain.eval.vulnerability import adversarial_vulnerability
 from advtrain.fileio import atomic_write_bytes, atomic_write_text
 from advtrain.methods import Batch, EpochContext, StepContext, build_method
@@ -202,8 +203,9 @@ def validate(
     if attack == "ifgsm":
         specs.append(AttackSpec("ifgsm", eps, config.threat.norm, 3, 1, eps / 3))
     elif steps > 0:
-        specs.append(AttackSpec("pgd", eps, config.threat.norm, steps, 1, eps / 4))
-    results = evaluate(model, x, y, specs, batch_size=max(config.train.batch_size, 256), seed=seed, autocast_dtype=amp)
+        specs.append(AttackSpec("pgd", eps, config.threat.norm, steps, 1, training_step_size(eps)))
+    results = evaluate_attacks(model, x, y, specs, batch_size=max(config.train.batch_size, 256), seed=seed,
+                               autocast_dtype=amp)
     return results[0].accuracy, (results[1].accuracy if len(results) > 1 else None)
 
 
@@ -529,7 +531,7 @@ def _train(
         x, y = to_float(batcher.x[: vuln.size], data.pixel_max), batcher.y[: vuln.size]
         av = adversarial_vulnerability(
             model, x, y, eps=config.threat.eps, norm=config.threat.norm, steps=vuln.steps,
-            step_size=config.threat.eps / 4, seed=derive_seed(config.seed, "vulnerability", epoch),
+            step_size=training_step_size(config.threat.eps), seed=derive_seed(config.seed, "vulnerability", epoch),
             batch_size=t.batch_size,
         )
         buffer = io.BytesIO()
