@@ -22,7 +22,7 @@ from advtrain.checkpoint import save_weights
 from advtrain.cli import main
 from advtrain.config import load_config
 from advtrain.errors import UserError
-from advtrain.eval.robustness import AttackSpec, attack_specs, evaluate, last_iterate_pgd
+from advtrain.eval.robustness import AttackSpec, attack_specs, evaluate_attacks, last_iterate_pgd
 from advtrain.eval.vulnerability import evaluate_vulnerability
 from advtrain.models.spec import ModelSpec
 from tests.helpers import digits_tensors, trained_digits_cnn
@@ -87,8 +87,8 @@ def test_evaluation_entry_points_take_the_spellings_and_record_the_canonical_nam
     specs = attack_specs(["pgd", "fgsm"], [0.1], norm="Linf", steps=3)
     assert specs == attack_specs(["pgd", "fgsm"], [0.1], norm="linf", steps=3)
     assert [s.describe()["norm"] for s in specs] == ["linf", "linf"]
-    results = evaluate(model, x, y, specs, seed=1)
-    reference = evaluate(model, x, y, attack_specs(["pgd", "fgsm"], [0.1], steps=3), seed=1)
+    results = evaluate_attacks(model, x, y, specs, seed=1)
+    reference = evaluate_attacks(model, x, y, attack_specs(["pgd", "fgsm"], [0.1], steps=3), seed=1)
     assert all(torch.equal(a.correct, b.correct) for a, b in zip(results, reference, strict=True))
     ours = [adv for _, _, adv in last_iterate_pgd(model, x, y, eps=0.1, norm="INF", steps=3)]
     theirs = [adv for _, _, adv in last_iterate_pgd(model, x, y, eps=0.1, norm="linf", steps=3)]
@@ -183,7 +183,7 @@ def test_images_outside_the_unit_range_are_refused_naming_the_fix(scale, fragmen
         lambda: fgsm(model, bad, y, eps=8 / 255),
         lambda: single_step(model, bad, y, step_size=0.1, eps=0.1),
         lambda: autoattack(model, bad, y, eps=8 / 255, version="apgd"),
-        lambda: evaluate(model, bad, y, attack_specs(["clean", "pgd"], [8 / 255], steps=2)),
+        lambda: evaluate_attacks(model, bad, y, attack_specs(["clean", "pgd"], [8 / 255], steps=2)),
         lambda: next(last_iterate_pgd(model, bad, y, eps=8 / 255)),
     ]
     for call in calls:
@@ -219,7 +219,7 @@ def test_pgd_and_fgsm_by_default_count_what_evaluate_counts():
     # Steps of 2ε overshoot, so an iterate that fooled the model can be followed by one that does not.
     eps, steps, step_size, seed = 0.1, 10, 0.2, 3
     specs = attack_specs(["pgd", "fgsm"], [eps], steps=steps, step_size=step_size)
-    results = evaluate(model, x, y, specs, batch_size=len(y), seed=seed)
+    results = evaluate_attacks(model, x, y, specs, batch_size=len(y), seed=seed)
     x_pgd = pgd(model, x, y, eps=eps, steps=steps, step_size=step_size, generator=torch.Generator().manual_seed(seed))
     x_fgsm = fgsm(model, x, y, eps=eps)
     with torch.no_grad():

@@ -14,7 +14,7 @@ from advtrain.attacks import ThreatModel, bn_policy, input_gradient, zero_gradie
 from advtrain.bench import BenchSettings, bench_text, parse_shape, reference_pgd_at_step, run_bench
 from advtrain.cli import main
 from advtrain.errors import UserError
-from advtrain.eval.robustness import AttackSpec, evaluate
+from advtrain.eval.robustness import AttackSpec, evaluate_attacks
 from advtrain.methods import Batch, StepContext
 from advtrain.methods.pgd_at import PGDAT, PGDATConfig
 from advtrain.models import build_model
@@ -55,9 +55,9 @@ def test_the_fast_paths_keep_pgd_accuracy_and_never_take_all_zero_steps():
     # Three random starts each: one start's accuracy moves by up to 0.6 points from seed to seed in fp32 alone,
     # so single-seed differences would measure the seed, not the precision.
     for seed in (0, 1000, 2000):
-        fp32.append(evaluate(model, x, y, spec, seed=seed)[0])
-        channels_last.append(evaluate(fast, x_cl, y, spec, seed=seed)[0])
-        bf16.append(evaluate(fast, x_cl, y, spec, seed=seed, autocast_dtype=torch.bfloat16)[0])
+        fp32.append(evaluate_attacks(model, x, y, spec, seed=seed)[0])
+        channels_last.append(evaluate_attacks(fast, x_cl, y, spec, seed=seed)[0])
+        bf16.append(evaluate_attacks(fast, x_cl, y, spec, seed=seed, autocast_dtype=torch.bfloat16)[0])
     assert all(0.3 < r.accuracy < 0.7 for r in fp32)  # a real attack on a real model: not trivially 0 or 1
     for a, b in zip(channels_last, fp32, strict=True):
         assert torch.equal(a.correct, b.correct)  # the layout changes nothing here

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from advtrain.config import load_config
-from advtrain.eval.robustness import AttackSpec, evaluate
+from advtrain.eval.robustness import AttackSpec, evaluate_attacks
 from advtrain.runtime import compile_checked
 from advtrain.train.trainer import train
 from tests.helpers import digits_tensors, trained_digits_cnn
@@ -35,8 +35,8 @@ def test_a_compiled_model_keeps_eager_input_gradients_and_pgd_accuracy():
     assert reason is None
     assert model.state_dict().keys() == eager.state_dict().keys()  # compiled in place: same names
     spec = [AttackSpec("pgd", 0.1, "linf", 10, 1, 0.025)]
-    (expected,) = evaluate(eager, x, y, spec, seed=3)
-    (got,) = evaluate(model, x, y, spec, seed=3)
+    (expected,) = evaluate_attacks(eager, x, y, spec, seed=3)
+    (got,) = evaluate_attacks(model, x, y, spec, seed=3)
     assert 0.2 < expected.accuracy < 0.8
     assert abs(got.accuracy - expected.accuracy) <= 0.01
     # The check restored everything it touched: same weights and BN statistics as before it ran.

@@ -8,7 +8,7 @@ from torch import nn
 
 from advtrain.attacks.reference_autoattack import autoattack
 from advtrain.eval.parts import EvalParts
-from advtrain.eval.robustness import AttackSpec, attack_specs, evaluate
+from advtrain.eval.robustness import AttackSpec, attack_specs, evaluate_attacks
 
 
 def _model(seed: int = 0) -> nn.Module:
@@ -28,9 +28,9 @@ def _correct(results) -> list[torch.Tensor]:
 def test_finished_parts_are_read_back_only_for_the_same_model_attack_seed_and_images(tmp_path):
     model, (x, y) = _model(), _data()
     specs = attack_specs(["clean", "pgd", "fgsm"], [0.1], steps=5)
-    reference = _correct(evaluate(model, x, y, specs, batch_size=8, seed=2))
+    reference = _correct(evaluate_attacks(model, x, y, specs, batch_size=8, seed=2))
     parts = EvalParts(tmp_path / "parts")
-    first = _correct(evaluate(model, x, y, specs, batch_size=8, seed=2, parts=parts))
+    first = _correct(evaluate_attacks(model, x, y, specs, batch_size=8, seed=2, parts=parts))
     units = 3 * 5  # 3 attacks × ceil(37 / 8) chunks
     assert (parts.computed, parts.reused) == (units, 0)
     assert all(torch.equal(a, b) for a, b in zip(first, reference, strict=True))
@@ -39,7 +39,7 @@ def test_finished_parts_are_read_back_only_for_the_same_model_attack_seed_and_im
 
     again = EvalParts(parts.folder)
     assert all(torch.equal(a, b) for a, b in zip(
-        _correct(evaluate(model, x, y, specs, batch_size=8, seed=2, parts=again)), reference, strict=True))
+        _correct(evaluate_attacks(model, x, y, specs, batch_size=8, seed=2, parts=again)), reference, strict=True))
     assert (again.computed, again.reused) == (0, units)
 
     # Anything that changes a part's result changes its name: other weights, seed, images, batch size.
@@ -51,7 +51,7 @@ def test_finished_parts_are_read_back_only_for_the_same_model_attack_seed_and_im
         dict(model=model, x=x, y=y, batch_size=9, seed=2),
     ]:
         fresh = EvalParts(parts.folder)
-        evaluate(case.pop("model"), case.pop("x"), case.pop("y"), specs, parts=fresh, **case)
+        evaluate_attacks(case.pop("model"), case.pop("x"), case.pop("y"), specs, parts=fresh, **case)
         # Only clean parts of unchanged chunks can match (clean has no seed, flipping moves every chunk).
         assert fresh.reused <= 5 and fresh.computed >= units - 5, case
 
@@ -60,7 +60,7 @@ def test_finished_parts_are_read_back_only_for_the_same_model_attack_seed_and_im
     victim.write_bytes(victim.read_bytes()[:20])
     torn = EvalParts(parts.folder)
     assert all(torch.equal(a, b) for a, b in zip(
-        _correct(evaluate(model, x, y, specs, batch_size=8, seed=2, parts=torn)), reference, strict=True))
+        _correct(evaluate_attacks(model, x, y, specs, batch_size=8, seed=2, parts=torn)), reference, strict=True))
     assert torn.computed == 1
 
     parts.remove()
@@ -70,7 +70,7 @@ def test_finished_parts_are_read_back_only_for_the_same_model_attack_seed_and_im
 def test_autoattack_runs_chunk_by_chunk_each_chunk_seeded_with_seed_plus_its_index():
     model, (x, y) = _model(), _data(20)
     spec = AttackSpec("autoattack", 0.2, "linf", version="apgd")
-    (got,) = evaluate(model, x, y, [spec], batch_size=8, seed=5)
+    (got,) = evaluate_attacks(model, x, y, [spec], batch_size=8, seed=5)
     # The oracle: the reference package on each chunk by itself, with the chunk's seed.
     expected = []
     for i, (xb, yb) in enumerate(zip(x.split(8), y.split(8), strict=True)):
