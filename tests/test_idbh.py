@@ -1,5 +1,5 @@
-"""Tests for advtrain.data.idbh: each op on known images (closed forms), Pillow parity, draws, the pipeline and
-its wiring into Augment / the device batcher."""
+"""Tests for advtrain.data.idbh and idbh_ops: each op on known images (closed forms), Pillow parity, draws, the
+pipeline and its wiring into Augment / the device batcher."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from advtrain.config import config_from_dict
-from advtrain.data import Augment, DeviceBatcher, augment_batch
+from advtrain.data import Augment, DeviceBatcher, augment_batch, idbh_ops
 from advtrain.data import idbh as I
 from advtrain.errors import UserError
 
@@ -40,7 +40,7 @@ def _luma601(x: torch.Tensor) -> torch.Tensor:
 
 def test_hflip_mirrors_exactly_the_flagged_images() -> None:
     x = _images(4, 0)
-    out = I.hflip(x, torch.tensor([True, False, True, False]))
+    out = idbh_ops.hflip(x, torch.tensor([True, False, True, False]))
     assert out.dtype == torch.uint8 and out.shape == x.shape
     assert torch.equal(out[0], x[0].flip(-1)) and torch.equal(out[2], x[2].flip(-1))
     assert torch.equal(out[1], x[1]) and torch.equal(out[3], x[3])
@@ -50,7 +50,7 @@ def test_crop_shift_moves_the_window_and_zero_fills() -> None:
     x = _images(2, 1, (3, 16, 16), low=1)  # no zeros, so every 0 in the output came from padding
     t = torch.tensor
     # Image 0: a 13×14 window from (1, 2) pasted at (2, 0). Image 1: no crop, the identity.
-    out = I.crop_shift(x, t([3, 0]), t([2, 0]), t([1, 0]), t([2, 0]), t([2, 0]), t([0, 0]))
+    out = idbh_ops.crop_shift(x, t([3, 0]), t([2, 0]), t([1, 0]), t([2, 0]), t([2, 0]), t([0, 0]))
     expected = torch.zeros_like(x[0])
     expected[:, 2:15, 0:14] = x[0, :, 1:14, 2:16]
     assert out.shape == x.shape and out.dtype == torch.uint8
@@ -71,7 +71,7 @@ def _reference_crop_shift(img: torch.Tensor, crop_y: int, crop_x: int, top_y: in
 def test_crop_shift_equals_the_reference_crop_pad_crop() -> None:
     x = _images(64, 2, (3, 14, 13))
     p = I.draw_idbh_params(x.shape, "weak", _gen(3))
-    out = I.crop_shift(x, p.crop_y, p.crop_x, p.src_y, p.src_x, p.dst_y, p.dst_x)
+    out = idbh_ops.crop_shift(x, p.crop_y, p.crop_x, p.src_y, p.src_x, p.dst_y, p.dst_x)
     for i in range(len(x)):
         cy, cx = int(p.crop_y[i]), int(p.crop_x[i])
         # The reference's second crop corner t puts the window at dst = crop - t.
@@ -117,21 +117,21 @@ def test_factor_ranges_can_be_overridden() -> None:
 
 def test_brightness_scales_a_constant_image() -> None:
     x = _full(4, 200)
-    out = I.adjust_brightness(x, torch.tensor([0.0, 0.5, 1.25, 1.5]))
+    out = idbh_ops.adjust_brightness(x, torch.tensor([0.0, 0.5, 1.25, 1.5]))
     assert out.dtype == torch.uint8
     assert [int(v) for v in out[:, 0, 0, 0]] == [0, 100, 250, 255]  # f·200, clipped at 255
     assert all(bool((img == img.flatten()[0]).all()) for img in out)
     # PIL truncates, it does not round: 0.3·7 = 2.1 → 2, 0.7·3 = 2.1 → 2, 0.9·5 = 4.5 → 4.
-    small = I.adjust_brightness(torch.tensor([7, 3, 5], dtype=torch.uint8).view(3, 1, 1, 1),
+    small = idbh_ops.adjust_brightness(torch.tensor([7, 3, 5], dtype=torch.uint8).view(3, 1, 1, 1),
                                 torch.tensor([0.3, 0.7, 0.9]))
     assert small.flatten().tolist() == [2, 2, 4]
     y = _images(2, 6)
-    assert torch.equal(I.adjust_brightness(y, torch.ones(2)), y)
+    assert torch.equal(idbh_ops.adjust_brightness(y, torch.ones(2)), y)
 
 
 def test_contrast_zero_is_the_mean_grey() -> None:
     x = _images(3, 7)
-    out = I.adjust_contrast(x, torch.zeros(3))
+    out = idbh_ops.adjust_contrast(x, torch.zeros(3))
     for img, src in zip(out, x, strict=True):
         grey = int(img[0, 0, 0])
         assert bool((img == grey).all())  # one flat grey for all channels
@@ -140,9 +140,9 @@ def test_contrast_zero_is_the_mean_grey() -> None:
         luma = (19595 * r + 38470 * g + 7471 * b + 32768) >> 16
         assert grey == int(luma.double().mean() + 0.5)
         assert abs(grey - float(_luma601(src[None]).mean())) < 1
-    assert torch.equal(I.adjust_contrast(x, torch.ones(3)), x)
+    assert torch.equal(idbh_ops.adjust_contrast(x, torch.ones(3)), x)
     # Factor 2 doubles every distance from the grey level (then clips and truncates).
-    doubled = I.adjust_contrast(x, torch.full((3,), 2.0)).long()
+    doubled = idbh_ops.adjust_contrast(x, torch.full((3,), 2.0)).long()
     grey = out[:, :1, :1, :1].long()
     assert torch.equal(doubled, (grey + 2 * (x.long() - grey)).clamp(0, 255))
 
@@ -151,34 +151,34 @@ def test_saturation_zero_is_grayscale_with_601_weights() -> None:
     # Pure red, green, blue, white and black pixels: luma 0.299·255, 0.587·255, 0.114·255, 255, 0, rounded.
     colours = torch.tensor([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255], [0, 0, 0]], dtype=torch.uint8)
     x = colours.T.reshape(1, 3, 1, 5)
-    out = I.adjust_saturation(x, torch.zeros(1))
+    out = idbh_ops.adjust_saturation(x, torch.zeros(1))
     assert out[0, 0, 0].tolist() == [76, 150, 29, 255, 0]
     assert torch.equal(out[0, 0], out[0, 1]) and torch.equal(out[0, 1], out[0, 2])
     y = _images(3, 8)
-    grey = I.adjust_saturation(y, torch.zeros(3))
+    grey = idbh_ops.adjust_saturation(y, torch.zeros(3))
     assert bool((grey[:, 0] == grey[:, 1]).all() and (grey[:, 1] == grey[:, 2]).all())
     assert float((grey[:, 0].double() - _luma601(y)).abs().max()) <= 0.51
-    assert torch.equal(I.adjust_saturation(y, torch.ones(3)), y)
+    assert torch.equal(idbh_ops.adjust_saturation(y, torch.ones(3)), y)
     g = _images(2, 9, (1, 16, 16))  # a grey image is its own greyscale: unchanged at any factor
-    assert torch.equal(I.adjust_saturation(g, torch.tensor([0.1, 1.9])), g)
+    assert torch.equal(idbh_ops.adjust_saturation(g, torch.tensor([0.1, 1.9])), g)
 
 
 def test_sharpness_blends_with_the_smooth_filter() -> None:
     x = _full(1, 0, (3, 10, 10))
     x[0, :, 5, 5] = 130
     x[0, :, 0, 0] = 200  # on the border, which PIL's filter leaves alone
-    smooth = I.adjust_sharpness(x, torch.zeros(1))[0, 0]
+    smooth = idbh_ops.adjust_sharpness(x, torch.zeros(1))[0, 0]
     expected = torch.zeros(10, 10, dtype=torch.uint8)
     expected[4:7, 4:7] = 10  # 130·1/13
     expected[5, 5] = 50  # 130·5/13
     expected[0, 0] = 200
     expected[1, 1] = round(200 / 13)  # the border pixel still feeds its inner neighbour
     assert torch.equal(smooth, expected)
-    sharp = I.adjust_sharpness(x, torch.full((1,), 2.0))[0, 0]  # 2·x − smooth, clipped
+    sharp = idbh_ops.adjust_sharpness(x, torch.full((1,), 2.0))[0, 0]  # 2·x − smooth, clipped
     assert int(sharp[5, 5]) == 210 and int(sharp[4, 4]) == 0 and int(sharp[0, 0]) == 200
-    assert torch.equal(I.adjust_sharpness(x, torch.ones(1)), x)
+    assert torch.equal(idbh_ops.adjust_sharpness(x, torch.ones(1)), x)
     flat = _full(2, 77, (3, 8, 8))
-    assert torch.equal(I.adjust_sharpness(flat, torch.tensor([0.3, 1.7])), flat)
+    assert torch.equal(idbh_ops.adjust_sharpness(flat, torch.tensor([0.3, 1.7])), flat)
 
 
 def test_autocontrast_stretches_each_channel_to_0_255() -> None:
@@ -188,7 +188,7 @@ def test_autocontrast_stretches_each_channel_to_0_255() -> None:
     x[0, 2] = 77  # constant: unchanged
     x[0, 0, 0, :2] = torch.tensor([0, 85], dtype=torch.uint8)
     x[0, 1, 0, :2] = torch.tensor([10, 61], dtype=torch.uint8)
-    out = I.autocontrast(x)
+    out = idbh_ops.autocontrast(x)
     assert out.dtype == torch.uint8
     assert torch.equal(out[0, 0].long(), 3 * x[0, 0].long())
     assert torch.equal(out[0, 1].long(), 5 * (x[0, 1].long() - 10))
@@ -199,16 +199,16 @@ def test_autocontrast_stretches_each_channel_to_0_255() -> None:
 def test_equalize_spreads_k_levels_over_0_255() -> None:
     levels = torch.tensor([10, 20, 30, 40], dtype=torch.uint8).repeat_interleave(256)  # 4 levels × 256 px
     x = torch.stack([levels[torch.randperm(1024, generator=_gen(c))] for c in range(3)]).view(1, 3, 32, 32)
-    out = I.equalize(x)
+    out = idbh_ops.equalize(x)
     # step = (1024 − 256) // 255 = 3; level i → (1 + pixels below i) // 3, clipped: 0, 85, 171, 256 → 255.
     lut = {10: 0, 20: 85, 30: 171, 40: 255}
     assert torch.equal(out, x.clone().apply_(lut.__getitem__))
     flat = _full(2, 123)
-    assert torch.equal(I.equalize(flat), flat)
+    assert torch.equal(idbh_ops.equalize(flat), flat)
     two = x.clone()
     two[0, 0] = torch.where(x[0, 0] < 25, 100, 101)  # two levels, half each: 100 → 0, 101 → 255
-    assert sorted(torch.unique(I.equalize(two)[0, 0]).tolist()) == [0, 255]
-    y = I.equalize(_images(4, 12, low=40, high=120))
+    assert sorted(torch.unique(idbh_ops.equalize(two)[0, 0]).tolist()) == [0, 255]
+    y = idbh_ops.equalize(_images(4, 12, low=40, high=120))
     assert int(y.amin()) <= 2 and int(y.amax()) == 255
 
 
@@ -219,13 +219,13 @@ def test_equalize_spreads_k_levels_over_0_255() -> None:
 def test_rotate_by_multiples_of_90_is_rot90(size: int) -> None:
     x = _images(2, 13, (3, size, size))
     for degrees, k in ((90, 1), (-90, -1), (180, 2), (270, 3), (360, 0), (0, 0)):
-        out = I.rotate(x, torch.full((2,), float(degrees)))
+        out = idbh_ops.rotate(x, torch.full((2,), float(degrees)))
         assert torch.equal(out, torch.rot90(x, k, dims=(-2, -1))), degrees
 
 
 def test_rotate_small_angles_fill_corners_and_keep_a_disc() -> None:
     white = _full(2, 255)
-    out = I.rotate(white, torch.tensor([10.0, -10.0]))
+    out = idbh_ops.rotate(white, torch.tensor([10.0, -10.0]))
     assert out.dtype == torch.uint8 and out.shape == white.shape
     for img in out:  # black corners (fill 0), untouched centre
         assert int(img[:, 0, 0].max()) == 0 and int(img[:, -1, -1].max()) == 0
@@ -234,7 +234,7 @@ def test_rotate_small_angles_fill_corners_and_keep_a_disc() -> None:
     ys, xs = torch.meshgrid(torch.arange(32) + 0.5, torch.arange(32) + 0.5, indexing="ij")
     disc = (((ys - 16) ** 2 + (xs - 16) ** 2) <= 10**2).to(torch.uint8).mul(200).expand(1, 3, 32, 32)
     for degrees in range(1, 11):
-        turned = I.rotate(disc, torch.tensor([float(degrees)]))
+        turned = idbh_ops.rotate(disc, torch.tensor([float(degrees)]))
         radius = torch.sqrt((ys - 16) ** 2 + (xs - 16) ** 2)[(turned != disc)[0, 0]]
         assert bool(((radius - 10).abs() < 1.5).all()), degrees  # only pixels at the disc's edge may change
 
@@ -243,7 +243,7 @@ def test_shear_shifts_rows_of_a_vertical_line_linearly() -> None:
     x = _full(2, 0, (1, 32, 32))
     x[:, 0, :, 16] = 255  # a vertical line at column 16
     angles = torch.tensor([0.1, -0.15], dtype=torch.float64)
-    out = I.shear(x, angles, torch.tensor([False, False]))
+    out = idbh_ops.shear(x, angles, torch.tensor([False, False]))
     for img, s in zip(out, angles.tolist(), strict=True):
         t = math.tan(s)
         cols = [row.nonzero().flatten().tolist() for row in img[0]]
@@ -252,7 +252,7 @@ def test_shear_shifts_rows_of_a_vertical_line_linearly() -> None:
         assert abs((cols[-1][0] - cols[0][0]) + t * 31) <= 1  # total shift over the height is −tan(s)·31
     horizontal = _full(1, 0, (1, 32, 32))
     horizontal[0, 0, 16, :] = 255
-    sheared = I.shear(horizontal, torch.tensor([0.1], dtype=torch.float64), torch.tensor([True]))
+    sheared = idbh_ops.shear(horizontal, torch.tensor([0.1], dtype=torch.float64), torch.tensor([True]))
     t = math.tan(0.1)
     assert [col.nonzero().flatten().tolist() for col in sheared[0, 0].T] == [
         [math.ceil(15.5 - t * (x - 15.5))] for x in range(32)]
@@ -264,7 +264,7 @@ def test_shear_shifts_rows_of_a_vertical_line_linearly() -> None:
 def test_erase_zeroes_exactly_the_rectangle() -> None:
     x = _full(2, 255)
     t = torch.tensor
-    out = I.erase(x, t([3, 7]), t([5, 2]), t([4, 0]), t([6, 9]))  # image 1 has height 0: untouched
+    out = idbh_ops.erase(x, t([3, 7]), t([5, 2]), t([4, 0]), t([6, 9]))  # image 1 has height 0: untouched
     expected = x[0].clone()
     expected[:, 3:7, 5:11] = 0
     assert torch.equal(out[0], expected) and torch.equal(out[1], x[1])
@@ -284,7 +284,9 @@ def test_erasing_draws_one_rectangle_within_scale_and_ratio() -> None:
     weak = I.draw_erasing(n, size, 0.5, _gen(15))
     assert 0.45 < float((weak.height > 0).double().mean()) < 0.55
     # Applied to a white batch: the zeros are exactly one height×width rectangle per image.
-    x = I.erase(_full(50, 255, (3, 32, 32)), strong.top[:50], strong.left[:50], strong.height[:50], strong.width[:50])
+    x = idbh_ops.erase(
+        _full(50, 255, (3, 32, 32)), strong.top[:50], strong.left[:50], strong.height[:50], strong.width[:50]
+    )
     for img, eh, ew in zip(x, strong.height[:50].tolist(), strong.width[:50].tolist(), strict=True):
         rows, cols = (img[0] == 0).nonzero().unbind(1)
         assert len(rows) == eh * ew
@@ -296,21 +298,21 @@ def test_erasing_draws_one_rectangle_within_scale_and_ratio() -> None:
 
 def _reference_pipeline(x: torch.Tensor, p: I.IdbhParams) -> torch.Tensor:
     """flip → CropShift → op → erase, the op applied image by image (so the batched op dispatch is checked)."""
-    y = I.crop_shift(I.hflip(x, p.flip), p.crop_y, p.crop_x, p.src_y, p.src_x, p.dst_y, p.dst_x)
+    y = idbh_ops.crop_shift(idbh_ops.hflip(x, p.flip), p.crop_y, p.crop_x, p.src_y, p.src_x, p.dst_y, p.dst_x)
     out = []
     for i in range(len(y)):
         img, name, sl = y[i : i + 1], I.OPS[int(p.op[i])], slice(i, i + 1)
         if name in I.FACTOR_RANGES:
             img = getattr(I, f"adjust_{name}")(img, p.factor[sl])
         elif name == "shear":
-            img = I.shear(img, p.shear[sl], p.vertical[sl])
+            img = idbh_ops.shear(img, p.shear[sl], p.vertical[sl])
         elif name == "rotate":
-            img = I.rotate(img, p.degrees[sl])
+            img = idbh_ops.rotate(img, p.degrees[sl])
         else:
             img = getattr(I, name)(img)
         out.append(img)
     e = p.erasing
-    return I.erase(torch.cat(out), e.top, e.left, e.height, e.width)
+    return idbh_ops.erase(torch.cat(out), e.top, e.left, e.height, e.width)
 
 
 @pytest.mark.parametrize("variant", ["weak", "strong"])
@@ -366,15 +368,15 @@ def test_ops_match_pillow() -> None:
         return pil(i).transform((32, 32), image_mod.AFFINE, matrix, image_mod.NEAREST, fillcolor=0)
 
     cases = {
-        "saturation": (I.adjust_saturation(x, f), lambda i: enhance.Color(pil(i)).enhance(float(f[i]))),
-        "brightness": (I.adjust_brightness(x, f), lambda i: enhance.Brightness(pil(i)).enhance(float(f[i]))),
-        "contrast": (I.adjust_contrast(x, f), lambda i: enhance.Contrast(pil(i)).enhance(float(f[i]))),
-        "sharpness": (I.adjust_sharpness(x, f), lambda i: enhance.Sharpness(pil(i)).enhance(float(f[i]))),
-        "autocontrast": (I.autocontrast(x), lambda i: ops.autocontrast(pil(i))),
-        "equalize": (I.equalize(x), lambda i: ops.equalize(pil(i))),
-        "rotate": (I.rotate(x, degrees),
+        "saturation": (idbh_ops.adjust_saturation(x, f), lambda i: enhance.Color(pil(i)).enhance(float(f[i]))),
+        "brightness": (idbh_ops.adjust_brightness(x, f), lambda i: enhance.Brightness(pil(i)).enhance(float(f[i]))),
+        "contrast": (idbh_ops.adjust_contrast(x, f), lambda i: enhance.Contrast(pil(i)).enhance(float(f[i]))),
+        "sharpness": (idbh_ops.adjust_sharpness(x, f), lambda i: enhance.Sharpness(pil(i)).enhance(float(f[i]))),
+        "autocontrast": (idbh_ops.autocontrast(x), lambda i: ops.autocontrast(pil(i))),
+        "equalize": (idbh_ops.equalize(x), lambda i: ops.equalize(pil(i))),
+        "rotate": (idbh_ops.rotate(x, degrees),
                    lambda i: pil(i).rotate(float(degrees[i]), resample=image_mod.NEAREST, fillcolor=0)),
-        "shear": (I.shear(x, shear, vertical), pil_shear),
+        "shear": (idbh_ops.shear(x, shear, vertical), pil_shear),
     }
     for name, (ours, reference) in cases.items():
         expected = torch.stack([torch.from_numpy(np.array(reference(i))).permute(2, 0, 1) for i in range(n)])

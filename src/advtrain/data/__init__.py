@@ -1,7 +1,8 @@
 """Datasets as uint8 tensors, validation splits carved from the training set, and an on-device batcher."""
 
 from advtrain.data.batcher import Augment, DeviceBatcher, augment_batch, to_float
-from advtrain.data.sources import Dataset, list_datasets, load_dataset
+from advtrain.data.dataset import Dataset
+from advtrain.data.sources import list_datasets, load_dataset
 from advtrain.data.split import split_validation
 
 __all__ = [
