@@ -51,11 +51,11 @@ def _duration(seconds: float) -> str:
 
 
 def progress_line(event: ProgressEvent, elapsed: float) -> str:
-    """The plain line for `event` after `elapsed` seconds of its task: counts, rate and ETA where known."""
+    """The plain line for `event` after `elapsed` seconds of its task: counts, and rate and ETA for images."""
     stage = f" [{event.stage}]" if event.stage else ""
     share = f" ({100 * event.done / event.total:.0f}%)" if event.total else ""
     line = f"progress  {event.task}{stage}: {event.done}/{event.total} {event.unit}{share}"
-    if event.done and not event.finished and elapsed > 0:
+    if event.unit == "images" and event.done and not event.finished and elapsed > 0:  # stages vary too much
         rate = event.done / elapsed
         line += f", {rate:.1f} {event.unit}/s, ETA {_duration((event.total - event.done) / rate)}"
     return f"{line}, elapsed {_duration(elapsed)}"
