@@ -321,16 +321,16 @@ def _eval(args: argparse.Namespace) -> None:
         print(f"{label}:{result.summary()}" if args.compare is not None else result.summary(), file=sys.stderr)
 
     with processes(resolve_device(settings.device), "evaluation", intact) as procs, \
-            shown_progress(procs.main and not args.quiet) as chunks:
+            shown_progress(procs.main and not args.quiet) as shown:
         # Under torchrun every process attacks its part of the images; rank 0 alone prints and writes.
         on_result = progress if procs.main else None
         if args.compare is not None:
             report = compare_runs(models, data, settings, checkpoint=checkpoint, procs=procs, parts=parts,
-                                  on_result=on_result, progress=chunks)
+                                  on_result=on_result, progress=shown)
         else:
             (label,) = models
             report, _ = evaluate_loaded(loaded, data, settings, checkpoint=checkpoint, label=label, procs=procs,
-                                        parts=parts, progress=chunks,
+                                        parts=parts, progress=shown,
                                         on_result=None if on_result is None else lambda r: progress(label, r))
     if not procs.main:
         return

@@ -144,9 +144,11 @@ class ProgressDisplay:
 
 @contextmanager
 def shown_progress(enabled: bool = True) -> Iterator[ProgressHook | None]:
-    """A running `ProgressDisplay` on stderr, or None (no progress) when not `enabled` (--quiet)."""
+    """A running `ProgressDisplay` on stderr, or None (no progress) when not `enabled` (--quiet). A bad
+    ADVTRAIN_PROGRESS_SECONDS is refused either way, so that every torchrun process refuses it alike."""
+    interval = progress_interval()
     if not enabled:
         yield None
         return
-    with ProgressDisplay() as display:
+    with ProgressDisplay(interval=interval) as display:
         yield display
