@@ -104,11 +104,12 @@ def test_heartbeat_repeats_the_running_task_and_stops_when_it_ends():
     with ProgressDisplay(stream, interval=1, bar=False) as show:
         show(ProgressEvent("autoattack eps 0.0314", 0, 8))
         time.sleep(2.5)
-        beats = stream.getvalue().splitlines()
         show(ProgressEvent("autoattack eps 0.0314", 8, 8))
+        lines = stream.getvalue().splitlines()
         time.sleep(1.5)
-    assert 1 <= len(beats) <= 3 and all(COUNTS.match(b)["done"] == "0" for b in beats)
-    assert len(stream.getvalue().splitlines()) <= len(beats) + 1  # the finished task: no more heartbeats
+    beats = [line for line in lines if COUNTS.match(line)["done"] == "0"]
+    assert 1 <= len(beats) <= 3
+    assert stream.getvalue().splitlines() == lines  # the task has finished: no more heartbeats
 
 
 def test_bar_on_a_terminal_shows_counts():
@@ -168,7 +169,8 @@ def test_train_shows_evaluation_progress_while_it_evaluates(trained):
     text = [line for line, _ in lines]
     assert progress and not any(written for _, written in progress)  # all before eval.json was written
     pgd = [int(m["done"]) for m, _ in progress if m["task"] == "pgd eps 0.2000"]
-    assert pgd == [16, 32, 48] and {m["total"] for m, _ in progress} == {"48"}
+    # A line per chunk (and a heartbeat repeating one whenever a chunk takes over a second on a busy machine).
+    assert sorted(set(pgd)) == [16, 32, 48] and pgd == sorted(pgd) and {m["total"] for m, _ in progress} == {"48"}
     assert text.index(progress[0][0].string) < text.index(next(t for t in text if t.startswith("done: ")))
 
 
@@ -182,7 +184,8 @@ def test_eval_shows_attack_chunks_autoattack_stages_and_analyses_before_the_tabl
     table = text.index(next(t for t in text if t.startswith("attack ")))
     assert all(text.index(m.string) < table for m, _ in progress) and not any(w for _, w in progress)
     aa = [m for m, _ in progress if m["task"] == "autoattack (apgd) eps 0.2000"]
-    assert [m["stage"] for m in aa][:2] == ["apgd-ce", "apgd-t"] and aa[-1]["done"] == aa[-1]["total"] == "16"
+    assert list(dict.fromkeys(m["stage"] for m in aa)) == ["apgd-ce", "apgd-t"]  # as each starts, in order
+    assert aa[-1]["done"] == aa[-1]["total"] == "16"
     assert {m["task"] for m, _ in progress} >= {"clean", "inequality", "vulnerability"}
 
 
