@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a stopped run from its newest intact checkpoint (bit-identical on CPU)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--deterministic", action="store_true", help="use deterministic kernels only")
-    p.add_argument("--quiet", action="store_true", help="no progress bar: one line per epoch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no evaluation progress: one line per epoch")
 
     p = sub.add_parser("eval", parents=[debug], help="evaluate a run directory or a weights file under attacks")
     p.add_argument("run_dir", nargs="?", type=Path, help="a run directory made by `advtrain train`")
