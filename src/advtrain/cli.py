@@ -4,6 +4,7 @@ turn bad input into exit 2."""
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a stopped run from its newest intact checkpoint (bit-identical on CPU)")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--deterministic", action="store_true", help="use deterministic kernels only")
-    p.add_argument("--quiet", action="store_true", help="no progress bar: one line per epoch")
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no evaluation progress: one line per epoch")
 
     p = sub.add_parser("eval", parents=[debug], help="evaluate a run directory or a weights file under attacks")
     p.add_argument("run_dir", nargs="?", type=Path, help="a run directory made by `advtrain train`")
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar or lines while the attacks run")
     p.add_argument("--out", type=Path, help="eval JSON path (default: RUN_DIR/eval.json, refused when it holds an "
                    "evaluation under another protocol; none for --weights; required with --compare); figures go to "
                    "RUN_DIR/figures with RUN_DIR/eval.json, else to OUT_STEM-figures next to it")
@@ -149,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 256)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar or lines while the checks run")
     p.add_argument("--out", type=Path, help="diagnose JSON path (default: RUN_DIR/diagnose.json; none for --weights); "
                    "figures go to RUN_DIR/figures or to OUT_STEM-figures next to it")
 
@@ -187,9 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default="advtrain report", help="the report's title")
 
     p = sub.add_parser("quickstart", parents=[debug],
-                       help="train standard and PGD-AT CNNs on digits and compare them (2–3 min)")
+                       help="train standard and PGD-AT CNNs on digits and compare them (about 2 min)")
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="folder for the two run directories")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: configs/digits.yaml)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs per run (default 15, half of configs/digits.yaml's; the LR decays at the same "
+                   "fractions)")
     return parser
 
 
@@ -210,7 +215,7 @@ def _train(args: argparse.Namespace) -> None:
             raise UserError("train needs --out NEW_RUN_DIR (or --resume RUN_DIR to continue a run)")
         flags = [("train.progress=quiet", args.quiet), ("train.deterministic=true", args.deterministic)]
         config = load_config(args.config, [*args.overrides, *(o for o, on in flags if on)])
-        report = train_and_evaluate(config, args.out, overwrite=args.overwrite)
+        report = train_and_evaluate(config, args.out, overwrite=args.overwrite, progress=not args.quiet)
         out = args.out
     if report is not None:  # None: a torchrun process other than rank 0, which wrote nothing
         print(f"done: {out}/report.md, {out}/eval.json")
@@ -275,6 +280,7 @@ def _eval(args: argparse.Namespace) -> None:
     from advtrain.eval.protocol import check_run_eval_kept
     from advtrain.eval.robustness import AttackResult, write_per_example
     from advtrain.fileio import atomic_write_text
+    from advtrain.progress_display import shown_progress
     from advtrain.report import write_run_report
     from advtrain.report.analysis_tables import inequality_text, invariance_text, vulnerability_text
     from advtrain.report.inequality_figures import write_inequality_figures
@@ -316,16 +322,17 @@ def _eval(args: argparse.Namespace) -> None:
         per_example.setdefault(label, []).append(result)
         print(f"{label}:{result.summary()}" if args.compare is not None else result.summary(), file=sys.stderr)
 
-    with processes(resolve_device(settings.device), "evaluation", intact) as procs:
+    with processes(resolve_device(settings.device), "evaluation", intact) as procs, \
+            shown_progress(procs.main and not args.quiet) as shown:
         # Under torchrun every process attacks its part of the images; rank 0 alone prints and writes.
         on_result = progress if procs.main else None
         if args.compare is not None:
             report = compare_runs(models, data, settings, checkpoint=checkpoint, procs=procs, parts=parts,
-                                  on_result=on_result)
+                                  on_result=on_result, progress=shown)
         else:
             (label,) = models
             report, _ = evaluate_loaded(loaded, data, settings, checkpoint=checkpoint, label=label, procs=procs,
-                                        parts=parts,
+                                        parts=parts, progress=shown,
                                         on_result=None if on_result is None else lambda r: progress(label, r))
     if not procs.main:
         return
@@ -375,8 +382,10 @@ def _diagnose(args: argparse.Namespace) -> None:
     from advtrain.eval.api import check_fits, eval_images, load_for_eval
     from advtrain.eval.batching import check_batch_setting, resolve_eval_batch
     from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
-    from advtrain.eval.diagnose import diagnose
+    from advtrain.eval.diagnose import CHECK_NAMES, Check, diagnose
+    from advtrain.eval.progress import TaskProgress
     from advtrain.fileio import atomic_write_text
+    from advtrain.progress_display import shown_progress
     from advtrain.report.analysis_tables import diagnose_text
     from advtrain.report.diagnose_figures import write_diagnose_figures
     from advtrain.rundir import read_config
@@ -420,10 +429,15 @@ def _diagnose(args: argparse.Namespace) -> None:
     # Diagnose runs in fp32; transfer attacks are crafted on the surrogate with the same batch size.
     batch = min(resolve_eval_batch(m, x, y, len(y), args.batch_size, None)
                 for m in (model, surrogate_model) if m is not None)
-    report = diagnose(
-        model, x, y, eps=float(eps), seed=args.seed, batch_size=batch, surrogate=surrogate_model,
-        on_check=lambda c: print(f"  {c.name:<20} {c.verdict}", file=sys.stderr),
-    )
+    with shown_progress(not args.quiet) as progress:
+        checks = TaskProgress(progress, "diagnose", len(CHECK_NAMES), "checks")
+
+        def on_check(check: Check) -> None:
+            print(f"  {check.name:<20} {check.verdict}", file=sys.stderr)
+            checks.advance()
+
+        report = diagnose(model, x, y, eps=float(eps), seed=args.seed, batch_size=batch, surrogate=surrogate_model,
+                          on_check=on_check)
     report = {
         "model": loaded.spec.name, "data": data.name, "source": str(loaded.source),
         "checkpoint": None if args.weights is not None else args.checkpoint, "epoch": loaded.metadata.get("epoch"),
@@ -497,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 1 internal error (a bug: rerun with --debug), 2 bad input, 3 training diverged,
     128+N stopped by signal N (a checkpoint was saved)."""
     args = build_parser().parse_args(argv)
+    # Each line reaches a log or pipe as it is printed, not when a block buffer fills minutes later.
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(line_buffering=True)
     try:
         commands = {"train": _train, "eval": _eval, "diagnose": _diagnose, "bench": _bench, "compare": _compare,
                     "report": _report, "quickstart": _quickstart}

@@ -47,6 +47,7 @@ from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
 from advtrain.eval.inequality import INEQUALITY_EVALS
 from advtrain.eval.parts import EvalParts
 from advtrain.fileio import atomic_write_text
+from advtrain.progress_display import shown_progress
 from advtrain.report.grid import Cell, summarize, summary_markdown, write_csv
 from advtrain.report.html_report import write_html_report
 from advtrain.report.inequality_figures import write_inequality_figures
@@ -276,8 +277,9 @@ def _evaluate_cell(data: Dataset, run_dir: Path, which: str, settings: EvalSetti
         log(f"{prefix}: {out} was evaluated with another protocol than the grid's now: evaluating again")
     loaded = load_checkpoint_model(checkpoint_path(run_dir, which))
     parts = EvalParts(out.with_name(f"{out.name}.parts"))
-    report, _ = evaluate_loaded(loaded, data, settings, checkpoint=which, label=run_dir.name, parts=parts,
-                                on_result=lambda r: log(f"  {which}{r.summary()}"))
+    with shown_progress() as shown:
+        report, _ = evaluate_loaded(loaded, data, settings, checkpoint=which, label=run_dir.name, parts=parts,
+                                    on_result=lambda r: log(f"  {which}{r.summary()}"), progress=shown)
     atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     parts.remove()
     # The figures of the analyses (saliency grid, noise, vulnerability histogram) for the report: best only.

@@ -11,6 +11,7 @@ from advtrain.config import RunConfig, config_from_dict
 from advtrain.eval import EvalSettings, evaluate_loaded
 from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
 from advtrain.fileio import atomic_write_text
+from advtrain.progress_display import shown_progress
 from advtrain.report import write_run_report
 from advtrain.rundir import read_config
 from advtrain.runtime import resolve_device
@@ -19,10 +20,11 @@ from advtrain.train import load_run_data, train
 
 def train_and_evaluate(
     config: RunConfig, run_dir: Path, *, log: Callable[[str], None] = print, resume: bool = False,
-    overwrite: bool = False,
+    overwrite: bool = False, progress: bool = True,
 ) -> dict[str, Any] | None:
     """The whole `advtrain train` command; returns the eval JSON it wrote (None in the torchrun processes other
-    than rank 0: rank 0 alone evaluates, once it has written the checkpoints)."""
+    than rank 0: rank 0 alone evaluates, once it has written the checkpoints). `progress`: show the evaluation's
+    progress on stderr (`advtrain.progress_display`)."""
     data = load_run_data(config)
     result = train(config, run_dir, data=data, log=log, resume=resume, overwrite=overwrite)
     if not result.main:
@@ -36,7 +38,9 @@ def train_and_evaluate(
         steps=e.steps, restarts=e.restarts, step_size=e.step_size, n=e.n, batch_size=e.batch_size,
         device=str(resolve_device(config.train.device)), precision="fp32", seed=config.seed,
     )
-    report, _ = evaluate_loaded(loaded, data, settings, checkpoint=which, on_result=lambda r: log(r.summary()))
+    with shown_progress(progress) as chunks:
+        report, _ = evaluate_loaded(loaded, data, settings, checkpoint=which, on_result=lambda r: log(r.summary()),
+                                    progress=chunks)
     atomic_write_text(result.run_dir / "eval.json", json.dumps(report, indent=2) + "\n")
     write_run_report(result.run_dir)
     return report
@@ -50,4 +54,4 @@ def resume_and_evaluate(
     if quiet:
         # Presentation only: the progress bar is not part of the math, so the config digest ignores it.
         config.train.progress = "quiet"
-    return train_and_evaluate(config, run_dir, log=log, resume=True)
+    return train_and_evaluate(config, run_dir, log=log, resume=True, progress=not quiet)

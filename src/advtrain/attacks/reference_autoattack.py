@@ -11,7 +11,7 @@ Two presets:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -46,6 +46,7 @@ def autoattack(
     seed: int = 0,
     batch_size: int = 500,
     verbose: bool = False,
+    on_stage: Callable[[str], None] | None = None,
 ) -> Tensor:
     """Run AutoAttack (preset ``version``) on ``model`` and return the adversarial inputs.
 
@@ -54,7 +55,9 @@ def autoattack(
     ``x`` holds float images in [0, 1] and ``eps`` is in [0, 1] pixel units; ``norm`` is "Linf" (also "linf",
     "inf") or "L2" ("l2"). Other input is refused with the fix named.
     The model runs in eval mode; every module's training flag and the parameters' ``.grad`` are restored
-    afterwards. pyautoattack's ``auto-attack`` logger is silenced unless ``verbose``.
+    afterwards. pyautoattack's ``auto-attack`` logger is silenced unless ``verbose``. ``on_stage(name)`` is
+    called as each sub-attack starts ("apgd-ce", "apgd-t", ...), read from the "running NAME" record that
+    pyautoattack logs whatever its verbosity.
     """
     if version not in AUTOATTACK_PRESETS:
         raise UserError(
@@ -72,7 +75,7 @@ def autoattack(
     check_images(x)
 
     device = _model_device(model, fallback=x.device)
-    with _quiet_logger(verbose), bn_policy(model, "eval"), _grads_preserved(model):
+    with _quiet_logger(verbose), _stages_reported(on_stage), bn_policy(model, "eval"), _grads_preserved(model):
         adversary = _build(model, eps=float(eps), norm=_PYAUTOATTACK_NORMS[parsed], version=version, seed=seed,
                            device=device)
         adversary.verbose = verbose
@@ -124,6 +127,41 @@ def _quiet_logger(verbose: bool) -> Iterator[None]:
         logger.setLevel(previous_level)
         if handler is not None:
             logger.removeHandler(handler)
+
+
+class _StageHandler(logging.Handler):
+    """Passes the sub-attack name of pyautoattack's "running NAME" records to a callback, ignoring the rest."""
+
+    def __init__(self, on_stage: Callable[[str], None]) -> None:
+        super().__init__(logging.DEBUG)
+        self.on_stage = on_stage
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("running "):
+            self.on_stage(message.removeprefix("running "))
+
+
+@contextmanager
+def _stages_reported(on_stage: Callable[[str], None] | None) -> Iterator[None]:
+    # Inside _quiet_logger: the "running" records are DEBUG, so the logger must pass DEBUG; when it is silenced,
+    # propagation stays off so that nothing else (its sanity-check warnings) reaches the app's handlers.
+    if on_stage is None:
+        yield
+        return
+    logger = logging.getLogger(_LOGGER_NAME)
+    previous_level, previous_propagate = logger.level, logger.propagate
+    silenced = previous_level > logging.CRITICAL
+    handler = _StageHandler(on_stage)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = previous_propagate and not silenced
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)
+        logger.propagate = previous_propagate
 
 
 @contextmanager

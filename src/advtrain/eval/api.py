@@ -23,6 +23,7 @@ from advtrain.eval.inequality import (
 )
 from advtrain.eval.invariance import evaluate_invariance, invariance_eps
 from advtrain.eval.parts import EvalParts
+from advtrain.eval.progress import ProgressHook, TaskProgress, labelled
 from advtrain.eval.public import attack_model
 from advtrain.eval.robustness import AttackResult
 from advtrain.eval.settings import EvalSettings
@@ -125,7 +126,8 @@ def eval_images(
 
 
 def evaluate_analyses(
-    models: Mapping[str, nn.Module], data: Dataset, settings: EvalSettings, device: torch.device
+    models: Mapping[str, nn.Module], data: Dataset, settings: EvalSettings, device: torch.device,
+    progress: ProgressHook | None = None,
 ) -> dict[str, Any]:
     """The "inequality", "vulnerability" and "invariance" parts of the eval JSON (those `settings.inequality`
     asks for), for one model or a group, in fp32. Inequality: the first `settings.n` test images; vulnerability:
@@ -133,7 +135,8 @@ def evaluate_analyses(
     `evaluate_vulnerability`); invariance (METHODS.md §7.6): the first `settings.n` test images, PGD-`steps`
     on CE at the first ε with the eval's step size (`settings.step_size`, default 2.5·ε/steps; see
     `evaluate_invariance`). A `settings.batch_size` of "auto" is resolved for each model in fp32 on the test
-    images (`resolve_eval_batch`) and the smallest is used; the batch size that ran goes under "batch_size"."""
+    images (`resolve_eval_batch`) and the smallest is used; the batch size that ran goes under "batch_size".
+    `progress` hears each analysis stage by stage (inequality: per evaluation and model)."""
     st = settings
     if not st.inequality:
         return {}
@@ -144,18 +147,23 @@ def evaluate_analyses(
     with out_of_memory_as_user_error(min(batch, len(y))):
         if inequality:
             out["inequality"] = evaluate_inequality(models, x, y, evals=inequality, seed=st.seed,
-                                                    batch_size=batch, options=st.inequality_options)
+                                                    batch_size=batch, options=st.inequality_options,
+                                                    progress=progress)
         if st.vulnerability:
+            task = TaskProgress(progress, "vulnerability", len(models), "models")
             xv, yv = eval_images(data, st.n, device, st.vulnerability_split)
             out["vulnerability"] = evaluate_vulnerability(
                 models, xv, yv, eps=first_eps(st.eps), norm=st.norm, steps=st.steps, step_size=st.step_size,
                 seed=st.seed, batch_size=batch, split=st.vulnerability_split,
             )
+            task.advance(len(models))
         if st.invariance:
+            task = TaskProgress(progress, "invariance", len(models), "models")
             out["invariance"] = evaluate_invariance(
                 models, x, y, eps=invariance_eps(st.eps), norm=st.norm, steps=st.steps, step_size=st.step_size,
                 seed=st.seed, batch_size=batch,
             )
+            task.advance(len(models))
     return out
 
 
@@ -176,6 +184,7 @@ def evaluate_loaded(
     on_result: Callable[[AttackResult], None] | None = None,
     procs: Processes | None = None,
     parts: EvalParts | None = None,
+    progress: ProgressHook | None = None,
 ) -> tuple[dict[str, Any], list[AttackResult]]:
     """Run the attacks on the first `settings.n` test images; return the eval JSON and per-example results.
 
@@ -192,6 +201,7 @@ def evaluate_loaded(
     using the smallest batch size any of them resolved, and every process returns the merged results; the
     analyses run in rank 0 only (the others return without them). With `parts` (see `advtrain.eval.parts`), a
     killed evaluation resumes: "parts" in the JSON counts the parts read back ("reused") out of all ("total").
+    `progress` hears the attacks chunk by chunk and the analyses stage by stage (`advtrain.eval.progress`).
     """
     procs = procs or Processes()
     st = settings
@@ -202,7 +212,7 @@ def evaluate_loaded(
     x, y = eval_images(data, st.n, dev)
     amp = autocast_dtype(st.precision, dev)
     before = (parts.reused, parts.computed) if parts is not None else (0, 0)
-    st, results = attack_model(model, x, y, st, on_result=on_result, procs=procs, parts=parts)
+    st, results = attack_model(model, x, y, st, on_result=on_result, procs=procs, parts=parts, progress=progress)
     report = {
         "model": loaded.spec.name,
         "data": data.name,
@@ -223,7 +233,7 @@ def evaluate_loaded(
         report["parts"] = {"reused": reused, "total": reused + computed}
     report |= tradeoff_part({label or loaded.spec.name: report})
     if procs.main:
-        report |= evaluate_analyses({label or loaded.spec.name: model}, data, st, dev)
+        report |= evaluate_analyses({label or loaded.spec.name: model}, data, st, dev, progress)
     return report, results
 
 
@@ -295,6 +305,7 @@ def compare_runs(
     on_result: Callable[[str, AttackResult], None] | None = None,
     procs: Processes | None = None,
     parts: EvalParts | None = None,
+    progress: ProgressHook | None = None,
 ) -> dict[str, Any]:
     """Evaluate a group of models on the same first `settings.n` test images; return the comparison JSON.
 
@@ -307,6 +318,7 @@ def compare_runs(
     the one its attacks ran with (None without attacks).
     `on_result(label, result)` reports each attack as it finishes. `procs` and `parts`: as in `evaluate_loaded`
     (the attacks split across torchrun's processes, the analyses in rank 0 only; finished parts on disk).
+    `progress`: as in `evaluate_loaded`, each attack's task prefixed with its model's label.
     """
     procs = procs or Processes()
     st = settings
@@ -324,7 +336,7 @@ def compare_runs(
             report, _ = evaluate_loaded(
                 loaded, data, attacks_only, checkpoint=checkpoint,
                 on_result=None if on_result is None else lambda r, label=label: on_result(label, r),
-                procs=procs, parts=parts,
+                procs=procs, parts=parts, progress=labelled(progress, label),
             )
             results, batch = report["results"], report["batch_size"]
         entries[label] = {
@@ -334,7 +346,8 @@ def compare_runs(
     out: dict[str, Any] = {"models": entries}
     out |= tradeoff_part(entries)
     if procs.main:
-        out |= evaluate_analyses({label: loaded.model.to(dev) for label, loaded in models.items()}, data, st, dev)
+        out |= evaluate_analyses({label: loaded.model.to(dev) for label, loaded in models.items()}, data, st, dev,
+                                 progress)
     amp = autocast_dtype(st.precision, dev)
     return out | {
         "n": len(data.y_test[: st.n]), "data": data.name, "seed": st.seed,

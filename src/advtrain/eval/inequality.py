@@ -41,6 +41,7 @@ from advtrain.eval.inductive import (
     predict,
     random_noise_sweep,
 )
+from advtrain.eval.progress import ProgressHook, TaskProgress
 from advtrain.eval.saliency import ATTRIBUTIONS, IGD_BLOCK, gini_report, global_gini, mean_over, saliency
 
 INEQUALITY_EVALS = ("gini", "inductive_noise", "random_noise", "inductive_occlusion", "corruptions")
@@ -86,8 +87,10 @@ def evaluate_inequality(
     seed: int = 0,
     batch_size: int = 256,
     options: InequalityOptions | None = None,
+    progress: ProgressHook | None = None,
 ) -> dict[str, Any]:
-    """Run the requested `evals` on every model; the JSON-ready results keyed by eval, then model label."""
+    """Run the requested `evals` on every model; the JSON-ready results keyed by eval, then model label.
+    `progress` hears each (evaluation, model) stage start and finish."""
     unknown = [e for e in evals if e not in INEQUALITY_EVALS]
     if unknown:
         raise ValueError(f"unknown inequality evaluation(s) {unknown}: choose from {INEQUALITY_EVALS}")
@@ -99,9 +102,11 @@ def evaluate_inequality(
         "n": len(y), "n_common_correct": int(common.sum()), "seed": seed, "attribution": o.attribution,
         "regional_blocks": blocks, "noise_modes": list(o.noise_modes),
     }
+    task = TaskProgress(progress, "inequality", len(evals) * len(models), "stages")
     for name in evals:
         per_model: dict[str, Any] = {}
         for label, model in models.items():
+            task.start_stage(f"{name} ({label})")
             if name == "gini":
                 report = gini_report(model, x, y, o.attribution, batch_size, blocks=blocks)
                 per_model[label] = {
@@ -128,6 +133,7 @@ def evaluate_inequality(
                 mistakes = corruption_mistakes(model, x, y, tuple(CORRUPTIONS), SEVERITIES, seed=seed,
                                                batch_size=batch_size, constants=o.corruption_constants)
                 per_model[label] = _protocol_tables(mistakes, common) | {"constants": o.corruption_constants}
+            task.advance()
         out[name] = per_model
     return out
 

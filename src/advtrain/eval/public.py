@@ -14,6 +14,7 @@ from advtrain.errors import InvalidValue, UserError
 from advtrain.eval.batching import resolve_eval_batch
 from advtrain.eval.labels import eval_rows, text_table
 from advtrain.eval.parts import EvalParts
+from advtrain.eval.progress import ProgressHook
 from advtrain.eval.robustness import ATTACK_ALIASES, AttackResult, attack_specs, evaluate_attacks
 from advtrain.eval.settings import EvalSettings, python_keyword, split_attack_names
 from advtrain.runtime import autocast_dtype, resolve_device
@@ -28,6 +29,7 @@ def attack_model(
     on_result: Callable[[AttackResult], None] | None = None,
     procs: Processes | None = None,
     parts: EvalParts | None = None,
+    progress: ProgressHook | None = None,
 ) -> tuple[EvalSettings, list[AttackResult]]:
     """The robustness attacks of `settings` on (x, y) (on the model's device): `settings` with the batch size
     that ran, and one result per attack. A batch size of "auto" is resolved once, before the first attack
@@ -42,7 +44,7 @@ def attack_model(
     settings = replace(settings, batch_size=batch)
     results = evaluate_attacks(
         model, x, y, specs, batch_size=batch, seed=settings.seed, autocast_dtype=amp, on_result=on_result,
-        procs=procs, parts=parts,
+        procs=procs, parts=parts, progress=progress,
     ) if specs else []
     return settings, results
 
@@ -112,6 +114,7 @@ def evaluate(
     device: str = "auto",
     precision: str = "fp32",
     seed: int = 0,
+    progress: ProgressHook | None = None,
 ) -> Evaluation:
     """Accuracy of `model` on the first `n` of (x, y) under each of `attacks` at each ε, as `advtrain eval` runs
     them: "clean", "fgsm", "pgd" (PGD-`steps`, random start, `restarts`), "ifgsm", "cw", "aa"/"autoattack" (the
@@ -121,6 +124,8 @@ def evaluate(
     `eps` and `step_size` are in [0, 1] pixel units (8/255, not 8); `step_size` defaults to 2.5·ε/steps. The
     model is moved to `device` ("auto": CUDA when available) and evaluated in eval mode; its train/eval mode is
     restored afterwards. Bad input is a one-line ValueError naming the fix, raised before any attack runs.
+    `progress` hears each attack's images done, chunk by chunk (`advtrain.eval.progress`; e.g. an
+    `advtrain.progress_display.ProgressDisplay`).
     """
     x, y = _images(x, y)
     eps_list = [eps] if isinstance(eps, int | float) else list(eps)
@@ -138,7 +143,7 @@ def evaluate(
     except UserError as e:  # a ValueError to Python callers, with the CLI's one-line message
         raise InvalidValue(str(e)) from None
     model = model.to(dev)
-    settings, results = attack_model(model, x[:n].to(dev), y[:n].to(dev), settings)
+    settings, results = attack_model(model, x[:n].to(dev), y[:n].to(dev), settings, progress=progress)
     amp = autocast_dtype(settings.precision, dev)
     return Evaluation(results, n=len(y[:n]), batch_size=int(settings.batch_size), device=str(dev),
                       precision="bf16" if amp is not None else "fp32", seed=seed)

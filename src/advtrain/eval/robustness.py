@@ -31,6 +31,7 @@ from advtrain.distributed import Processes
 from advtrain.errors import UserError
 from advtrain.eval.batching import out_of_memory_as_user_error
 from advtrain.eval.parts import EvalParts, model_digest, tensor_digest
+from advtrain.eval.progress import ProgressHook, TaskProgress
 from advtrain.fileio import atomic_write_bytes
 
 # Names accepted on the command line → (attack, AutoAttack version).
@@ -78,6 +79,13 @@ class AttackSpec:
         if self.attack == "autoattack":
             row["version"] = self.version
         return row
+
+    def task(self) -> str:
+        """How progress names this attack, e.g. `pgd eps 0.0314`."""
+        if self.attack == "clean":
+            return "clean"
+        version = f" ({self.version})" if self.version not in (None, "standard") else ""
+        return f"{self.attack}{version} eps {self.eps:.4f}"
 
 
 @dataclass
@@ -149,9 +157,11 @@ def run_attack(
 
 
 def _run_attack(
-    model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, *, seed: int, batch_size: int
+    model: nn.Module, x: Tensor, y: Tensor, spec: AttackSpec, *, seed: int, batch_size: int,
+    on_stage: Callable[[str], None] | None = None,
 ) -> Tensor:
-    """`run_attack` on images already checked (the spec checks its own ε and norm when it is made)."""
+    """`run_attack` on images already checked (the spec checks its own ε and norm when it is made); `on_stage`
+    hears AutoAttack's sub-attacks start."""
     if spec.attack == "clean":
         return x
     if spec.attack == "fgsm":
@@ -166,7 +176,7 @@ def _run_attack(
     if spec.attack == "autoattack":
         return autoattack(
             model, x, y, eps=spec.eps, norm=spec.norm, version=spec.version or "standard",
-            seed=seed, batch_size=batch_size,
+            seed=seed, batch_size=batch_size, on_stage=on_stage,
         )
     raise UserError(f"unknown attack {spec.attack!r}")
 
@@ -183,6 +193,7 @@ def evaluate_attacks(
     on_result: Callable[[AttackResult], None] | None = None,
     procs: Processes | None = None,
     parts: EvalParts | None = None,
+    progress: ProgressHook | None = None,
 ) -> list[AttackResult]:
     """Per-example correctness under each attack, with the model in eval mode.
 
@@ -195,7 +206,8 @@ def evaluate_attacks(
     attacks its own parts and one sum per attack merges them, so every process returns the same results as one
     process would, exactly. With `parts`, a finished part is read from disk instead of attacked again and every
     part attacked here is saved (see `advtrain.eval.parts`). A CUDA out-of-memory error is a one-line UserError
-    naming a smaller batch (see `advtrain.eval.batching`).
+    naming a smaller batch (see `advtrain.eval.batching`). `progress` hears each attack's images done, chunk by
+    chunk (this process's chunks only), and AutoAttack's sub-attacks as each starts (see `advtrain.eval.progress`).
     """
     check_images(x)  # once here, not for every chunk
     procs = procs or Processes()
@@ -216,18 +228,21 @@ def evaluate_attacks(
             # 1 + correctness where this process owns the example's part, else 0: the sum over processes is
             # 1 or 2 for every example exactly when each part was evaluated by one process.
             owned = torch.zeros(len(y), dtype=torch.int32, device=procs.device)
-            for i, (xb, yb) in enumerate(chunks):
-                if (j * len(chunks) + i) % procs.world != procs.rank:
-                    continue
+            mine = [i for i in range(len(chunks)) if (j * len(chunks) + i) % procs.world == procs.rank]
+            task = TaskProgress(progress, spec.task(), sum(len(chunks[i][1]) for i in mine))
+            for i in mine:
+                xb, yb = chunks[i]
                 key = parts.key(weights, chunk_keys[i], spec.describe(), seed + i, setting) if parts is not None else ""
                 correct = parts.load(key, len(yb)) if parts is not None else None
                 if correct is None:
-                    x_adv = _run_attack(model, xb, yb, spec, seed=seed + i, batch_size=batch_size)
+                    x_adv = _run_attack(model, xb, yb, spec, seed=seed + i, batch_size=batch_size,
+                                        on_stage=task.start_stage if progress is not None else None)
                     with torch.no_grad():
                         correct = (model(x_adv).argmax(1) == yb).cpu()
                     if parts is not None:
                         parts.save(key, correct)
                 owned[i * batch_size:i * batch_size + len(yb)] = 1 + correct.to(owned.device, torch.int32)
+                task.advance(len(yb))
             merged = procs.sum(owned).cpu()
             if not ((merged == 1) | (merged == 2)).all():
                 raise RuntimeError(f"{spec.attack}: {int(((merged < 1) | (merged > 2)).sum())} examples were "
