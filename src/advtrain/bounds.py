@@ -96,13 +96,22 @@ class FieldError(InvalidValue):
     dataclass (`relative`, e.g. "betas[1] must be < 1, got 1.0"), qualified by `owner`: the class name when the
     config is built in Python, the section (e.g. "optim") when it is read from YAML."""
 
-    def __init__(self, relative: str, owner: str = "") -> None:
+    def __init__(self, relative: str, owner: str = "", field: str = "") -> None:
         super().__init__(f"{owner}.{relative}" if owner else relative)
         self.relative = relative
+        self.field = field  # the field `relative` starts with, e.g. "betas"
 
     def under(self, owner: str) -> FieldError:
         """The same error, named from `owner` ("" for the top level)."""
-        return FieldError(self.relative, owner)
+        return FieldError(self.relative, owner, self.field)
+
+    def renamed(self, name: Callable[[str], str]) -> InvalidValue:
+        """The error naming its field as `name(field)` does, list index dropped: "eps[1] must be >= 0" becomes
+        "--eps must be >= 0" for the flag that sets the field."""
+        rest = self.relative.removeprefix(self.field)
+        if self.field and rest.startswith("["):
+            rest = rest.partition("]")[2]
+        return InvalidValue(name(self.field) + rest if self.field else self.relative)
 
 
 class CheckedConfig:
@@ -113,10 +122,22 @@ class CheckedConfig:
         for name, annotation in _field_annotations(type(self)).items():
             try:
                 for parsed in _parsers(annotation):
-                    setattr(self, name, parsed.parse(getattr(self, name), name))
+                    # object.__setattr__: frozen config dataclasses are parsed too
+                    object.__setattr__(self, name, parsed.parse(getattr(self, name), name))
                 check_value(getattr(self, name), annotation, name)
             except UserError as e:
-                raise FieldError(str(e), type(self).__name__) from None
+                raise FieldError(str(e), type(self).__name__, name) from None
+
+
+# Field metadata for a field that config files do not set: the program sets it each time the config is used (an
+# evaluation's device, from the command line or the run's other sections). A file naming it is refused as naming an
+# unknown option, and a run config leaves it out of its config.yaml and digest.
+NOT_IN_FILES = types.MappingProxyType({"in_files": False})
+
+
+def file_fields(cls: type) -> list[str]:
+    """The names of the fields of the config dataclass `cls` that config files set (all but NOT_IN_FILES ones)."""
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("in_files", True)]
 
 
 def _parsers(annotation: Any) -> list[Parsed]:
@@ -203,4 +224,7 @@ def _check_scalar(value: Any, kind: type, where: str) -> None:
         raise UserError(f"{where}: expected a {kind.__name__}, got {value!r}")
 
 
-__all__ = ["Bound", "CheckedConfig", "FieldError", "Ge", "Gt", "Le", "Lt", "Parsed", "check_choice", "check_value"]
+__all__ = [
+    "NOT_IN_FILES", "Bound", "CheckedConfig", "FieldError", "Ge", "Gt", "Le", "Lt", "Parsed", "check_choice",
+    "check_value", "file_fields",
+]
