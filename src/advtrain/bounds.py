@@ -116,10 +116,13 @@ class FieldError(InvalidValue):
 
 class CheckedConfig:
     """Base of the config dataclasses: building one checks every field against its annotation (see the module
-    docstring). A subclass with its own `__post_init__` (cross-field rules) calls `super().__post_init__()` first."""
+    docstring); a tuple given for a list field is stored as a list. A subclass with its own `__post_init__`
+    (cross-field rules) calls `super().__post_init__()` first."""
 
     def __post_init__(self) -> None:
         for name, annotation in _field_annotations(type(self)).items():
+            if isinstance(getattr(self, name), tuple) and _holds_list(annotation):
+                object.__setattr__(self, name, list(getattr(self, name)))  # Python callers write either
             try:
                 for parsed in _parsers(annotation):
                     # object.__setattr__: frozen config dataclasses are parsed too
@@ -138,6 +141,16 @@ NOT_IN_FILES = types.MappingProxyType({"in_files": False})
 def file_fields(cls: type) -> list[str]:
     """The names of the fields of the config dataclass `cls` that config files set (all but NOT_IN_FILES ones)."""
     return [f.name for f in dataclasses.fields(cls) if f.metadata.get("in_files", True)]
+
+
+def _holds_list(annotation: Any) -> bool:
+    """Whether a field of this annotation may hold a list."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _holds_list(get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_holds_list(option) for option in get_args(annotation))
+    return origin is list
 
 
 def _parsers(annotation: Any) -> list[Parsed]:

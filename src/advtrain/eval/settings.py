@@ -53,11 +53,6 @@ def python_keyword(keyword: str) -> str:
     return keyword
 
 
-def _as_list(value: Any, where: str) -> Any:
-    """A tuple as the list the field holds (Python callers write either); anything else is checked as it is."""
-    return list(value) if isinstance(value, tuple) else value
-
-
 @dataclass(frozen=True)
 class EvalSettings(CheckedConfig):
     """What an evaluation runs, on which images, how: a run config's `eval:` section, and what `advtrain eval`,
@@ -65,9 +60,9 @@ class EvalSettings(CheckedConfig):
     field (`FieldError.renamed` names it as a flag or keyword instead)."""
 
     # robustness attacks (ATTACK_ALIASES)
-    attacks: Annotated[list[str], Parsed(_as_list)] = field(default_factory=lambda: ["clean", "pgd"])
+    attacks: list[str] = field(default_factory=lambda: ["clean", "pgd"])
     # None: the threat model's ε (a run's threat.eps); checked as distances under `norm`
-    eps: Annotated[list[Annotated[float, Ge(0), Le(MAX_DISTANCE)]], Parsed(_as_list)] | None = None
+    eps: list[Annotated[float, Ge(0), Le(MAX_DISTANCE)]] | None = None
     steps: Annotated[int, Ge(1)] = 20
     restarts: Annotated[int, Ge(1)] = 1
     step_size: Annotated[float, Gt(0), Le(MAX_DISTANCE)] | None = None  # None: 2.5·ε/steps
@@ -83,7 +78,7 @@ class EvalSettings(CheckedConfig):
     precision: Literal["auto", "fp32", "bf16"] = field(default="fp32", metadata=NOT_IN_FILES)
     seed: Annotated[int, Ge(0), Lt(SEED_LIMIT)] = field(default=0, metadata=NOT_IN_FILES)
     # INEQUALITY_EVALS, run on the same images in fp32, and/or "vulnerability", "invariance" (ANALYSIS_EVALS)
-    inequality: Annotated[list[str], Parsed(_as_list)] = field(default_factory=list, metadata=NOT_IN_FILES)
+    inequality: list[str] = field(default_factory=list, metadata=NOT_IN_FILES)
     inequality_options: InequalityOptions | None = field(default=None, metadata=NOT_IN_FILES)
     # `vulnerability` runs on the first n images of this split
     vulnerability_split: Literal["train", "test"] = field(default="train", metadata=NOT_IN_FILES)
