@@ -45,7 +45,8 @@ def test_an_unknown_name_lists_the_closest_bundled_names():
     with pytest.raises(UserError) as raised:
         config_path("digits_trade")
     message = str(raised.value)
-    assert message.startswith("no config file or bundled config named 'digits_trade': did you mean 'digits_trades'")
+    assert message.startswith("config 'digits_trade' not found, as a file or a bundled config: did you mean "
+                              "'digits_trades'")
     assert "`advtrain configs` lists the bundled ones" in message and "\n" not in message
     assert suggestion("digits_fgsm_r", list(bundled_configs()), 3).startswith("did you mean 'digits_fgsm_rs', ")
     assert suggestion("zzz", ["digits"], 3) == ""
@@ -64,8 +65,8 @@ def test_an_unknown_config_name_exits_2_with_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "advtrain", "train", "--config", "digits_trdes", "--out",
                            str(tmp_path / "run")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 2
-    assert done.stderr.startswith("advtrain: error: no config file or bundled config named 'digits_trdes': did you "
-                                  "mean 'digits_trades'")
+    assert done.stderr.startswith("advtrain: error: config 'digits_trdes' not found, as a file or a bundled config: "
+                                  "did you mean 'digits_trades'")
     assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
     assert not (tmp_path / "run").exists()
 

@@ -279,8 +279,8 @@ def config_path(name: Path | str) -> Path:
         return path
     if stem in bundled:
         return bundled[stem]
-    raise UserError(f"no config file or bundled config named {str(name)!r}: {suggestion(stem, list(bundled), 3)}"
-                    "`advtrain configs` lists the bundled ones; or pass the path of a YAML file")
+    raise UserError(f"config {str(name)!r} not found, as a file or a bundled config: "
+                    f"{suggestion(stem, list(bundled), 3)}`advtrain configs` lists the bundled ones")
 
 
 def config_description(path: Path) -> str:
