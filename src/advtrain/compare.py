@@ -33,7 +33,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from advtrain.bounds import FieldError
 from advtrain.config import RunConfig, apply_overrides, config_from_dict, read_yaml
 from advtrain.data import Dataset
 from advtrain.errors import TrainingStopped, UserError
@@ -47,6 +46,7 @@ from advtrain.eval import (
 from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
 from advtrain.eval.inequality import INEQUALITY_EVALS
 from advtrain.eval.parts import EvalParts
+from advtrain.eval.settings import cli_flag, eval_settings
 from advtrain.fileio import atomic_write_text
 from advtrain.report.grid import Cell, summarize, summary_markdown, write_csv
 from advtrain.report.html_report import write_html_report
@@ -226,10 +226,8 @@ def cell_config(grid: Grid, row: Row, seed: int, out: Path) -> RunConfig:
 def _protocol(grid: Grid, config: RunConfig) -> EvalSettings:
     """The grid's protocol for a cell (checked): the threat model's ε and norm where the grid names none."""
     options = {**grid.eval, "eps": grid.eval.get("eps") or [config.threat.eps]}
-    try:
-        return EvalSettings(**options, norm=config.threat.norm, device=config.train.device)
-    except FieldError as e:
-        raise e.under("eval") from None
+    # A bad value is named by the `advtrain eval` flag of the same setting (--steps).
+    return eval_settings(cli_flag, **options, norm=config.threat.norm, device=config.train.device)
 
 
 def run_grid(grid: Grid, out: Path, *, log: Callable[[str], None] = print) -> dict[str, list[Path]]:
