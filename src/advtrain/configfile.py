@@ -284,11 +284,24 @@ def config_path(name: Path | str) -> Path:
 
 
 def config_description(path: Path) -> str:
-    """The first line of the comment a config file starts with ("" for none), its trailing comma or colon
-    dropped: what `advtrain configs` shows for it."""
+    """What `advtrain configs` shows for a config file: the headline of the comment it starts with, i.e. up to the
+    first colon or full stop outside parentheses that ends a clause ("" without a leading comment)."""
+    lines = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            return line.lstrip("#").strip().rstrip(",;:")
-        if line.strip():
-            break
-    return ""
+        if not line.startswith("#"):
+            if lines or line.strip():
+                break
+            continue
+        lines.append(line.lstrip("#").strip())
+    text = " ".join(lines)
+    depth = 0
+    for i, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        after = text[i + 1: i + 3]
+        if char == ":":
+            ends = after[:1] in (" ", "")
+        else:  # ". X" ends a sentence, as does a stop at the end; "et al. 2020" does not
+            ends = char == "." and (after == "" or (after[0] == " " and after[1:].isupper()))
+        if depth == 0 and ends:
+            return text[:i]
+    return text
