@@ -221,3 +221,13 @@ def test_settings_set_per_evaluation():
     assert list(load_config(None).to_dict()["eval"]) == file_fields(EvalSettings)
     assert set(file_fields(EvalSettings)) == {"attacks", "eps", "steps", "restarts", "step_size", "n", "checkpoint",
                                               "batch_size"}
+
+
+def test_the_eval_section_takes_the_threat_models_norm():
+    assert RunConfig(threat=ThreatConfig(norm="l2", eps=0.5)).eval.norm == "l2"
+    assert load_config(None, ["threat.norm=L2", "threat.eps=0.5", "eval.eps=[2]"]).eval.eps == [2.0]  # an L2 radius
+    # Under the run's L∞ threat model, an ε of 2 is in 0..255 pixel units, whatever norm the section was built with.
+    with pytest.raises(UserError, match=r"^eval\.eps\[0\]=2 is in 0\.\.255 pixel units; advtrain uses \[0, 1\]"):
+        RunConfig(eval=EvalSettings(eps=[2], norm="l2"))
+    with pytest.raises(UserError, match=r"^unknown option 'eval\.norm': valid options here are attacks,"):
+        load_config(None, ["eval.norm=l2"])

@@ -178,8 +178,8 @@ class RunConfig(CheckedConfig):
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     averaging: AveragingConfig = field(default_factory=AveragingConfig)
     vulnerability: VulnerabilityConfig = field(default_factory=VulnerabilityConfig)
-    # What `advtrain train` evaluates at the end; its fields marked NOT_IN_FILES are set then (advtrain.workflow),
-    # but its norm: the threat model's.
+    # What `advtrain train` evaluates at the end. Of its NOT_IN_FILES fields, `norm` is kept to threat.norm here;
+    # advtrain.workflow sets the others for that evaluation.
     eval: EvalSettings = field(default_factory=EvalSettings)
 
     def __post_init__(self) -> None:
