@@ -33,7 +33,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from advtrain.config import RunConfig, apply_overrides, config_from_dict, read_yaml
+from advtrain.config import RunConfig, config_from_dict
+from advtrain.configfile import apply_overrides, read_yaml
 from advtrain.data import Dataset
 from advtrain.errors import TrainingStopped, UserError
 from advtrain.eval import (

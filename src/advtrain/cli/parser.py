@@ -30,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _eps_list(text: str) -> list[float]:
-    from advtrain.config import parse_number
+    from advtrain.configfile import parse_number
 
     try:
         values = [parse_number(part, "value") for part in text.split(",") if part.strip()]
