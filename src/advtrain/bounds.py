@@ -6,7 +6,7 @@
 Every config dataclass derives from `CheckedConfig`, whose `__post_init__` checks each field's value against its
 annotation (type, `Literal` choices, bounds), so a config built in Python (`TRADESConfig(beta=-1)`) is refused
 just as one read from YAML is: with a one-line `FieldError` (a UserError and a ValueError) naming the field. The
-YAML loader (`advtrain.config`) relies on this same check. This module imports nothing from advtrain but
+YAML loader (`advtrain.configfile`) relies on this same check. This module imports nothing from advtrain but
 `errors`, so method modules can use it without importing `advtrain.config` (which imports the methods).
 """
 
