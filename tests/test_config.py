@@ -8,9 +8,10 @@ from typing import Annotated, get_args, get_origin, get_type_hints
 import pytest
 import yaml
 
-from advtrain.bounds import Bound, Ge, Gt, Le, Lt
+from advtrain.bounds import Bound, Ge, Gt, Le, Lt, file_fields
 from advtrain.checkpoint import save_weights
 from advtrain.config import RunConfig, ScheduleConfig, config_from_dict, dump_yaml, load_config, parse_number
+from advtrain.configfile import bundled_configs
 from advtrain.errors import UserError
 from advtrain.methods import list_methods, method_class
 from advtrain.models.spec import ModelSpec
@@ -166,6 +167,8 @@ def _bounded_fields() -> list[tuple[str, list[str], Bound, type]]:
     found = _bounds_of(get_type_hints(RunConfig, include_extras=True)["seed"], "seed", [])
     for section, cls, extra in sections:
         for name, tp in get_type_hints(cls, include_extras=True).items():
+            if name not in file_fields(cls):
+                continue  # set for each evaluation, not by config files (EvalSettings.seed)
             key = f"{section}.{name}"
             found += _bounds_of(tp, key, [*extra, *FIELD_REQUIRED.get(key, [])])
     return found
@@ -242,3 +245,52 @@ def test_sat_r_configs_describe_the_validation_the_code_runs(r):
     header = " ".join(line for line in path.read_text().splitlines() if line.startswith("#"))
     assert "I-FGSM-3" in header and "val_ifgsm_acc" in header
     assert "PGD-10" not in header  # the old comment claimed validation used the trainer's PGD-10
+
+
+# RunConfig.digest() of every bundled config (but the IGD ones, whose digest holds their teacher's path), as recorded
+# before the eval section became EvalSettings. Every checkpoint stores it and resuming compares it, so it must not
+# change: old runs stay resumable.
+BUNDLED_DIGESTS = {
+    "cifar10_preact_resnet18_awp": "97f9ca12695a56b6",
+    "cifar10_preact_resnet18_fgsm": "c792c054df46e38f",
+    "cifar10_preact_resnet18_fgsm_rs": "a1b27b146a81f4d3",
+    "cifar10_preact_resnet18_grad_align": "96e898cd1b52080b",
+    "cifar10_preact_resnet18_iseat": "4017f4edd12a7084",
+    "cifar10_preact_resnet18_n_fgsm": "48034ca39532f2dd",
+    "cifar10_preact_resnet18_pgd_at": "2f8c0b5a48fb526a",
+    "cifar10_resnet18_arat": "d6eb870186942403",
+    "cifar10_resnet18_arat_swa": "9122c9eb5f387cc2",
+    "cifar10_resnet18_mart": "4db195054d7a2d1e",
+    "cifar10_resnet18_standard": "d3c19c95d1407c0f",
+    "cifar10_wrn28_10_sat_r1": "0663449d6f034fa2",
+    "cifar10_wrn28_10_sat_r2": "b754ce394e1f5afe",
+    "cifar10_wrn28_10_sat_r3": "7c62291ac76142ab",
+    "cifar10_wrn34_10_arat": "79f0509ef55224e5",
+    "cifar10_wrn34_10_pgd_at": "9ded867c10f3e91f",
+    "cifar10_wrn34_10_trades": "94d411b05f7b80df",
+    "cifar10_wrn34_10_trades_awp": "4800c46387b8bd34",
+    "digits": "7a7d945be3f8bd9b",
+    "digits_arat": "0b11d09cce333ed9",
+    "digits_awp": "7a6d6fb6cadb0417",
+    "digits_fgsm": "ac4fbb053e23e3f9",
+    "digits_fgsm_rs": "afe9495f2593d3a8",
+    "digits_grad_align": "ed8ca942a8bd0a00",
+    "digits_iseat": "45da2e4924dcc1fe",
+    "digits_mart": "8217571985c9d3b2",
+    "digits_n_fgsm": "2c394322bad360e6",
+    "digits_sat_r1": "b14bdb82bef72ff9",
+    "digits_sat_r2": "58c1a4f11f871540",
+    "digits_sat_r3": "578c1231a4f7e6e9",
+    "digits_trades": "3fb5bf56216da6fb",
+}
+EVAL_OVERRIDES = ["eval.attacks=[clean, fgsm, aa]", "eval.eps=[2/255, 8/255]", "eval.steps=7", "eval.restarts=2",
+                  "eval.step_size=1/255", "eval.n=100", "eval.batch_size=64", "eval.checkpoint=last"]
+
+
+def test_the_digests_of_the_bundled_configs_are_the_ones_old_runs_recorded():
+    bundled = bundled_configs()
+    assert set(BUNDLED_DIGESTS) == {name for name in bundled if not name.endswith("_igd")}
+    assert {name: load_config(bundled[name]).digest() for name in BUNDLED_DIGESTS} == BUNDLED_DIGESTS
+    assert load_config(None).digest() == "573cdcc63e1a8dfa"
+    assert load_config(bundled["digits"], EVAL_OVERRIDES).digest() == "04cf96467c3f5464"
+    assert load_config(None, ["threat.norm=l2", "threat.eps=0.5", "eval.eps=[0.25, 2]"]).digest() == "272da7c7e9e46345"

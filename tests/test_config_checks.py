@@ -10,12 +10,12 @@ from typing import Annotated, Literal, get_args, get_origin, get_type_hints
 
 import pytest
 
-from advtrain.bounds import Bound, Parsed
+from advtrain.bounds import Bound, Parsed, file_fields
 from advtrain.checkpoint import save_weights
 from advtrain.config import (
     AveragingConfig,
     DataConfig,
-    EvalConfig,
+    EvalSettings,
     ModelConfig,
     MonitorConfig,
     OptimConfig,
@@ -38,7 +38,7 @@ from advtrain.models.spec import ModelSpec
 SECTIONS = [(cls, section, []) for section, cls in [
     ("data", DataConfig), ("model", ModelConfig), ("threat", ThreatConfig), ("optim", OptimConfig),
     ("schedule", ScheduleConfig), ("train", TrainConfig), ("monitor", MonitorConfig),
-    ("vulnerability", VulnerabilityConfig), ("averaging", AveragingConfig), ("eval", EvalConfig)]]
+    ("vulnerability", VulnerabilityConfig), ("averaging", AveragingConfig), ("eval", EvalSettings)]]
 SECTIONS += [(method_class(m).config_class, "method", [f"method.name={m}"])
              for m in list_methods() if not m.startswith("test_")]  # not the methods other test files register
 SECTIONS += [(RunConfig, "", [])]
@@ -58,6 +58,8 @@ def _bounded() -> list[tuple[type, str, list[str], str, Bound, type, bool]]:
     found = []
     for cls, section, overrides in SECTIONS:
         for name, tp in get_type_hints(cls, include_extras=True).items():
+            if name not in file_fields(cls):
+                continue  # not an option of config files (EvalSettings.seed): see test_settings_set_per_evaluation
             tp, is_list = _unwrap(tp)
             if get_origin(tp) is Annotated:
                 base, *marks = get_args(tp)
@@ -66,6 +68,11 @@ def _bounded() -> list[tuple[type, str, list[str], str, Bound, type, bool]]:
 
 
 BOUNDED = _bounded()
+
+
+# The fields' own bound on a distance (MAX_DISTANCE) is the L2 one; under L∞ (the default norm) the classes refuse
+# more than 1. Per class: what sets the L2 norm in Python, and in a YAML config.
+L2_NORM = {ThreatConfig: ({"norm": "l2"}, ["threat.norm=l2"]), EvalSettings: ({"norm": "l2"}, ["threat.norm=l2"])}
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +101,10 @@ def test_every_bound_is_checked_in_python_with_the_yaml_message(
         cls, section, overrides, name, bound, base, is_list, required):
     beyond, inside = _beyond_and_inside(bound, base)
     kwargs = required.get(cls, {})
+    l2_kwargs, l2_overrides = L2_NORM.get(cls, ({}, []))
     field = f"{name}[0]" if is_list else name
     with pytest.raises(ValueError) as python:
-        cls(**kwargs, **{name: [beyond] if is_list else beyond})
+        cls(**kwargs, **l2_kwargs, **{name: [beyond] if is_list else beyond})
     message = str(python.value)
     assert isinstance(python.value, UserError)
     assert message.startswith(f"{cls.__name__}.{field}"), message
@@ -108,18 +116,18 @@ def test_every_bound_is_checked_in_python_with_the_yaml_message(
     text = repr(beyond) if is_list or base is float else str(beyond)
     option = f"{section}.{name}" if section else name
     with pytest.raises(UserError) as yaml:
-        load_config(None, [*overrides, *(f"{section}.{k}={v}" for k, v in kwargs.items()),
+        load_config(None, [*overrides, *l2_overrides, *(f"{section}.{k}={v}" for k, v in kwargs.items()),
                            f"{option}=[{text}]" if is_list else f"{option}={text}"])
     assert str(yaml.value) == message.replace(f"{cls.__name__}.", f"{section}." if section else "", 1)
 
-    config = cls(**kwargs, **{name: [inside] if is_list else inside})
+    config = cls(**kwargs, **l2_kwargs, **{name: [inside] if is_list else inside})
     assert getattr(config, name) == ([inside] if is_list else inside)
 
 
 def test_every_config_class_has_bounds_to_check():
     # Methods without a numeric option (fgsm, standard) have none; every other class must show up above.
     bounded = {cls for cls, *_ in BOUNDED}
-    assert {TRADESConfig, TrainConfig, OptimConfig, EvalConfig, RunConfig, AWPConfig} <= bounded
+    assert {TRADESConfig, TrainConfig, OptimConfig, EvalSettings, RunConfig, AWPConfig} <= bounded
 
 
 def _choice_fields() -> list[tuple[type, str, tuple[str, ...]]]:
@@ -198,3 +206,28 @@ def test_a_norm_spelling_is_normalised_in_python_as_in_yaml():
     assert ThreatConfig(norm="L2", eps=0.5).norm == "l2"
     with pytest.raises(ValueError, match=r"ThreatConfig\.norm: unknown norm 'foo'; use linf"):
         ThreatConfig(norm="foo")
+
+
+def test_settings_set_per_evaluation():
+    """EvalSettings' fields that config files do not set (NOT_IN_FILES) are still checked in Python; a run config's
+    `eval:` section refuses them by name and leaves them out of config.yaml."""
+    with pytest.raises(ValueError, match=r"^EvalSettings\.seed must be >= 0, got -1$"):
+        EvalSettings(seed=-1)
+    with pytest.raises(ValueError, match=r"^EvalSettings\.precision: 'fp16' is not allowed: .* auto, fp32, bf16$"):
+        EvalSettings(precision="fp16")
+    with pytest.raises(UserError, match=r"^unknown option 'eval\.seed': valid options here are attacks, batch_size, "
+                                        r"checkpoint, eps, n, restarts, step_size, steps$"):
+        load_config(None, ["eval.seed=3"])
+    assert list(load_config(None).to_dict()["eval"]) == file_fields(EvalSettings)
+    assert set(file_fields(EvalSettings)) == {"attacks", "eps", "steps", "restarts", "step_size", "n", "checkpoint",
+                                              "batch_size"}
+
+
+def test_the_eval_section_takes_the_threat_models_norm():
+    assert RunConfig(threat=ThreatConfig(norm="l2", eps=0.5)).eval.norm == "l2"
+    assert load_config(None, ["threat.norm=L2", "threat.eps=0.5", "eval.eps=[2]"]).eval.eps == [2.0]  # an L2 radius
+    # Under the run's L∞ threat model, an ε of 2 is in 0..255 pixel units, whatever norm the section was built with.
+    with pytest.raises(UserError, match=r"^eval\.eps\[0\]=2 is in 0\.\.255 pixel units; advtrain uses \[0, 1\]"):
+        RunConfig(eval=EvalSettings(eps=[2], norm="l2"))
+    with pytest.raises(UserError, match=r"^unknown option 'eval\.norm': valid options here are attacks,"):
+        load_config(None, ["eval.norm=l2"])

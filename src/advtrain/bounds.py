@@ -6,7 +6,7 @@
 Every config dataclass derives from `CheckedConfig`, whose `__post_init__` checks each field's value against its
 annotation (type, `Literal` choices, bounds), so a config built in Python (`TRADESConfig(beta=-1)`) is refused
 just as one read from YAML is: with a one-line `FieldError` (a UserError and a ValueError) naming the field. The
-YAML loader (`advtrain.config`) relies on this same check. This module imports nothing from advtrain but
+YAML loader (`advtrain.configfile`) relies on this same check. This module imports nothing from advtrain but
 `errors`, so method modules can use it without importing `advtrain.config` (which imports the methods).
 """
 
@@ -96,27 +96,61 @@ class FieldError(InvalidValue):
     dataclass (`relative`, e.g. "betas[1] must be < 1, got 1.0"), qualified by `owner`: the class name when the
     config is built in Python, the section (e.g. "optim") when it is read from YAML."""
 
-    def __init__(self, relative: str, owner: str = "") -> None:
+    def __init__(self, relative: str, owner: str = "", field: str = "") -> None:
         super().__init__(f"{owner}.{relative}" if owner else relative)
         self.relative = relative
+        self.field = field  # the field `relative` starts with, e.g. "betas"
 
     def under(self, owner: str) -> FieldError:
         """The same error, named from `owner` ("" for the top level)."""
-        return FieldError(self.relative, owner)
+        return FieldError(self.relative, owner, self.field)
+
+    def renamed(self, name: Callable[[str], str]) -> InvalidValue:
+        """The error naming its field as `name(field)` does, list index dropped: "eps[1] must be >= 0" becomes
+        "--eps must be >= 0" for the flag that sets the field."""
+        rest = self.relative.removeprefix(self.field)
+        if self.field and rest.startswith("["):
+            rest = rest.partition("]")[2]
+        return InvalidValue(name(self.field) + rest if self.field else self.relative)
 
 
 class CheckedConfig:
     """Base of the config dataclasses: building one checks every field against its annotation (see the module
-    docstring). A subclass with its own `__post_init__` (cross-field rules) calls `super().__post_init__()` first."""
+    docstring); a tuple given for a list field is stored as a list. A subclass with its own `__post_init__`
+    (cross-field rules) calls `super().__post_init__()` first."""
 
     def __post_init__(self) -> None:
         for name, annotation in _field_annotations(type(self)).items():
+            if isinstance(getattr(self, name), tuple) and _holds_list(annotation):
+                object.__setattr__(self, name, list(getattr(self, name)))  # Python callers write either
             try:
                 for parsed in _parsers(annotation):
-                    setattr(self, name, parsed.parse(getattr(self, name), name))
+                    # object.__setattr__: frozen config dataclasses are parsed too
+                    object.__setattr__(self, name, parsed.parse(getattr(self, name), name))
                 check_value(getattr(self, name), annotation, name)
             except UserError as e:
-                raise FieldError(str(e), type(self).__name__) from None
+                raise FieldError(str(e), type(self).__name__, name) from None
+
+
+# Field metadata for a field that config files do not set: the program sets it each time the config is used (an
+# evaluation's device, from the command line or the run's other sections). A file naming it is refused as naming an
+# unknown option, and a run config leaves it out of its config.yaml and digest.
+NOT_IN_FILES = types.MappingProxyType({"in_files": False})
+
+
+def file_fields(cls: type) -> list[str]:
+    """The names of the fields of the config dataclass `cls` that config files set (all but NOT_IN_FILES ones)."""
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("in_files", True)]
+
+
+def _holds_list(annotation: Any) -> bool:
+    """Whether a field of this annotation may hold a list."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _holds_list(get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_holds_list(option) for option in get_args(annotation))
+    return origin is list
 
 
 def _parsers(annotation: Any) -> list[Parsed]:
@@ -203,4 +237,7 @@ def _check_scalar(value: Any, kind: type, where: str) -> None:
         raise UserError(f"{where}: expected a {kind.__name__}, got {value!r}")
 
 
-__all__ = ["Bound", "CheckedConfig", "FieldError", "Ge", "Gt", "Le", "Lt", "Parsed", "check_choice", "check_value"]
+__all__ = [
+    "NOT_IN_FILES", "Bound", "CheckedConfig", "FieldError", "Ge", "Gt", "Le", "Lt", "Parsed", "check_choice",
+    "check_value", "file_fields",
+]

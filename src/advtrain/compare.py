@@ -33,7 +33,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from advtrain.config import RunConfig, apply_overrides, config_from_dict, read_yaml
+from advtrain.config import RunConfig, config_from_dict
+from advtrain.configfile import apply_overrides, read_yaml
 from advtrain.data import Dataset
 from advtrain.errors import TrainingStopped, UserError
 from advtrain.eval import (
@@ -46,6 +47,7 @@ from advtrain.eval import (
 from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
 from advtrain.eval.inequality import INEQUALITY_EVALS
 from advtrain.eval.parts import EvalParts
+from advtrain.eval.settings import cli_flag, eval_settings
 from advtrain.fileio import atomic_write_text
 from advtrain.progress_display import shown_progress
 from advtrain.report.grid import Cell, summarize, summary_markdown, write_csv
@@ -83,7 +85,7 @@ class Grid:
     common: tuple[str, ...]
     rows: tuple[Row, ...]
     seeds: tuple[int, ...]
-    eval: EvalSettings
+    eval: Mapping[str, Any]  # the grid's `eval:` options as EvalSettings fields; each cell's protocol: `_protocol`
     source: Path = field(default=Path("grid.yaml"))
 
     def cell_name(self, row: Row, seed: int) -> str:
@@ -182,7 +184,7 @@ def load_grid(path: Path) -> Grid:
                 raise UserError(f"{path}: {row.key}: {key}: {REFERENCE}{target} names no earlier row: put "
                                 f"that method first (earlier: {earlier})")
     grid = Grid(str(raw.get("name") or path.stem), base_path, common, tuple(rows), tuple(seeds),
-                _eval_settings(raw.get("eval"), path), path)
+                _eval_options(raw.get("eval"), path), path)
     for row in rows:  # every config and the protocol are checked now (rows with references: once those exist)
         if not row.references:
             try:
@@ -192,7 +194,7 @@ def load_grid(path: Path) -> Grid:
     return grid
 
 
-def _eval_settings(section: Any, path: Path) -> EvalSettings:
+def _eval_options(section: Any, path: Path) -> dict[str, Any]:
     values = dict(_pairs(section, f"{path}: eval"))
     for key in values:
         if key not in EVAL_KEYS:
@@ -202,10 +204,10 @@ def _eval_settings(section: Any, path: Path) -> EvalSettings:
     names = values.pop("attacks", ["clean", "pgd"])
     if not isinstance(names, list):
         raise UserError(f"{path}: eval: attacks must be a list, e.g. [clean, pgd, aa]")
-    attacks, analyses = split_attack_names(names)
-    eps = values.pop("eps", None)
-    return EvalSettings(attacks=attacks, inequality=analyses,
-                        eps=tuple(eps if isinstance(eps, list) else [eps]) if eps is not None else (), **values)
+    values["attacks"], values["inequality"] = split_attack_names(names)
+    if values.get("eps") is not None and not isinstance(values["eps"], list):
+        values["eps"] = [values["eps"]]
+    return values
 
 
 def _referenced(rows: Sequence[Row], method: str, combo: tuple[tuple[str, Any], ...]) -> Row | None:
@@ -225,13 +227,9 @@ def cell_config(grid: Grid, row: Row, seed: int, out: Path) -> RunConfig:
 
 def _protocol(grid: Grid, config: RunConfig) -> EvalSettings:
     """The grid's protocol for a cell (checked): the threat model's ε and norm where the grid names none."""
-    settings = replace(grid.eval, eps=grid.eval.eps or (config.threat.eps,), norm=config.threat.norm,
-                       device=config.train.device)
-    try:
-        settings.check()
-    except TypeError:  # a comparison of a string from the grid file with a number
-        raise UserError("eval: every value must be a number (eps a list of numbers)") from None
-    return settings
+    options = {**grid.eval, "eps": grid.eval.get("eps") or [config.threat.eps]}
+    # A bad value is named by the `advtrain eval` flag of the same setting (--steps).
+    return eval_settings(cli_flag, **options, norm=config.threat.norm, device=config.train.device)
 
 
 def run_grid(grid: Grid, out: Path, *, log: Callable[[str], None] = print) -> dict[str, list[Path]]:

@@ -1,37 +1,33 @@
-"""Typed run configuration: dataclasses, YAML files, `--set key=value` overrides, validation.
+"""Typed run configuration: the dataclasses of a run config's sections, `RunConfig`, and its checks.
 
-Every option has a named field with its default; unknown keys and bad values raise a one-line
-`UserError` with a suggestion. Numbers accept fractions such as `8/255`. Single-field ranges are declared on
-the fields themselves (`Annotated[int, Ge(1)]`, see `advtrain.bounds`) and checked whenever a config dataclass is
-built, from YAML or in Python; `validate()` holds only the checks that involve several fields or a registry of
-names, and runs whenever a RunConfig is built.
+Every option has a named field with its default. Single-field ranges are declared on the fields themselves
+(`Annotated[int, Ge(1)]`, see `advtrain.bounds`) and checked whenever a config dataclass is built, from YAML or in
+Python; `validate()` holds only the checks that involve several sections or a registry of names, and runs whenever
+a RunConfig is built. Reading YAML files and `--set` overrides is `advtrain.configfile`'s part.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal
 
 import torch
 import yaml
 
-from advtrain.attacks import MAX_DISTANCE, Norm, ThreatModel, check_distance, parse_norm
-from advtrain.bounds import CheckedConfig, FieldError, Ge, Gt, Le, Lt, Parsed, check_value
+from advtrain.attacks import MAX_DISTANCE, Norm, ThreatModel, parse_norm
+from advtrain.bounds import CheckedConfig, FieldError, Ge, Gt, Le, Lt, Parsed, file_fields
+from advtrain.configfile import apply_overrides, build_config, config_path, parse_number, read_yaml
 from advtrain.data.sources import check_dataset_args
 from advtrain.errors import UserError
-from advtrain.eval.robustness import check_attack_names
+from advtrain.eval.settings import EvalSettings
 from advtrain.methods import MethodConfig, method_class
 from advtrain.models.registry import check_model_args
 from advtrain.runtime import SEED_LIMIT, CompileMode
-from advtrain.yamltags import refused_tag
 
 
 @dataclass
@@ -58,7 +54,14 @@ class ModelConfig(CheckedConfig):
 @dataclass
 class ThreatConfig(CheckedConfig):
     norm: Annotated[Norm, Parsed(parse_norm)] = "linf"  # linf (also Linf, inf) or l2 (L2)
-    eps: Annotated[float, Ge(0), Le(MAX_DISTANCE)] = 8 / 255  # in [0, 1] pixel units: 8/255, not 8 (validate)
+    eps: Annotated[float, Ge(0), Le(MAX_DISTANCE)] = 8 / 255  # in [0, 1] pixel units: 8/255, not 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            ThreatModel(self.norm, self.eps)  # refuses an L∞ radius in 0..255 pixel units (8)
+        except UserError as e:
+            raise FieldError(str(e), type(self).__name__, "eps") from None
 
 
 @dataclass
@@ -163,19 +166,6 @@ class AveragingConfig(CheckedConfig):
 
 
 @dataclass
-class EvalConfig(CheckedConfig):
-    attacks: list[str] = field(default_factory=lambda: ["clean", "pgd"])  # names: see eval.ATTACK_ALIASES
-    eps: list[Annotated[float, Ge(0), Le(MAX_DISTANCE)]] | None = None  # None: the threat model's ε
-    steps: Annotated[int, Ge(1)] = 20
-    restarts: Annotated[int, Ge(1)] = 1
-    step_size: Annotated[float, Gt(0), Le(MAX_DISTANCE)] | None = None  # None: 2.5·ε/steps
-    n: Annotated[int, Ge(1)] | None = None  # first n test images; None = all
-    checkpoint: Literal["best", "last", "ema", "swa"] = "best"  # ema/swa need the `averaging` section
-    # auto: sized to the device's free memory (256 on CPU), see advtrain.eval.batching
-    batch_size: Annotated[int, Ge(1)] | Literal["auto"] = "auto"
-
-
-@dataclass
 class RunConfig(CheckedConfig):
     seed: Annotated[int, Ge(0), Lt(SEED_LIMIT)] = 0  # see runtime.SEED_LIMIT
     data: DataConfig = field(default_factory=DataConfig)
@@ -188,17 +178,27 @@ class RunConfig(CheckedConfig):
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     averaging: AveragingConfig = field(default_factory=AveragingConfig)
     vulnerability: VulnerabilityConfig = field(default_factory=VulnerabilityConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    # What `advtrain train` evaluates at the end. Of its NOT_IN_FILES fields, `norm` is kept to threat.norm here;
+    # advtrain.workflow sets the others for that evaluation.
+    eval: EvalSettings = field(default_factory=EvalSettings)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.eval.norm != self.threat.norm:  # the eval section checks its ε as distances under this norm
+            try:
+                self.eval = dataclasses.replace(self.eval, norm=self.threat.norm)
+            except FieldError as e:
+                raise e.under("eval") from None
         validate(self)  # the checks across sections, for a config built in Python as for one read from YAML
 
     def threat_model(self) -> ThreatModel:
         return ThreatModel(self.threat.norm, self.threat.eps)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The options as config.yaml holds them (not the eval fields set for each evaluation)."""
+        options = dataclasses.asdict(self)
+        options["eval"] = {name: options["eval"][name] for name in file_fields(EvalSettings)}
+        return options
 
     def digest(self) -> str:
         """A short hash of the resolved config, recorded with every checkpoint.
@@ -213,238 +213,21 @@ class RunConfig(CheckedConfig):
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def parse_number(value: Any, where: str) -> float:
-    """A float from a number or a string such as '8/255' or '0.03'."""
-    if isinstance(value, bool):
-        raise UserError(f"{where}: expected a number, got {value!r}")
-    number: float | None = None
-    if isinstance(value, int | float):
-        try:
-            number = float(value)
-        except OverflowError:  # an int beyond float range, e.g. 10**400
-            number = math.inf
-    elif isinstance(value, str):
-        text = value.strip()
-        try:
-            if "/" in text:
-                num, den = text.split("/", 1)
-                number = float(num) / float(den)
-            else:
-                number = float(text)
-        except (ValueError, ZeroDivisionError, OverflowError):
-            pass
-    if number is None:
-        raise UserError(f"{where}: expected a number such as 0.03 or 8/255, got {value!r}")
-    # No option means anything at inf or nan: they would only surface later as a diverging loss or an empty
-    # attack, after files were written.
-    if not math.isfinite(number):
-        raise UserError(f"{where}: expected a finite number such as 0.03 or 8/255, got {value!r}")
-    return number
-
-
-def _show(name: str) -> str:
-    """`name` as typed, or its repr if it holds a line break or another unprintable character.
-
-    Error messages are one line; a key such as 'a\\nb' from a YAML file must not break that.
-    """
-    return name if name.isprintable() else repr(name)
-
-
-_MAX_DEPTH = 16  # of lists and mappings inside an option value
-
-
-def _plain(value: Any, where: str, depth: int = 0) -> Any:
-    """`value` if it is made of YAML/JSON scalars, lists and string-keyed mappings, else a UserError.
-
-    Free-form options (`data.options`, `model.options`) end up as keyword arguments and in the JSON
-    checkpoint sidecar, so dates, binary blobs, non-string keys and non-finite floats are refused up front.
-    The depth limit also stops YAML anchors that make a value contain itself (`&a [*a]`).
-    """
-    if depth > _MAX_DEPTH:
-        option = where.partition("[")[0]  # the option's own name, without the list indices that led here
-        raise UserError(f"{option}: nested more than {_MAX_DEPTH} levels deep (or contains itself): simplify it")
-    if value is None or isinstance(value, bool | int | str):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise UserError(f"{where}: expected a finite number, got {value!r}")
-        return value
-    if isinstance(value, list | tuple):
-        return [_plain(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        for key in value:
-            if not isinstance(key, str):
-                raise UserError(f"{where}: option names must be strings, got {key!r}")
-        return {k: _plain(v, f"{where}.{_show(k)}", depth + 1) for k, v in value.items()}
-    raise UserError(f"{where}: expected a number, string, list or mapping, got {value!r}")
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    origin = get_origin(tp)
-    if origin is Annotated:
-        # Annotated[T, Parsed(f), Ge(1), ...]: parse with f and coerce to T; the bounds are checked when the
-        # dataclass is built (bounds.CheckedConfig), as for a config built in Python.
-        base, *extras = get_args(tp)
-        for extra in extras:
-            if isinstance(extra, Parsed):
-                value = extra.parse(value, where)
-        return _coerce(value, base, where)
-    if origin in (typing.Union, types.UnionType):
-        options = get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in (o for o in options if o is not type(None)):
-            try:
-                return _coerce(value, option, where)
-            except UserError as e:
-                # A Literal of words speaks for strings only: for a number (`eval.batch_size: 0`), the numeric
-                # option's error says what is wrong (its bound), not "choose one of auto".
-                if get_origin(option) is not Literal or isinstance(value, str):
-                    errors.append(str(e))
-        raise UserError(errors[-1] if errors else f"{where}: bad value {value!r}")
-    if origin is Literal or tp in (bool, int, str):
-        check_value(value, tp, where)  # nothing to convert: YAML writes these as they are
-        return value
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise UserError(f"{where}: expected a list, got {value!r}")
-        (item,) = get_args(tp)
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"{where}: expected a mapping, got {value!r}")
-        # Option mappings become keyword arguments of a loader or model builder, so their names are identifiers.
-        for key in value:
-            if not (isinstance(key, str) and key.isidentifier()):
-                raise UserError(f"{where}: option names are identifiers (letters, digits, _), got {key!r}")
-        return _plain(value, where)
-    if tp is float:
-        return parse_number(value, where)
-    if tp is Any:
-        return _plain(value, where)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)
-    raise TypeError(f"unsupported config type {tp!r} at {where}")
-
-
-def _build(cls: type, raw: Any, where: str) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{where or 'config'}: expected a mapping, got {raw!r}")
-    if cls is MethodConfig:
-        name = raw.get("name", "pgd_at")
-        if not isinstance(name, str):
-            raise UserError(f"{where}.name: expected a method name, got {name!r}")
-        cls = method_class(name).config_class
-    hints = get_type_hints(cls, include_extras=True)  # include_extras keeps the Annotated bounds
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = [k for k in raw if k not in fields]
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(str(key), fields, n=1)
-        hint = f"did you mean {(where + '.' if where else '') + close[0]!r}? " if close else ""
-        raise UserError(
-            f"unknown option {(where + '.' if where else '') + str(key)!r}: {hint}"
-            f"valid options here are {', '.join(sorted(fields))}"
-        )
-    for f in dataclasses.fields(cls):
-        # A nested method (AWP's and IGD's `base`) given in part starts from the wrapper's own default for it
-        # when it names the same method: `method.base.steps=5` on igd keeps IGD's eval-mode attack.
-        nested = raw.get(f.name)
-        if hints[f.name] is MethodConfig and isinstance(nested, dict) and f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-            if nested.get("name", default.name) == default.name:
-                raw = {**raw, f.name: {**dataclasses.asdict(default), **nested}}
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in raw.items()}
-    try:
-        return cls(**kwargs)
-    except FieldError as e:  # named from the class (TRADESConfig.beta): name it as written (method.beta)
-        raise e.under(where) from None
-
-
-def _get_path(raw: dict[str, Any], keys: list[str]) -> Any:
-    """The value at `keys` in nested mappings, or None where the path does not exist."""
-    node: Any = raw
-    for key in keys:
-        if not isinstance(node, dict):
-            return None
-        node = node.get(key)
-    return node
-
-
-def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = raw
-    for key in keys[:-1]:
-        child = node.setdefault(key, {})
-        if not isinstance(child, dict):
-            raise UserError(f"--set {_show(dotted)}: {key!r} is not a section")
-        node = child
-    node[keys[-1]] = value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `key.path=value` strings (values parsed as YAML) to a raw config mapping, in order.
-
-    Setting `method.name` (or `method.base.name`) to another method drops the options of the method it replaces.
-    """
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=30")
-        try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text
-        key = key.strip()
-        parts = key.split(".")
-        if parts[0] == "method" and parts[-1] == "name" and isinstance(value, str):
-            # Switching a method (`method.name`, or the method AWP wraps, `method.base.name`) starts the new
-            # one from its own defaults: the file's options belong to the method it named (e.g. `--set
-            # method.name=standard` on a pgd_at config). Only a string can name a method, and comparing two
-            # YAML values can recurse forever when an anchor makes one contain itself (`[&a [*a]]`).
-            parent = _get_path(raw, parts[:-1])
-            if isinstance(parent, dict) and parent.get("name", value) != value:
-                _set_path(raw, ".".join(parts[:-1]), {})  # a new mapping: a YAML alias of the old one keeps it
-        _set_path(raw, key, value)
-    return raw
-
-
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
-    return _build(RunConfig, raw, "")  # RunConfig.__post_init__ validates it
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    if path.is_dir():
-        found = sorted(p.name for pattern in ("*.yaml", "*.yml") for p in path.glob(pattern))[:3]
-        fix = f"one of its YAML files ({', '.join(found)})" if found else "a YAML file, e.g. configs/digits.yaml"
-        raise UserError(f"config file {path} is a folder: pass {fix}")
-    if not path.is_file():
-        raise UserError(f"config file {path} not found: pass an existing YAML file, e.g. configs/digits.yaml")
+    """The RunConfig of raw YAML values (checked: RunConfig.__post_init__ validates it)."""
+    # The eval section's ε are distances under the threat model's norm: it is built under that norm.
+    threat = raw.get("threat")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:  # e.g. --config pointing at a weights file
-        raise UserError(f"config file {path} is not UTF-8 text: pass a YAML config, e.g. configs/digits.yaml") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        tag = refused_tag(e)
-        if tag is not None:
-            raise UserError(f"config file {path} {tag}: write plain values instead") from None
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"config file {path} is not valid YAML{at}: fix the syntax") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise UserError(f"config file {path} must hold a mapping of sections (data, model, method, ...)")
-    return raw
+        norm = parse_norm(threat.get("norm", "linf") if isinstance(threat, dict) else "linf")
+    except ValueError:  # building the threat section names the bad norm
+        norm = "linf"
+    return build_config(RunConfig, raw, given={"eval": {"norm": norm}})
 
 
-def load_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:
-    raw = read_yaml(path) if path is not None else {}
+def load_config(path: Path | str | None, overrides: list[str] | None = None) -> RunConfig:
+    """The run config of a YAML file (a path, or a bundled config's name: `config_path`) or of the defaults
+    (None), with `key=value` overrides applied."""
+    raw = read_yaml(config_path(path)) if path is not None else {}
     return config_from_dict(apply_overrides(raw, overrides or []))
 
 
@@ -456,23 +239,13 @@ def validate(config: RunConfig) -> None:
     # Names first: they are the likeliest typos, and the registries suggest the closest valid name.
     check_dataset_args(config.data.name, config.data.options)
     check_model_args(config.model.name, config.model.options)
-    check_attack_names(config.eval.attacks, "eval.attacks")
     config.method.check_schedule(config.schedule.lr_milestones(), config.schedule.name)
-    if not config.eval.attacks:
-        raise UserError("eval.attacks is empty: name at least one attack, e.g. [clean, pgd]")
     device = config.train.device
     if device != "auto":
         try:
             torch.device(device)
         except RuntimeError:
             raise UserError(f"train.device: unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
-    # Distances in 0..255 pixel units (threat.eps: 8) are refused under L∞, where they are unmistakable.
-    norm = config.threat.norm
-    check_distance(config.threat.eps, norm, "threat.eps")
-    for i, eps in enumerate(config.eval.eps or ()):
-        check_distance(eps, norm, f"eval.eps[{i}]")
-    if config.eval.step_size is not None:
-        check_distance(config.eval.step_size, norm, "eval.step_size")
     val_size = config.data.val_size
     if val_size >= 1 and not val_size.is_integer():
         raise UserError(
@@ -512,7 +285,7 @@ def dump_yaml(config: RunConfig) -> str:
 __all__ = [
     "AveragingConfig",
     "DataConfig",
-    "EvalConfig",
+    "EvalSettings",
     "ModelConfig",
     "MonitorConfig",
     "OptimConfig",
@@ -526,4 +299,5 @@ __all__ = [
     "dump_yaml",
     "load_config",
     "parse_number",
+    "read_yaml",
 ]

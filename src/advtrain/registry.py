@@ -22,10 +22,14 @@ def _origin(entry: object) -> tuple[str | None, str | None]:
     return getattr(entry, "__module__", None), getattr(entry, "__qualname__", None)
 
 
-def suggestion(name: object, choices: list[str]) -> str:
-    """``"did you mean 'x'? "`` for the choice closest to ``name``, or ``""`` when none is close."""
-    close = difflib.get_close_matches(str(name), choices, n=1)
-    return f"did you mean {close[0]!r}? " if close else ""
+def suggestion(name: object, choices: list[str], n: int = 1) -> str:
+    """``"did you mean 'x'? "`` for the choice closest to ``name`` (``"did you mean 'x', 'y' or 'z'? "`` for up to
+    ``n`` of them, closest first), or ``""`` when none is close."""
+    close = [repr(c) for c in difflib.get_close_matches(str(name), choices, n=n)]
+    if not close:
+        return ""
+    listed = close[0] if len(close) == 1 else f"{', '.join(close[:-1])} or {close[-1]}"
+    return f"did you mean {listed}? "
 
 
 class Registry(Generic[T]):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from advtrain.config import RunConfig, config_from_dict
-from advtrain.eval import EvalSettings, evaluate_loaded
+from advtrain.eval import evaluate_loaded
 from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
 from advtrain.fileio import atomic_write_text
 from advtrain.progress_display import shown_progress
@@ -33,11 +34,8 @@ def train_and_evaluate(
     which = e.checkpoint
     log(f"evaluating the {which} checkpoint on {min(e.n or len(data.y_test), len(data.y_test))} test images")
     loaded = load_checkpoint_model(checkpoint_path(result.run_dir, which))
-    settings = EvalSettings(
-        attacks=e.attacks, eps=e.eps if e.eps is not None else [config.threat.eps], norm=config.threat.norm,
-        steps=e.steps, restarts=e.restarts, step_size=e.step_size, n=e.n, batch_size=e.batch_size,
-        device=str(resolve_device(config.train.device)), precision="fp32", seed=config.seed,
-    )
+    settings = replace(e, eps=e.eps if e.eps is not None else [config.threat.eps],
+                       device=str(resolve_device(config.train.device)), precision="fp32", seed=config.seed)
     with shown_progress(progress) as chunks:
         report, _ = evaluate_loaded(loaded, data, settings, checkpoint=which, on_result=lambda r: log(r.summary()),
                                     progress=chunks)

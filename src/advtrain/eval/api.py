@@ -194,8 +194,8 @@ def evaluate_loaded(
     "invariance". With a clean and a robust accuracy, "tradeoff" holds the trade-off score (`tradeoff_part`).
     A `settings.batch_size` of "auto" is resolved once, before the first attack (`resolve_eval_batch`: under
     the attacks' precision, or in fp32 when analyses run, as they do), and "batch_size" records what ran.
-    Every setting is checked before the first attack runs, so a bad one fails with nothing printed or written.
-    The messages name the `advtrain eval` flags: a run's config was checked when it was loaded.
+    The settings were checked when built (`EvalSettings`), so a bad one fails before anything is printed or
+    written.
 
     Under torchrun (`procs`) the attacks are split across the processes by chunk (see `evaluate`), every process
     using the smallest batch size any of them resolved, and every process returns the merged results; the
@@ -205,7 +205,7 @@ def evaluate_loaded(
     """
     procs = procs or Processes()
     st = settings
-    st.check()
+    st.check_complete()
     check_fits(loaded, data)
     dev = resolve_device(st.device)
     model = loaded.model.to(dev)
@@ -322,11 +322,11 @@ def compare_runs(
     """
     procs = procs or Processes()
     st = settings
-    st.check()
+    st.check_complete()
     for loaded in models.values():
         check_fits(loaded, data)
     dev = resolve_device(st.device)
-    attacks_only = replace(st, inequality=())
+    attacks_only = replace(st, inequality=()) if st.attacks else st
     entries: dict[str, dict[str, Any]] = {}
     for label, loaded in models.items():
         results: list[dict[str, Any]] = []

@@ -48,9 +48,7 @@ def planned_protocol(settings: EvalSettings, data: Dataset, checkpoint: str | No
 
 def check_run_eval_kept(path: Path, settings: EvalSettings, data: Dataset, checkpoint: str | None) -> None:
     """Refuse (one-line UserError naming --out) to replace the run's eval.json at `path` with an evaluation
-    under another protocol; nothing happens when `path` is absent or holds the same protocol. A bad setting is
-    named first (`EvalSettings.check`), as it would be without an eval.json."""
-    settings.check()
+    under another protocol; nothing happens when `path` is absent or holds the same protocol."""
     if not path.is_file():
         return
     fix = f"pass --out FILE.json to write this evaluation to its own file, or --out {path} to replace it"

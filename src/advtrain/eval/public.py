@@ -16,7 +16,7 @@ from advtrain.eval.labels import eval_rows, text_table
 from advtrain.eval.parts import EvalParts
 from advtrain.eval.progress import ProgressHook
 from advtrain.eval.robustness import ATTACK_ALIASES, AttackResult, attack_specs, evaluate_attacks
-from advtrain.eval.settings import EvalSettings, python_keyword, split_attack_names
+from advtrain.eval.settings import EvalSettings, eval_settings, python_keyword, split_attack_names
 from advtrain.runtime import autocast_dtype, resolve_device
 
 
@@ -133,10 +133,9 @@ def evaluate(
         robust, analyses = split_attack_names([attacks] if isinstance(attacks, str) else list(attacks))
         if analyses:
             raise UserError(f"evaluate runs robustness attacks; {', '.join(analyses)} run from `advtrain eval`")
-        settings = EvalSettings(attacks=robust, eps=eps_list, norm=norm, steps=steps, restarts=restarts,
-                                step_size=step_size, n=n, batch_size=batch_size, device=device, precision=precision,
-                                seed=seed)
-        settings.check(python_keyword)
+        settings = eval_settings(python_keyword, attacks=robust, eps=eps_list, norm=norm, steps=steps,
+                                 restarts=restarts, step_size=step_size, n=n, batch_size=batch_size, device=device,
+                                 precision=precision, seed=seed)
         dev = resolve_device(device)
     except InvalidValue:
         raise

@@ -1,21 +1,21 @@
-"""What an evaluation runs, on which images, how (`EvalSettings`), and the checks of those settings."""
+"""What an evaluation runs, on which images, how (`EvalSettings`): the `eval:` section of a run config and the
+settings of `advtrain eval`, `advtrain.evaluate` and compare grids, checked when built."""
 
 from __future__ import annotations
 
 import difflib
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
 from advtrain.attacks import MAX_DISTANCE, Norm, check_distance, parse_norm
-from advtrain.bounds import Bound, Ge, Gt, Le, Lt
+from advtrain.bounds import NOT_IN_FILES, CheckedConfig, FieldError, Ge, Gt, Le, Lt, Parsed
 from advtrain.errors import UserError
-from advtrain.eval.batching import check_batch_setting
 from advtrain.eval.inequality import INEQUALITY_EVALS, InequalityOptions
 from advtrain.eval.invariance import INVARIANCE_EVALS, invariance_eps
 from advtrain.eval.robustness import ATTACK_ALIASES, check_attack_names
-from advtrain.eval.vulnerability import VULNERABILITY_EVALS, VULNERABILITY_SPLITS, first_eps
+from advtrain.eval.vulnerability import VULNERABILITY_EVALS, first_eps
 from advtrain.runtime import SEED_LIMIT
 
 # The evaluations `--attacks` takes besides the robustness attacks ("analyses"; EvalSettings.inequality).
@@ -53,62 +53,72 @@ def python_keyword(keyword: str) -> str:
     return keyword
 
 
-def check_eval_args(
-    *,
-    eps: Sequence[float],
-    norm: str = "linf",
-    n: int | None,
-    steps: int,
-    restarts: int,
-    step_size: float | None,
-    batch_size: int | str,
-    seed: int,
-    option: Callable[[str], str] = cli_flag,
-) -> None:
-    """One-line UserError for the first out-of-range setting, naming it as `option(keyword)` does: the
-    `advtrain eval` flag by default, the Python keyword with `python_keyword`."""
-    if not all(math.isfinite(e) for e in eps) or (step_size is not None and not math.isfinite(step_size)):
-        raise UserError(f"{option('eps')} and {option('step_size')} must be finite numbers, got eps {list(eps)}, "
-                        f"step size {step_size}")
-    checks: list[tuple[Any, tuple[Bound, ...], str]] = [
-        (n, (Ge(1), Lt(2**63)), "n"),
-        (steps, (Ge(1),), "steps"),
-        (restarts, (Ge(1),), "restarts"),
-        (step_size, (Gt(0), Le(MAX_DISTANCE)), "step_size"),
-        (seed, (Ge(0), Lt(SEED_LIMIT)), "seed"),
-        *((e, (Ge(0), Le(MAX_DISTANCE)), "eps") for e in eps),
-    ]
-    for value, bounds, keyword in checks:
-        for bound in bounds:
-            bound.check(value, option(keyword))
-    parsed = parse_norm(norm, option("norm"))
-    for e in eps:
-        check_distance(e, parsed, option("eps"))
-    if step_size is not None:
-        check_distance(step_size, parsed, option("step_size"))
-    check_batch_setting(batch_size, option("batch_size"))
-
-
 @dataclass(frozen=True)
-class EvalSettings:
-    """What `advtrain eval` runs, on which images, how: one value shared by single runs and --compare."""
+class EvalSettings(CheckedConfig):
+    """What an evaluation runs, on which images, how: a run config's `eval:` section, and what `advtrain eval`,
+    `advtrain.evaluate` and --compare run. Built only valid: a bad value is a one-line `FieldError` naming the
+    field (`FieldError.renamed` names it as a flag or keyword instead)."""
 
-    attacks: Sequence[str] = ("clean", "pgd")  # robustness attacks (ATTACK_ALIASES)
-    eps: Sequence[float] = (8 / 255,)
-    norm: Norm = "linf"
-    steps: int = 20
-    restarts: int = 1
-    step_size: float | None = None
-    n: int | None = None  # the first n test images; None: all
+    # robustness attacks (ATTACK_ALIASES)
+    attacks: list[str] = field(default_factory=lambda: ["clean", "pgd"])
+    # None: the threat model's ε (a run's threat.eps); checked as distances under `norm`
+    eps: list[Annotated[float, Ge(0), Le(MAX_DISTANCE)]] | None = None
+    steps: Annotated[int, Ge(1)] = 20
+    restarts: Annotated[int, Ge(1)] = 1
+    step_size: Annotated[float, Gt(0), Le(MAX_DISTANCE)] | None = None  # None: 2.5·ε/steps
+    n: Annotated[int, Ge(1)] | None = None  # the first n test images; None: all
+    checkpoint: Literal["best", "last", "ema", "swa"] = "best"  # of a run; ema/swa need its `averaging` section
     # "auto": sized to the device's free memory once per model, before the first attack (eval.batching)
-    batch_size: int | str = "auto"
-    device: str = "auto"
-    precision: str = "fp32"
-    seed: int = 0
+    batch_size: Annotated[int, Ge(1)] | Literal["auto"] = "auto"
+    # Set for each evaluation: a run config's `eval:` section does not take these, as its evaluation takes its
+    # threat model's norm (RunConfig keeps `norm` in step with `threat.norm`), the device of `train.device`, its
+    # seed and fp32 (advtrain.workflow), and no analyses.
+    norm: Annotated[Norm, Parsed(parse_norm)] = field(default="linf", metadata=NOT_IN_FILES)
+    device: str = field(default="auto", metadata=NOT_IN_FILES)
+    precision: Literal["auto", "fp32", "bf16"] = field(default="fp32", metadata=NOT_IN_FILES)
+    seed: Annotated[int, Ge(0), Lt(SEED_LIMIT)] = field(default=0, metadata=NOT_IN_FILES)
     # INEQUALITY_EVALS, run on the same images in fp32, and/or "vulnerability", "invariance" (ANALYSIS_EVALS)
-    inequality: Sequence[str] = ()
-    inequality_options: InequalityOptions | None = None
-    vulnerability_split: str = "train"  # `vulnerability` runs on the first n images of this split
+    inequality: list[str] = field(default_factory=list, metadata=NOT_IN_FILES)
+    inequality_options: InequalityOptions | None = field(default=None, metadata=NOT_IN_FILES)
+    # `vulnerability` runs on the first n images of this split
+    vulnerability_split: Literal["train", "test"] = field(default="train", metadata=NOT_IN_FILES)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        with self._naming("attacks"):
+            check_attack_names(self.attacks, "attacks")
+            if not self.attacks and not self.inequality:
+                raise UserError("attacks is empty: name at least one attack, e.g. [clean, pgd]")
+        with self._naming("inequality"):
+            unknown = [e for e in self.inequality if e not in ANALYSIS_EVALS]
+            if unknown:
+                raise UserError(f"inequality: unknown evaluation {unknown[0]!r}: choose from "
+                                f"{', '.join(ANALYSIS_EVALS)}")
+        # Distances in 0..255 pixel units (8) are refused under L∞, where they are unmistakable.
+        with self._naming("eps"):
+            for i, eps in enumerate(self.eps or ()):
+                check_distance(eps, self.norm, f"eps[{i}]")
+        with self._naming("step_size"):
+            if self.step_size is not None:
+                check_distance(self.step_size, self.norm, "step_size")
+        if self.eps is not None and self.vulnerability:
+            first_eps(self.eps)
+        if self.eps is not None and self.invariance:
+            invariance_eps(self.eps)
+
+    @contextmanager
+    def _naming(self, field_name: str) -> Iterator[None]:
+        """Raise the UserError of a check on `field_name` as that field's FieldError."""
+        try:
+            yield
+        except UserError as e:
+            raise FieldError(str(e), type(self).__name__, field_name) from None
+
+    def check_complete(self) -> None:
+        """A one-line UserError unless every ε to run is set: `eps` None stands for a run's threat ε, which the run's
+        evaluation fills in (advtrain.workflow)."""
+        if self.eps is None:
+            raise UserError("these evaluation settings have no eps: pass the radii, e.g. eps=[8/255]")
 
     @property
     def vulnerability(self) -> bool:
@@ -118,22 +128,11 @@ class EvalSettings:
     def invariance(self) -> bool:
         return any(e in INVARIANCE_EVALS for e in self.inequality)
 
-    def check(self, option: Callable[[str], str] = cli_flag) -> None:
-        """One-line UserError for an unknown name, nothing to run, or an out-of-range setting; `option` names the
-        setting in the message (see `check_eval_args`)."""
-        check_attack_names(self.attacks)
-        others = ANALYSIS_EVALS
-        unknown = [e for e in self.inequality if e not in others]
-        if unknown:
-            raise UserError(f"unknown inequality evaluation {unknown[0]!r}: choose from {', '.join(others)}")
-        if self.vulnerability_split not in VULNERABILITY_SPLITS:
-            raise UserError(f"--split {self.vulnerability_split!r}: choose from {', '.join(VULNERABILITY_SPLITS)}")
-        if self.vulnerability:
-            first_eps(self.eps)
-        if self.invariance:
-            invariance_eps(self.eps)
-        if not self.attacks and not self.inequality:
-            raise UserError("no attack to run: pass e.g. --attacks clean,pgd")
-        check_eval_args(eps=self.eps, norm=self.norm, n=self.n, steps=self.steps, restarts=self.restarts,
-                        step_size=self.step_size, batch_size=self.batch_size, seed=self.seed, option=option)
 
+def eval_settings(name: Callable[[str], str] = cli_flag, **fields: Any) -> EvalSettings:
+    """`EvalSettings(**fields)`, a bad value named as `name(field)` does: the `advtrain eval` flag by default, the
+    Python keyword with `python_keyword`."""
+    try:
+        return EvalSettings(**fields)
+    except FieldError as e:
+        raise e.renamed(name) from None

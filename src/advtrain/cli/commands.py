@@ -1,201 +1,17 @@
-"""`advtrain train | eval | diagnose | bench | compare | report | quickstart`: parse arguments, call one function,
-turn bad input into exit 2."""
+"""What each `advtrain` command does with its parsed arguments: check them, call the library, print the results."""
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
-from advtrain.errors import TrainingStopped, UserError
+from advtrain.errors import UserError
 
-if TYPE_CHECKING:  # the CLI imports its subcommands' modules lazily, to start fast
+if TYPE_CHECKING:  # the CLI imports its commands' modules lazily, to start fast
     from advtrain.eval import EvalSettings
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # One line, no usage dump: the message names the problem, --help shows the rest.
-        # Stray arguments are echoed as typed; escape line breaks so the message stays one line.
-        message = message.replace("\r", "\\r").replace("\n", "\\n")
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _eps_list(text: str) -> list[float]:
-    from advtrain.config import parse_number
-
-    try:
-        values = [parse_number(part, "value") for part in text.split(",") if part.strip()]
-    except UserError as e:  # argparse turns this into its one-line usage error, exit 2
-        raise argparse.ArgumentTypeError(str(e)) from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected numbers such as 8/255 or 0.03,0.06, got {text!r}")
-    return values
-
-
-def _number(text: str) -> float:
-    values = _eps_list(text)
-    if len(values) != 1:
-        raise argparse.ArgumentTypeError(f"expected one number such as 2/255, got {text!r}")
-    return values[0]
-
-
-def _norm(text: str) -> str:
-    from advtrain.attacks.threat import parse_norm
-
-    try:
-        return parse_norm(text)
-    except ValueError as e:  # argparse turns this into its one-line usage error, exit 2
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _batch_size(text: str) -> int | str:
-    """An integer or "auto"; the integer's range is checked with the other settings, naming --batch-size."""
-    if text.strip() == "auto":
-        return "auto"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or auto, got {text!r}") from None
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="advtrain", description="Adversarial training and robustness evaluation.")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    # --debug is accepted before or after the command; SUPPRESS keeps a subcommand from resetting it.
-    debug = _Parser(add_help=False)
-    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-
-    p = sub.add_parser("train", parents=[debug],
-                       help="train a model from a YAML config, then evaluate it and write a report")
-    p.add_argument("--config", type=Path, help="YAML config (see configs/); omitted: built-in defaults")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=10 --set threat.eps=8/255")
-    p.add_argument("--out", type=Path, help="new run directory")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue a stopped run from its newest intact checkpoint (bit-identical on CPU)")
-    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
-    p.add_argument("--deterministic", action="store_true", help="use deterministic kernels only")
-    p.add_argument("--quiet", action="store_true", help="no progress bar, no evaluation progress: one line per epoch")
-
-    p = sub.add_parser("eval", parents=[debug], help="evaluate a run directory or a weights file under attacks")
-    p.add_argument("run_dir", nargs="?", type=Path, help="a run directory made by `advtrain train`")
-    p.add_argument("--model", help="model name, for --weights files without a sidecar (e.g. resnet18)")
-    p.add_argument("--weights", type=Path, help=".safetensors (with its .json sidecar) or a plain .pt state_dict")
-    p.add_argument("--normalize", choices=["none", "dataset"], default="none",
-                   help="with --model: normalise inputs with the dataset's mean/std inside the model")
-    p.add_argument("--data", help="dataset name (digits, cifar10, cifar100, svhn, npz, synthetic)")
-    p.add_argument("--data-root", help="dataset folder or file")
-    p.add_argument("--attacks", help="comma-separated robustness attacks clean,fgsm,pgd,cw,aa,apgd and/or inequality "
-                   "evaluations gini,inductive_noise,random_noise,inductive_occlusion,corruptions and/or "
-                   "vulnerability (per-example AV = CE(x') - CE(x)) and/or invariance (cosine of the penultimate "
-                   "features of x and PGD x', at the first --eps with --steps) (default: the run's, or clean,pgd)")
-    p.add_argument("--split", choices=["train", "test"],
-                   help="the images `vulnerability` runs on: the first --n of this split (default: train)")
-    p.add_argument("--compare", nargs="+", type=Path, metavar="RUN_DIR",
-                   help="evaluate several run directories side by side (noise and occlusion on the images all "
-                   "of them classify correctly), with a clean-vs-robust scatter (tradeoff.png); needs --out "
-                   "FILE.json; unset --eps/--steps/... follow the "
-                   "first run's config")
-    p.add_argument("--attribution", choices=["saliency", "integrated_gradients", "input_x_gradient", "smoothgrad"],
-                   default="saliency", help="the attribution map `gini` measures (default: saliency, ∇ₓ z_y)")
-    p.add_argument("--corruption-constants", choices=["cifar10", "imagenet"], default="cifar10",
-                   help="severity constants of the generated noise corruptions: CIFAR-10-C or ImageNet-C")
-    p.add_argument("--corruptions-root", type=Path, metavar="DIR",
-                   help="a released CIFAR-10-C folder (gaussian_noise.npy, ..., labels.npy): `corruptions` reads "
-                   "its images instead of generating them")
-    p.add_argument("--eps", type=_eps_list, help="comma-separated ε list, fractions allowed: 8/255,16/255")
-    p.add_argument("--norm", type=_norm, help="threat model norm: linf (also Linf, inf) or l2 (also L2) (default: "
-                   "the run's, or linf)")
-    p.add_argument("--steps", type=int, help="PGD/CW steps (default 20)")
-    p.add_argument("--restarts", type=int, help="PGD/CW restarts (default 1)")
-    p.add_argument("--step-size", type=_number, help="PGD/CW step size (default 2.5·ε/steps)")
-    # --num-images: under torchrun, whose own parser takes --n for an abbreviation of its options.
-    p.add_argument("--n", "--num-images", dest="n", type=int,
-                   help="evaluate the first N test images (default: all; under torchrun write --num-images N)")
-    p.add_argument("--checkpoint", choices=["best", "last", "ema", "swa"], default="best",
-                   help="which checkpoint of a run (ema/swa: its weight averages, when the run kept them)")
-    p.add_argument("--batch-size", type=_batch_size, default="auto",
-                   help="images per attack batch, or auto: as many as fit the GPU's free memory, 256 on CPU "
-                   "(default auto; the batch size that ran is recorded in the eval JSON)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bar or lines while the attacks run")
-    p.add_argument("--out", type=Path, help="eval JSON path (default: RUN_DIR/eval.json, refused when it holds an "
-                   "evaluation under another protocol; none for --weights; required with --compare); figures go to "
-                   "RUN_DIR/figures with RUN_DIR/eval.json, else to OUT_STEM-figures next to it")
-
-    p = sub.add_parser("diagnose", parents=[debug],
-                       help="check a run or a weights file for gradient masking (METHODS.md §7.7)")
-    p.add_argument("run_dir", nargs="?", type=Path, help="a run directory made by `advtrain train`")
-    p.add_argument("--model", help="model name, for --weights files without a sidecar (e.g. resnet18)")
-    p.add_argument("--weights", type=Path, help=".safetensors (with its .json sidecar) or a plain .pt state_dict")
-    p.add_argument("--data", help="dataset name (digits, cifar10, cifar100, svhn, npz, synthetic)")
-    p.add_argument("--data-root", help="dataset folder or file")
-    p.add_argument("--n", type=int, default=500, help="diagnose on the first N test images (default 500)")
-    p.add_argument("--eps", type=_number, help="L∞ ε (default: the run's threat ε, else 8/255)")
-    p.add_argument("--surrogate", type=Path, metavar="RUN_DIR",
-                   help="a run to craft transfer attacks on (ideally standard-trained); without it the transfer "
-                   "check is skipped")
-    p.add_argument("--checkpoint", choices=["best", "last", "ema", "swa"], default="best",
-                   help="which checkpoint of the run (and of --surrogate)")
-    p.add_argument("--batch-size", type=_batch_size, default=256,
-                   help="images per attack batch, or auto: as many as fit the GPU's free memory, 256 on CPU "
-                   "(default 256)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bar or lines while the checks run")
-    p.add_argument("--out", type=Path, help="diagnose JSON path (default: RUN_DIR/diagnose.json; none for --weights); "
-                   "figures go to RUN_DIR/figures or to OUT_STEM-figures next to it")
-
-    p = sub.add_parser("bench", parents=[debug],
-                       help="images/s of each method's training step and of PGD evaluation, against a reference "
-                       "loop written like the papers' code, measured in the same run")
-    p.add_argument("--model", default="small_cnn", help="registered model name (default small_cnn)")
-    p.add_argument("--methods", default="pgd_at", help="comma-separated methods (default pgd_at)")
-    p.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
-    p.add_argument("--shape", default="3x32x32", help="input C×H×W, e.g. 1x8x8 (default 3x32x32)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 autocast on CUDA, fp32 on CPU (the reference loop is always fp32)")
-    p.add_argument("--eps", type=_number, default=8 / 255)
-    p.add_argument("--attack-steps", type=int, default=10, help="PGD-k of the training attack (default 10)")
-    p.add_argument("--eval-steps", type=int, default=20, help="PGD-k of the evaluation attack (default 20)")
-    p.add_argument("--iterations", type=int, default=5, help="timed steps per repeat (default 5)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
-    p.add_argument("--repeats", type=int, default=3, help="alternating repeats; the median is reported (default 3)")
-    p.add_argument("--compile", default="eager",
-                   help="torch.compile mode: eager (none), default, reduce-overhead (CUDA graphs) or max-autotune; "
-                   "checked against eager gradients as train.compile is")
-    p.add_argument("--out", type=Path, help="write the results as JSON here")
-
-    p = sub.add_parser("compare", parents=[debug],
-                       help="train and evaluate methods × seeds × sweeps under one protocol; write a paper-style "
-                       "table, a CSV and an HTML report (resumable: rerun to continue)")
-    p.add_argument("--config", type=Path, required=True, help="the grid's YAML file (see docs/experiments/compare.md)")
-    p.add_argument("--out", type=Path, required=True, help="folder for the cells (OUT/cells/...) and the report")
-
-    p = sub.add_parser("report", parents=[debug],
-                       help="the table, CSV and HTML report of `compare` from existing run directories (rows: runs "
-                       "that differ only by seed)")
-    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
-    p.add_argument("--out", type=Path, required=True, help="folder for report.html, table.md and results.csv")
-    p.add_argument("--title", default="advtrain report", help="the report's title")
-
-    p = sub.add_parser("quickstart", parents=[debug],
-                       help="train standard and PGD-AT CNNs on digits and compare them (about 2 min)")
-    p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="folder for the two run directories")
-    p.add_argument("--epochs", type=int, default=None,
-                   help="epochs per run (default 15, half of configs/digits.yaml's; the LR decays at the same "
-                   "fractions)")
-    return parser
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -241,24 +57,24 @@ def _eval_out(args: argparse.Namespace) -> Path | None:
 def _eval_settings(args: argparse.Namespace, names: tuple[list[str], list[str]] | None) -> EvalSettings:
     """What evaluate_loaded / compare_runs run. Unset options fall back to the (first) run's own eval/threat
     settings, then to the defaults."""
-    from advtrain.config import EvalConfig
     from advtrain.eval import EvalSettings, split_attack_names
     from advtrain.eval.inequality import InequalityOptions
+    from advtrain.eval.settings import cli_flag, eval_settings
     from advtrain.rundir import read_config
 
     run_dir = args.compare[0] if args.compare else args.run_dir
     run = read_config(run_dir) if run_dir is not None else {}
-    defaults = EvalConfig()
+    defaults = EvalSettings()
     run_eval, threat = run.get("eval") or {}, run.get("threat") or {}
     attacks, inequality = names or split_attack_names(run_eval.get("attacks", defaults.attacks))
-    return EvalSettings(
-        attacks=attacks, inequality=inequality,
+    return eval_settings(
+        cli_flag, attacks=attacks, inequality=inequality,
         eps=args.eps or run_eval.get("eps") or [threat.get("eps", 8 / 255)],
         norm=args.norm or threat.get("norm", "linf"),
         steps=args.steps if args.steps is not None else run_eval.get("steps", defaults.steps),
         restarts=args.restarts if args.restarts is not None else run_eval.get("restarts", defaults.restarts),
         step_size=args.step_size, n=args.n, batch_size=args.batch_size, device=args.device,
-        precision=args.precision, seed=args.seed,
+        checkpoint=args.checkpoint, precision=args.precision, seed=args.seed,
         inequality_options=InequalityOptions(args.attribution, args.corruption_constants, args.corruptions_root),
         vulnerability_split=args.split or "train",
     )
@@ -507,46 +323,14 @@ def _quickstart(args: argparse.Namespace) -> None:
     quickstart(args.out, epochs=args.epochs)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 done, 1 internal error (a bug: rerun with --debug), 2 bad input, 3 training diverged,
-    128+N stopped by signal N (a checkpoint was saved)."""
-    args = build_parser().parse_args(argv)
-    # Each line reaches a log or pipe as it is printed, not when a block buffer fills minutes later.
-    if isinstance(sys.stdout, io.TextIOWrapper):
-        sys.stdout.reconfigure(line_buffering=True)
-    try:
-        commands = {"train": _train, "eval": _eval, "diagnose": _diagnose, "bench": _bench, "compare": _compare,
-                    "report": _report, "quickstart": _quickstart}
-        if args.command not in ("train", "eval") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise UserError(f"{args.command} runs in one process; only train and eval run under torchrun: run "
-                            f"advtrain {args.command} without torchrun")
-        commands[args.command](args)
-    except (UserError, TrainingStopped) as e:
-        if args.debug:
-            raise
-        prefix = "error: " if isinstance(e, UserError) else ""
-        print(f"advtrain: {prefix}{e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        if args.debug:
-            raise
-        print("advtrain: interrupted", file=sys.stderr)
-        return 130
-    except OSError as e:
-        # Disk full, read-only folder, permission denied: the user's environment, not a bug.
-        if args.debug:
-            raise
-        where = f" {e.filename}" if e.filename else ""
-        print(f"advtrain: error: cannot access{where}: {e.strerror or e}; free space or fix the path", file=sys.stderr)
-        return 2
-    except Exception as e:
-        if args.debug:
-            raise
-        print(f"advtrain: internal error: {type(e).__name__}: {' '.join(str(e).split())[:300]} "
-              "(rerun with --debug for the traceback and please report it)", file=sys.stderr)
-        return 1
-    return 0
+def _configs(args: argparse.Namespace) -> None:
+    from advtrain.configfile import bundled_configs, config_description
+
+    configs = bundled_configs()
+    width = max(map(len, configs))
+    for name, path in configs.items():
+        print(f"{name:<{width}}  {config_description(path)}")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+COMMANDS = {"train": _train, "eval": _eval, "diagnose": _diagnose, "bench": _bench, "compare": _compare,
+            "report": _report, "quickstart": _quickstart, "configs": _configs}

@@ -1,0 +1,117 @@
+"""`--config NAME` names a bundled config; `advtrain configs` lists them; `advtrain train --help` lists the methods
+and models; the device, precision and seed flags say what they do."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from advtrain.cli import main
+from advtrain.config import load_config
+from advtrain.configfile import BUNDLED_CONFIGS, bundled_configs, config_description, config_path
+from advtrain.errors import UserError
+from advtrain.methods import list_methods
+from advtrain.models import list_models
+from advtrain.registry import suggestion
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def test_a_bundled_config_is_named_with_or_without_yaml():
+    path = BUNDLED_CONFIGS / "digits_trades.yaml"
+    assert config_path("digits_trades") == path == config_path("digits_trades.yaml")
+    assert load_config("digits_trades").to_dict() == load_config(path).to_dict()
+    assert load_config("digits_trades").method.name == "trades"
+
+
+def test_a_path_that_exists_wins_over_a_bundled_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("digits_trades.yaml").write_text("method: {name: mart}\n")
+    assert config_path("digits_trades.yaml") == Path("digits_trades.yaml")
+    assert load_config("digits_trades.yaml").method.name == "mart"
+    assert load_config("digits_trades").method.name == "trades"  # no file of that name here: the bundled one
+
+
+def test_a_missing_path_with_a_folder_is_reported_as_a_missing_file(tmp_path):
+    with pytest.raises(UserError, match=r"^config file .*nowhere/digits\.yaml not found"):
+        load_config(tmp_path / "nowhere" / "digits.yaml")
+
+
+def test_an_unknown_name_lists_the_closest_bundled_names():
+    with pytest.raises(UserError) as raised:
+        config_path("digits_trade")
+    message = str(raised.value)
+    assert message.startswith("config 'digits_trade' not found, as a file or a bundled config: did you mean "
+                              "'digits_trades'")
+    assert "`advtrain configs` lists the bundled ones" in message and "\n" not in message
+    assert suggestion("digits_fgsm_r", list(bundled_configs()), 3).startswith("did you mean 'digits_fgsm_rs', ")
+    assert suggestion("zzz", ["digits"], 3) == ""
+
+
+def test_train_with_a_bundled_name_reads_that_config(tmp_path, capsys):
+    # The bundled config is read before any check: its option then fails, so nothing trains or is written.
+    out = tmp_path / "run"
+    assert main(["train", "--config", "digits_trades", "--set", "method.beta=-1", "--out", str(out)]) == 2
+    assert capsys.readouterr().err == "advtrain: error: method.beta must be >= 0, got -1.0\n"
+    assert not out.exists()
+
+
+def test_an_unknown_config_name_exits_2_with_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "advtrain", "train", "--config", "digits_trdes", "--out",
+                           str(tmp_path / "run")], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("advtrain: error: config 'digits_trdes' not found, as a file or a bundled config: "
+                                  "did you mean 'digits_trades'")
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_configs_lists_every_bundled_config_with_its_description(capsys):
+    assert main(["configs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    bundled = bundled_configs()
+    assert [line.split()[0] for line in lines] == list(bundled)
+    digits = next(line for line in lines if line.split()[0] == "digits")
+    assert digits.split(None, 1)[1] == "PGD-AT on scikit-learn's bundled 8×8 digits"
+    assert all(config_description(path) for path in bundled.values())  # every bundled config says what it is
+
+
+def test_a_config_without_a_leading_comment_has_no_description(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 1\n# not leading\n")
+    assert config_description(path) == ""
+    path.write_text("\n# A recipe (Someone et al. 2020: its\n# code). More: details\nseed: 1\n")
+    assert config_description(path) == "A recipe (Someone et al. 2020: its code)"
+    path.write_text("# The recipe of Rice et al. 2020. Details\n")
+    assert config_description(path) == "The recipe of Rice et al. 2020"
+    path.write_text("# One line, no full stop\n")
+    assert config_description(path) == "One line, no full stop"
+
+
+def _help(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+def test_train_help_lists_the_methods_and_models(capsys):
+    text = _help(capsys, ["train", "--help"])
+    assert f"methods (--set method.name=...): {', '.join(list_methods())}." in text
+    assert f"models (--set model.name=...): {', '.join(list_models())}." in text
+    assert "a bundled config by name (`advtrain configs` lists them" in text
+
+
+@pytest.mark.parametrize("command", ["eval", "diagnose", "bench"])
+def test_device_precision_and_seed_flags_have_help(capsys, command):
+    text = _help(capsys, [command, "--help"])
+    assert "--device DEVICE auto (CUDA when available), cpu, cuda or cuda:N (default auto)" in text
+    if command != "bench":
+        assert "--seed SEED seed of the random starts and generated noise" in text
+    if command == "eval":
+        assert "--precision {fp32,bf16} the attacks' precision: fp32, or bf16 autocast on CUDA" in text
