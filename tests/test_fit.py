@@ -13,13 +13,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import advtrain
 from advtrain.checkpoint import load_weights
+from advtrain.cli import main
 from advtrain.config import load_config
 from advtrain.data import split_validation
-from advtrain.methods import ARAT, IGD, TRADES, PGDAT
+from advtrain.methods import ARAT, IGD, PGDAT, TRADES
 from advtrain.models.spec import ModelSpec
 from advtrain.models.split_bn import has_split_bn
 from advtrain.runtime import seed_everything
-from advtrain.train import Callback, load_run_data, train
+from advtrain.train import Callback, load_run_data
 from tests.helpers import digits_tensors, trained_digits_cnn
 
 EPS = 0.2
@@ -127,24 +128,33 @@ def test_igd_takes_the_teacher_as_a_module_and_leaves_it_unchanged():
     assert IGD(teacher=teacher).teacher is None  # the config's fields stay plain values (YAML, metadata)
 
 
-class StopBeforeEpoch(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
+class InterruptAtStep(Callback):
+    """Interrupts training after optimizer step `step` (0-based), before that step's checkpoint could be saved."""
 
-    def on_epoch_start(self, loop, epoch):
-        if epoch == self.epoch:
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, loop, epoch, step):
+        if step == self.step:
             raise KeyboardInterrupt
 
 
 def test_run_dir_writes_checkpoints_and_calling_fit_again_resumes_bit_identically(tmp_path):
+    def net() -> SmallNet:
+        torch.manual_seed(0)  # every call starts from the same initial weights
+        return SmallNet()
+
     x, y, x_val, y_val = data()
     args = dict(val_data=(x_val, y_val), **FAST | {"checkpoint_every": 3})
-    full = advtrain.fit(SmallNet(), PGDAT(steps=2), (x, y), run_dir=tmp_path / "full", **args)
+    full = advtrain.fit(net(), PGDAT(steps=2), (x, y), run_dir=tmp_path / "full", **args)
     assert (tmp_path / "full" / "checkpoints" / "best.safetensors").is_file()
     assert len((tmp_path / "full" / "metrics.jsonl").read_text().splitlines()) == 2
     with pytest.raises(KeyboardInterrupt):
-        advtrain.fit(SmallNet(), PGDAT(steps=2), (x, y), run_dir=tmp_path / "cut", callbacks=[StopBeforeEpoch(1)],
+        advtrain.fit(net(), PGDAT(steps=2), (x, y), run_dir=tmp_path / "cut", callbacks=[InterruptAtStep(6)],
                      **args)
+    # 4 steps per epoch, a state every 3: the newest is epoch 2, batch 2; the resumed run redoes steps 6 and 7.
+    states = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").glob("state-*.safetensors"))
+    assert states[-1] == "state-e0001-b000002.safetensors"
     resumed = advtrain.fit(SmallNet(), PGDAT(steps=2), (x, y), run_dir=tmp_path / "cut", **args)
     check_history(resumed.history, 2)
     final = full.model.state_dict()
@@ -190,12 +200,13 @@ def test_bad_input_is_a_one_line_error_that_names_the_fix(change, message, tmp_p
 
 
 def test_fit_and_advtrain_train_give_bit_identical_weights_on_the_same_config_and_data(tmp_path):
-    config = load_config(None, ["train.epochs=2", "train.batch_size=64", "train.val_steps=1", "train.progress=quiet",
-                                "method.steps=2", "data.val_size=1400", "threat.eps=0.2", "optim.lr=0.05",
-                                "schedule.milestones=[1]"])
-    dataset = load_run_data(config)
-    train(config, tmp_path / "cli", data=dataset, log=lambda _: None)
+    overrides = ["train.epochs=2", "train.batch_size=64", "train.val_steps=1", "train.progress=quiet", "method.steps=2",
+                 "data.val_size=1400", "threat.eps=0.2", "optim.lr=0.05", "schedule.milestones=[1]",
+                 "eval.attacks=[clean]"]
+    assert main(["train", *(a for o in overrides for a in ("--set", o)), "--out", str(tmp_path / "cli")]) == 0
     cli, _ = load_weights(tmp_path / "cli" / "checkpoints" / "last.safetensors")
+    config = load_config(None, overrides)
+    dataset = load_run_data(config)
 
     train_idx, val_idx = split_validation(len(dataset.y_train), int(config.data.val_size), config.seed,
                                           labels=dataset.y_train)
