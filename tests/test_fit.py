@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import advtrain
 from advtrain.checkpoint import load_weights
 from advtrain.cli import main
-from advtrain.config import load_config
+from advtrain.config import ScheduleConfig, load_config
 from advtrain.data import split_validation
 from advtrain.methods import ARAT, IGD, PGDAT, TRADES
 from advtrain.models.spec import ModelSpec
@@ -222,3 +222,25 @@ def test_fit_and_advtrain_train_give_bit_identical_weights_on_the_same_config_an
     fitted = result.model.state_dict()
     assert set(fitted) == set(cli)
     assert all(torch.equal(fitted[k], cli[k]) for k in cli)
+
+
+PUBLIC_METHODS = ["ARAT", "AWP", "FGSM", "FGSMRS", "GradAlign", "IGD", "ISEAT", "MART", "NFGSM", "PGDAT", "SATR1",
+                  "SATR2", "SATR3", "Standard", "TRADES"]
+
+
+@pytest.mark.parametrize("name", PUBLIC_METHODS)
+def test_every_public_method_trains_a_users_module(name):
+    options = {"ARAT": {"layers": ["body.1"]}, "IGD": {"teacher": trained_digits_cnn()}, "GradAlign": {"lam": 0.2}}.get(
+        name, {})
+    config = getattr(advtrain.methods, name)(**options)
+    if hasattr(config, "steps"):
+        config.steps = 2
+    x, y, x_val, y_val = data(128)
+    torch.manual_seed(0)
+    model = SmallNet()
+    before = copy.deepcopy(model.state_dict())
+    # ISEAT's λ starts at the first LR milestone: one inside the run.
+    result = advtrain.fit(model, config, (x, y), val_data=(x_val[:64], y_val[:64]), schedule=ScheduleConfig(
+        milestones=[1]), **FAST)
+    check_history(result.history, 2)
+    assert set(result.model.state_dict()) == set(before) and changed(before, result.model)
