@@ -11,11 +11,12 @@ Images are float tensors in [0, 1] or uint8 pixels (0..255); normalise by mean/s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,10 +26,11 @@ from torch import Tensor, nn
 
 import advtrain
 from advtrain.attacks.threat import ThreatModel, check_images
+from advtrain.bounds import FieldError
 from advtrain.config import AveragingConfig, MonitorConfig, OptimConfig, ScheduleConfig, ThreatConfig, TrainConfig
 from advtrain.data import Augment, DeviceBatcher
 from advtrain.distributed import Processes
-from advtrain.errors import UserError
+from advtrain.errors import InvalidValue, UserError
 from advtrain.methods import Method, MethodConfig, build_method, method_class
 from advtrain.runfiles import RECORD
 from advtrain.runtime import SEED_LIMIT, autocast_dtype, derive_seed, resolve_device, seed_everything, use_channels_last
@@ -144,22 +146,31 @@ def _settings(method: MethodConfig | str, optimizer: Any, lr: float | None, sche
         raise UserError(f"method must be a method config such as advtrain.methods.TRADES(beta=6.0) or a method "
                         f"name, got {type(method).__name__}")
     if isinstance(threat, dict):
+        unknown = set(threat) - {"eps", "norm"}
+        if unknown:
+            raise UserError(f"threat: unknown keys {sorted(unknown)}; pass {{'eps': 8/255, 'norm': 'linf'}}")
         threat = ThreatModel(**threat)
     if not isinstance(threat, ThreatModel | None):
         raise UserError(f"threat must be a ThreatModel or {{'eps': 8/255, 'norm': 'linf'}}, got {threat!r}")
     if not (isinstance(optimizer, str | OptimConfig) or callable(optimizer)):
         raise UserError(f"optimizer must be 'sgd', 'adam', an OptimConfig or a function of the parameters, got "
                         f"{optimizer!r}")
-    optim = optimizer if isinstance(optimizer, OptimConfig) else OptimConfig(
-        name=optimizer if isinstance(optimizer, str) else "sgd")  # type: ignore[arg-type]  # checked by OptimConfig
-    if lr is not None:
-        optim = dataclasses.replace(optim, lr=lr)
+    with _named_as_argument("optimizer"):
+        optim = optimizer if isinstance(optimizer, OptimConfig) else OptimConfig(
+            name=optimizer if isinstance(optimizer, str) else "sgd")  # type: ignore[arg-type]  # checked here
+        if lr is not None:
+            optim = dataclasses.replace(optim, lr=lr)
     if isinstance(schedule, str):
-        schedule = ScheduleConfig(name=schedule)  # type: ignore[arg-type]  # checked by ScheduleConfig
-    if not (isinstance(seed, int) and 0 <= seed < SEED_LIMIT):
+        with _named_as_argument("schedule"):
+            schedule = ScheduleConfig(name=schedule)  # type: ignore[arg-type]  # checked here
+    if not isinstance(schedule, ScheduleConfig):
+        raise UserError(f"schedule must be a schedule name (multistep, cosine, ...) or a ScheduleConfig, got "
+                        f"{schedule!r}")
+    if isinstance(seed, bool) or not (isinstance(seed, int) and 0 <= seed < SEED_LIMIT):
         raise UserError(f"seed must be an integer in [0, 2**63), got {seed!r}")
-    train = TrainConfig(epochs=epochs, batch_size=batch_size, precision=precision,  # type: ignore[arg-type]
-                        val_steps=val_steps, checkpoint_every=checkpoint_every)
+    with _named_as_argument(""):
+        train = TrainConfig(epochs=epochs, batch_size=batch_size, precision=precision,  # type: ignore[arg-type]
+                            val_steps=val_steps, checkpoint_every=checkpoint_every)
     method.check_schedule(schedule.lr_milestones(), schedule.name)
     if averaging is not None and averaging.swa_start is not None and averaging.swa_start >= epochs:
         raise UserError(f"averaging.swa_start {averaging.swa_start} is not before epochs {epochs}: SWA would average "
@@ -168,6 +179,17 @@ def _settings(method: MethodConfig | str, optimizer: Any, lr: float | None, sche
         raise UserError("averaging.swa_every_steps needs averaging.swa_start (the 0-based epoch SWA starts at)")
     return _Settings(method, threat or ThreatModel(), optim, schedule, train, augment or Augment(), averaging, monitor,
                      seed)
+
+
+@contextlib.contextmanager
+def _named_as_argument(name_field: str) -> Iterator[None]:
+    """A config field's error named as fit's argument ("lr must be > 0"); its `name` field is the argument
+    `name_field` ("schedule: 'cosin' is not allowed ...")."""
+    try:
+        yield
+    except FieldError as e:
+        relative = name_field + e.relative.removeprefix("name") if e.relative.startswith("name") else e.relative
+        raise InvalidValue(relative) from None
 
 
 def _training(model: nn.Module, s: _Settings, optimizer: Any, train_data: Any, val_data: Any, device: torch.device,
