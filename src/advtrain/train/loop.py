@@ -81,6 +81,10 @@ class Training:
 
 
 class Loop:
+    """Trains `training` for its epochs: the steps of each epoch, then its validation, measurements, metric row,
+    checkpoint and log line. `callbacks` are called in their order at every hook (callbacks.py); the optional
+    `checkpointer` restores a resumed run first and saves after the steps and epochs it is due at."""
+
     def __init__(self, training: Training, callbacks: Sequence[Callback] = (), checkpointer: Checkpointer | None = None,
                  log: Callable[[str], None] = lambda _: None) -> None:
         self.training, self.callbacks, self.checkpointer, self.log = training, list(callbacks), checkpointer, log
@@ -102,6 +106,7 @@ class Loop:
         self.history: list[dict[str, Any]] = []  # the metric rows of the epochs this loop trained
 
     def run(self) -> None:
+        """Train from the restored (or initial) progress to the last epoch, or until a component stops it."""
         with contextlib.ExitStack() as stack:
             if self.checkpointer is not None:
                 self.checkpointer.restore(self)
