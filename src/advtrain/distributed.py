@@ -1,5 +1,5 @@
 """Data-parallel training and sharded evaluation across processes started by `torchrun` (gloo on CPU, nccl on
-CUDA). Training (advtrain.train.trainer):
+CUDA). Training (advtrain.train.loop):
 
 Every process holds the whole model and trains on its slice of each global batch; after backward the gradients
 are averaged over processes with one all-reduce of their concatenation (weighted by each slice's size, so an

@@ -108,7 +108,8 @@ def augment_batch(x_uint8: torch.Tensor, augment: Augment, generator: torch.Gene
 
 
 class DeviceBatcher:
-    """Yields shuffled, augmented float batches from a uint8 dataset held on ``device``.
+    """Yields shuffled, augmented float batches from a uint8 dataset held on ``device`` (or a float one in [0, 1],
+    with ``pixel_max`` 1).
 
     The data is moved to the device once, in ``__init__``; each batch is a gather on the device followed by
     augmentation in uint8 and a single conversion to float.
@@ -127,8 +128,9 @@ class DeviceBatcher:
         shuffle: bool = True,
         drop_last: bool = False,
     ) -> None:
-        if x.dtype != torch.uint8 or x.dim() != 4:
-            raise UserError(f"DeviceBatcher needs uint8 images N×C×H×W, got {x.dtype} {tuple(x.shape)}")
+        if not (x.dtype == torch.uint8 or x.is_floating_point()) or x.dim() != 4:
+            raise UserError(f"DeviceBatcher needs images N×C×H×W, uint8 (or floats with pixel_max 1), got {x.dtype} "
+                            f"{tuple(x.shape)}")
         if y.dim() != 1 or len(y) != len(x):
             raise UserError(f"DeviceBatcher needs one label per image ({len(x)}), got shape {tuple(y.shape)}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -16,6 +16,8 @@ input gradients with those of a frozen, standard-trained teacher.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -43,7 +45,8 @@ COS_EPS = 1e-8  # METHODS.md §3: cosine per sample with eps 1e-8
 class IGDConfig(MethodConfig):
     name: str = "igd"
     # A run directory (its best checkpoint; a `standard` run keeps its best-clean-accuracy one), or a weights
-    # file: .safetensors with its sidecar, or a .pt state_dict together with `teacher_model`.
+    # file: .safetensors with its sidecar, or a .pt state_dict together with `teacher_model`. From Python also an
+    # nn.Module (`IGD(teacher=net)`), frozen as a copy; it is then no field value (`teacher_module` holds it).
     teacher: str | None = None
     teacher_model: str | None = None  # architecture of a sidecar-less teacher file, e.g. resnet18
     lam: Annotated[float, Ge(0)] = 1.0  # the paper sweeps λ ∈ {1, 2, 3, 4} and keeps the one matching PGD-AT
@@ -55,10 +58,17 @@ class IGDConfig(MethodConfig):
     base: MethodConfig = field(default_factory=lambda: PGDATConfig(bn_mode="eval"))
 
     def __post_init__(self) -> None:
+        # From Python, `teacher` may be the teacher network itself: kept aside, so the config's fields (what YAML
+        # files and run metadata hold) stay plain values.
+        self.teacher_module: nn.Module | None = None
+        if isinstance(self.teacher, nn.Module):
+            self.teacher_module, self.teacher = self.teacher, None
         super().__post_init__()
         # Checked while the config loads, so a bad teacher fails before a run writes anything.
         if self.base.name not in BASES:
             raise UserError(f"method.base: igd adds its term to {' or '.join(BASES)}, got {self.base.name!r}")
+        if self.teacher_module is not None:
+            return
         if self.teacher is None:
             raise UserError(
                 "method.teacher: igd needs a standard-trained teacher; train one with --set method.name=standard "
@@ -80,6 +90,16 @@ def teacher_file(teacher: str) -> Path:
     if not path.is_file():
         raise UserError(f"method.teacher: {path} not found: pass a run directory or a checkpoint file")
     return path
+
+
+def tensors_sha256(tensors: dict[str, Tensor]) -> str:
+    """sha256 of a state dict's names, dtypes, shapes and values: a teacher module's identity across a resume."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def gradient_distance(student: Tensor, teacher: Tensor, distance: Distance, absolute: bool) -> Tensor:
@@ -104,9 +124,13 @@ class IGD(AdversarialMethod):
         base = build_method(config.base, threat)
         assert isinstance(base, AdversarialMethod)  # BASES are adversarial methods
         self.base = base
-        self.teacher_path = teacher_file(config.teacher or "").resolve()
-        self.teacher_sha256 = sha256_file(self.teacher_path)
         self._teacher: nn.Module | None = None
+        self.teacher_path: Path | None = None
+        if config.teacher_module is not None:
+            self.teacher_sha256 = tensors_sha256(config.teacher_module.state_dict())
+        else:
+            self.teacher_path = teacher_file(config.teacher or "").resolve()
+            self.teacher_sha256 = sha256_file(self.teacher_path)
 
     def prepare_model(self, model: nn.Module, example: Tensor) -> nn.Module:
         # The teacher is loaded now, so a wrong teacher file or architecture fails before the run folder is
@@ -116,14 +140,19 @@ class IGD(AdversarialMethod):
         return model
 
     def teacher(self, student: nn.Module, like: Tensor) -> nn.Module:
-        """The frozen teacher on `like`'s device, built on first use: a sidecar-less file takes its shape
-        from the batch and its number of classes from the student's last linear layer."""
+        """The frozen teacher on `like`'s device, built on first use: a copy of the teacher module, or loaded from
+        its file; a sidecar-less file takes its shape from the batch and its number of classes from the student's
+        last linear layer."""
         if self._teacher is None:
-            spec = None
-            if self.config.teacher_model is not None:
-                c, size = like.shape[1], like.shape[-1]
-                spec = ModelSpec(self.config.teacher_model, _num_classes(student), c, size)
-            teacher = load_checkpoint_model(self.teacher_path, spec).model
+            if self.config.teacher_module is not None:
+                teacher = copy.deepcopy(self.config.teacher_module)  # the caller's module stays as it was
+            else:
+                assert self.teacher_path is not None  # set in __init__ when there is no teacher module
+                spec = None
+                if self.config.teacher_model is not None:
+                    c, size = like.shape[1], like.shape[-1]
+                    spec = ModelSpec(self.config.teacher_model, _num_classes(student), c, size)
+                teacher = load_checkpoint_model(self.teacher_path, spec).model
             teacher.requires_grad_(False)
             self._teacher = teacher.eval().to(device=like.device, dtype=like.dtype)
         return self._teacher
@@ -151,13 +180,14 @@ class IGD(AdversarialMethod):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["teacher_sha256"] != self.teacher_sha256:
             raise UserError(
-                f"method.teacher: {self.teacher_path} changed since this run started (sha256 differs); "
-                f"restore the original teacher file to resume"
+                f"method.teacher: {self.teacher_path or 'the teacher module'} changed since this run started (sha256 "
+                "differs); restore the original teacher to resume"
             )
         self.base.load_state_dict(state["base"])
 
     def metadata(self) -> dict[str, Any]:
-        return super().metadata() | {"teacher_path": str(self.teacher_path), "teacher_sha256": self.teacher_sha256}
+        path = None if self.teacher_path is None else str(self.teacher_path)
+        return super().metadata() | {"teacher_path": path, "teacher_sha256": self.teacher_sha256}
 
 
 def _num_classes(model: nn.Module) -> int:
