@@ -285,7 +285,7 @@ def config_path(name: Path | str) -> Path:
 
 def config_description(path: Path) -> str:
     """What `advtrain configs` shows for a config file: the headline of the comment it starts with, i.e. up to the
-    first colon or full stop outside parentheses that ends a clause ("" without a leading comment)."""
+    first colon, semicolon or full stop outside parentheses that ends a clause ("" without a leading comment)."""
     lines = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.startswith("#"):
@@ -298,10 +298,10 @@ def config_description(path: Path) -> str:
     for i, char in enumerate(text):
         depth += {"(": 1, ")": -1}.get(char, 0)
         after = text[i + 1: i + 3]
-        if char == ":":
+        if char in ":;":
             ends = after[:1] in (" ", "")
-        else:  # ". X" ends a sentence, as does a stop at the end; "et al. 2020" does not
-            ends = char == "." and (after == "" or (after[0] == " " and after[1:].isupper()))
+        else:  # ". X" and ". `code" end a sentence, as does a stop at the end; "et al. 2020" does not
+            ends = char == "." and (after == "" or (after[0] == " " and (after[1:].isupper() or after[1:] == "`")))
         if depth == 0 and ends:
             return text[:i]
     return text
