@@ -1,4 +1,4 @@
-"""AR-AT (METHODS.md §6) against hand-written formulas: the loss as two plain models, where the gradients go,
+"""AR-AT (docs/methods.md §6) against hand-written formulas: the loss as two plain models, where the gradients go,
 auto-balance, the released-code attack start, SWA's adv-BN recalibration, and the method in the trainer."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""TRADES, MART and the AWP wrapper against hand-written formulas (METHODS.md §2, §4.3), in fp64."""
+"""TRADES, MART and the AWP wrapper against hand-written formulas (docs/methods.md §2, §4.3), in fp64."""
 
 from __future__ import annotations
 

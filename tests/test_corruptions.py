@@ -1,4 +1,4 @@
-"""Noise corruptions (METHODS.md §7.4) against their closed-form statistics, and the CIFAR-10-C reader.
+"""Noise corruptions (docs/methods.md §7.4) against their closed-form statistics, and the CIFAR-10-C reader.
 
 Every statistical check compares a sample statistic with its exact value under the corruption's
 distribution, with a tolerance of 5 standard errors for the sample size used: a correct implementation

@@ -1,4 +1,4 @@
-"""`advtrain diagnose` and `advtrain.eval.diagnose` (METHODS.md §7.7): gradient-masking checks.
+"""`advtrain diagnose` and `advtrain.eval.diagnose` (docs/methods.md §7.7): gradient-masking checks.
 
 Every check is run on constructed models whose answer is known: a binary linear model (no masking: every
 attack finds the same optimal corner, the loss along the FGSM direction is a known convex curve, the input

@@ -1,4 +1,4 @@
-"""`advtrain eval` with the inequality evaluations (METHODS.md §7.2–7.4): single runs, --compare, figures."""
+"""`advtrain eval` with the inequality evaluations (docs/methods.md §7.2–7.4): single runs, --compare, figures."""
 
 import json
 from pathlib import Path

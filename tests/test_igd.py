@@ -1,4 +1,4 @@
-"""IGD (METHODS.md §3): the loss against a hand-written formula, the second-order gradient against central
+"""IGD (docs/methods.md §3): the loss against a hand-written formula, the second-order gradient against central
 finite differences (fp64), the frozen teacher, the options and the errors."""
 
 from __future__ import annotations

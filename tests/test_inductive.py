@@ -1,4 +1,4 @@
-"""Inductive noise, random noise and inductive occlusion (METHODS.md §7.3) on real digits and a real CNN."""
+"""Inductive noise, random noise and inductive occlusion (docs/methods.md §7.3) on real digits and a real CNN."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Representation invariance and the robustness–accuracy trade-off (METHODS.md §6, §7.6): the cosine of clean
+"""Representation invariance and the robustness–accuracy trade-off (docs/methods.md §6, §7.6): the cosine of clean
 and adversarial penultimate features, `advtrain eval --attacks invariance`, the clean + AA "sum" and the
 `--compare` scatter. Real models and data, no mocks; the oracles are written here independently."""
 

@@ -1,4 +1,4 @@
-"""ISEAT (METHODS.md §4) against a hand-written two-model formulation in fp64: the attack, the weight
+"""ISEAT (docs/methods.md §4) against a hand-written two-model formulation in fp64: the attack, the weight
 perturbation, the gradient, one optimizer step in the AWP convention, the rank weights and the λ stages."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The catastrophic-overfitting monitor (METHODS.md §7.7): its readings against a hand-written loop, its
+"""The catastrophic-overfitting monitor (docs/methods.md §7.7): its readings against a hand-written loop, its
 two flag rules, and `stop_on_collapse` in the trainer."""
 
 import copy

@@ -1,4 +1,4 @@
-"""Attributions and Gini (METHODS.md §7.2): closed forms, hand-computed values, real digits CNN."""
+"""Attributions and Gini (docs/methods.md §7.2): closed forms, hand-computed values, real digits CNN."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SAT-R1/R2/R3 (METHODS.md §5) against hand-written formulas in fp64: eval-mode crafting, one train-mode
+"""SAT-R1/R2/R3 (docs/methods.md §5) against hand-written formulas in fp64: eval-mode crafting, one train-mode
 forward over the concatenated variants, and R2's unclamped start and unprojected full-ε step."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Single-step methods (METHODS.md §2): fgsm, fgsm_rs, n_fgsm, grad_align.
+"""Single-step methods (docs/methods.md §2): fgsm, fgsm_rs, n_fgsm, grad_align.
 
 Each loss is checked against an independent hand-written formula in fp64 (own autograd, same noise drawn
 from an identically seeded generator), and the input-gradient step is checked under bf16 autocast: it must

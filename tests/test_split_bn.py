@@ -126,7 +126,7 @@ def test_penultimate_features_are_the_classifier_input():
 
 def test_default_layer_sets_match_the_paper_and_refuse_unknown_models():
     assert default_invariance_layers(build_model("resnet18")) == [
-        "layer4.0.bn1", "layer4.0.bn2", "layer4.1.bn1", "layer4.1.bn2"]  # METHODS.md §6, ResNet-18
+        "layer4.0.bn1", "layer4.0.bn2", "layer4.1.bn1", "layer4.1.bn2"]  # docs/methods.md §6, ResNet-18
     wrn = default_invariance_layers(build_model("wrn34_10"))
     assert len(wrn) == 11 and wrn[-1] == "avgpool" and wrn[0] == "block3.layer.0.relu1"  # 10 ReLUs + pooled
     assert default_invariance_layers(to_split_bn(build_model("resnet18")))[0] == "layer4.0.bn1"  # names survive

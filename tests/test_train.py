@@ -129,7 +129,7 @@ def test_pgd_at_loss_equals_the_hand_written_formula_in_fp64():
     assert torch.allclose(model[1].running_mean, reference[1].running_mean)
 
 
-# The paper recipes, written out independently of the YAML files (METHODS.md §2 and each method's code):
+# The paper recipes, written out independently of the YAML files (docs/methods.md §2 and each method's code):
 # (model, method, epochs, lr, weight decay, schedule, milestones, method options).
 PAPER_RECIPES = {
     "cifar10_preact_resnet18_pgd_at.yaml": ("preact_resnet18", "pgd_at", 200, 0.1, 5e-4, "multistep", [100, 150],

@@ -38,7 +38,8 @@ class DataConfig(CheckedConfig):
     val_size: Annotated[float, Ge(0, "a fraction < 1 or a count of images")] = 0.1
     crop_padding: Annotated[int, Ge(0)] = 0  # random crop with this much zero padding (4 for CIFAR); 0 = off
     flip: bool = False  # random horizontal flip
-    idbh: Literal["none", "weak", "strong"] = "none"  # IDBH augmentation (METHODS.md §4.4), replaces crop/flip when set
+    # IDBH augmentation (docs/methods.md §4.4), replaces crop/flip when set
+    idbh: Literal["none", "weak", "strong"] = "none"
     options: dict[str, Any] = field(default_factory=dict)  # source options, e.g. synthetic `shape`
 
 
@@ -125,7 +126,7 @@ class TrainConfig(CheckedConfig):
 
 @dataclass
 class MonitorConfig(CheckedConfig):
-    """Catastrophic-overfitting monitor (METHODS.md §7.7): PGD and FGSM on a fixed held-out batch.
+    """Catastrophic-overfitting monitor (docs/methods.md §7.7): PGD and FGSM on a fixed held-out batch.
 
     The batch is the first `size` images of the validation split; readings go to monitor.jsonl and the
     epoch-end reading also to metrics.jsonl. A reading is flagged as a collapse when PGD accuracy falls more
@@ -133,7 +134,7 @@ class MonitorConfig(CheckedConfig):
     """
 
     enabled: bool = True
-    size: Annotated[int, Ge(1)] = 512  # METHODS.md §7.7: 512–1024 images
+    size: Annotated[int, Ge(1)] = 512  # docs/methods.md §7.7: 512–1024 images
     steps: Annotated[int, Ge(1)] = 10  # PGD-10, random start, step ε/4
     every_steps: Annotated[int, Ge(1)] | None = None  # also read every N optimizer steps
     pgd_drop: Annotated[float, Ge(0), Le(1)] = 0.2
@@ -143,7 +144,7 @@ class MonitorConfig(CheckedConfig):
 
 @dataclass
 class VulnerabilityConfig(CheckedConfig):
-    """Per-example adversarial vulnerability AVᵢ = CE(x'ᵢ) − CE(xᵢ) (METHODS.md §7.5) of a fixed training
+    """Per-example adversarial vulnerability AVᵢ = CE(x'ᵢ) − CE(xᵢ) (docs/methods.md §7.5) of a fixed training
     subset (its first `size` images, no augmentation), every `every_epochs` epochs and after the first, saved
     as vulnerability/epoch-EEEE.npy; x' = PGD-`steps` (step ε/4, random start) in eval mode."""
 

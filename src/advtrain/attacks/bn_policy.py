@@ -1,4 +1,4 @@
-"""How BatchNorm behaves while an attack crafts examples (METHODS.md §0, "BN policy").
+"""How BatchNorm behaves while an attack crafts examples (docs/methods.md §0, "BN policy").
 
 Papers differ: Madry/Rice/ISEAT/AR-AT attack in `train` mode (batch statistics, running statistics
 updated), TRADES/IGD/SAT-R in `eval` mode (running statistics), and some code uses batch statistics

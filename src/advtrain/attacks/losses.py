@@ -1,4 +1,4 @@
-"""Per-example losses that attacks ascend (METHODS.md §1)."""
+"""Per-example losses that attacks ascend (docs/methods.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FGSM and PGD under L∞ and L2 (METHODS.md §1).
+"""FGSM and PGD under L∞ and L2 (docs/methods.md §1).
 
 Pure functions: they neither change the model's train/eval mode (use `bn_policy` around them) nor
 touch parameter gradients (gradients are taken with `torch.autograd.grad` w.r.t. the input only).
@@ -18,7 +18,7 @@ from advtrain.attacks.threat import Norm, check_attack_inputs, parse_norm
 
 # "last": the final iterate (Madry's training attack). "first_fooling": per example, the first
 # iterate (start included) that the model misclassifies, else the final one — robust accuracy then
-# can only fall as steps are added, and restarts keep every success (METHODS.md §1, "Restarts").
+# can only fall as steps are added, and restarts keep every success (docs/methods.md §1, "Restarts").
 Keep = Literal["last", "first_fooling"]
 
 

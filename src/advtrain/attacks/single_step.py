@@ -1,4 +1,4 @@
-"""One signed-gradient step from a (possibly random) start: FGSM, FGSM-RS, N-FGSM (METHODS.md §1, §2).
+"""One signed-gradient step from a (possibly random) start: FGSM, FGSM-RS, N-FGSM (docs/methods.md §1, §2).
 
 Like `pgd.py`, pure functions: they neither change the model's mode (use `bn_policy` around them) nor
 touch parameter gradients. The loss whose input gradient is taken is computed in fp32 from the (possibly

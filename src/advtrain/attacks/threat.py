@@ -1,4 +1,4 @@
-"""The threat model shared by training attacks, validation and evaluation (METHODS.md §0).
+"""The threat model shared by training attacks, validation and evaluation (docs/methods.md §0).
 
 One parser for norm names (`parse_norm`) and one place for the pixel-scale rules (`check_distance`,
 `check_images`): advtrain's images and distances are in [0, 1] pixel units. The public attack and evaluation

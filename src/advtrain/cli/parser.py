@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "RUN_DIR/figures with RUN_DIR/eval.json, else to OUT_STEM-figures next to it")
 
     p = sub.add_parser("diagnose", parents=[debug],
-                       help="check a run or a weights file for gradient masking (METHODS.md §7.7)")
+                       help="check a run or a weights file for gradient masking (docs/methods.md §7.7)")
     p.add_argument("run_dir", nargs="?", type=Path, help="a run directory made by `advtrain train`")
     p.add_argument("--model", help="model name, for --weights files without a sidecar (e.g. resnet18)")
     p.add_argument("--weights", type=Path, help=".safetensors (with its .json sidecar) or a plain .pt state_dict")

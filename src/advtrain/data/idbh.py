@@ -2,7 +2,7 @@
 
 Li & Spratling, "Data augmentation alone can improve adversarial training", ICLR 2023; reference code
 TreeLLi/DA-Alone-Improves-AT (``src/data/idbh.py``), which the ISEAT recipe uses for its best run
-(METHODS.md §4.4). The reference works image by image on PIL images (torchvision transforms); here every op
+(docs/methods.md §4.4). The reference works image by image on PIL images (torchvision transforms); here every op
 works on a whole batch at once, with per-image parameters drawn from one ``torch.Generator``:
 
     flip (p = 0.5) → CropShift (0–10 px) → one colour/shape op of eight → random erasing (p 0.5 / 1.0)

@@ -132,7 +132,7 @@ def evaluate_analyses(
     """The "inequality", "vulnerability" and "invariance" parts of the eval JSON (those `settings.inequality`
     asks for), for one model or a group, in fp32. Inequality: the first `settings.n` test images; vulnerability:
     the first `settings.n` images of `settings.vulnerability_split`, PGD-`steps` at the first ε (see
-    `evaluate_vulnerability`); invariance (METHODS.md §7.6): the first `settings.n` test images, PGD-`steps`
+    `evaluate_vulnerability`); invariance (docs/methods.md §7.6): the first `settings.n` test images, PGD-`steps`
     on CE at the first ε with the eval's step size (`settings.step_size`, default 2.5·ε/steps; see
     `evaluate_invariance`). A `settings.batch_size` of "auto" is resolved for each model in fp32 on the test
     images (`resolve_eval_batch`) and the smallest is used; the batch size that ran goes under "batch_size".
@@ -168,7 +168,7 @@ def evaluate_analyses(
 
 
 def tradeoff_part(evals: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """{"tradeoff": `tradeoff_scores(evals)`} (METHODS.md §6, §7.6: clean + AutoAttack accuracy, or clean + the
+    """{"tradeoff": `tradeoff_scores(evals)`} (docs/methods.md §6, §7.6: clean + AutoAttack accuracy, or clean + the
     strongest attack run, flagged as not being the sum), or {} when no run has a clean and a robust accuracy."""
     scores = tradeoff_scores(evals)
     return {} if scores is None else {"tradeoff": scores}

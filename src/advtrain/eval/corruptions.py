@@ -1,4 +1,4 @@
-"""The noise family of CIFAR-10-C / ImageNet-C (METHODS.md §7.4), and a reader for the pre-made CIFAR-10-C arrays.
+"""The noise family of CIFAR-10-C / ImageNet-C (docs/methods.md §7.4), and a reader for the pre-made CIFAR-10-C arrays.
 
 Hendrycks & Dietterich (ICLR 2019) corrupt uint8 images with NumPy's global random state; here every draw
 comes from an explicit ``torch.Generator`` on the images' device, so a seed reproduces the same corrupted
@@ -27,7 +27,7 @@ Constants = Literal["cifar10", "imagenet"]
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 
-# Severity constants, severity 1..5 (METHODS.md §7.4; identical to the reference code).
+# Severity constants, severity 1..5 (docs/methods.md §7.4; identical to the reference code).
 _TABLES: dict[str, dict[str, tuple[float, ...]]] = {
     "cifar10": {
         "gaussian_noise": (0.04, 0.06, 0.08, 0.09, 0.10),  # σ of the additive normal noise
@@ -79,7 +79,7 @@ def _unknown(name: str, choices: Sequence[str], what: str) -> str:
 
 
 def _check_images(x: Tensor) -> None:
-    """Reject integer images and values outside [0, 1]: the constants are in [0, 1] units (METHODS.md §0)."""
+    """Reject integer images and values outside [0, 1]: the constants are in [0, 1] units (docs/methods.md §0)."""
     if not torch.is_floating_point(x):
         raise UserError(f"corruptions take float images in [0, 1], got dtype {x.dtype}: divide uint8 images by 255")
     if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):

@@ -1,4 +1,4 @@
-"""Inductive attacks (IGD, METHODS.md §7.3): noise and occlusion aimed at the most salient inputs.
+"""Inductive attacks (IGD, docs/methods.md §7.3): noise and occlusion aimed at the most salient inputs.
 
 An l∞-adversarially trained model leans on a few input elements; perturbing exactly those (ranked by the
 signed saliency ∇ₓ z_y) breaks it far more than perturbing as many random elements. Error rates are taken

@@ -1,4 +1,4 @@
-"""The IGD evaluations on one model or a group compared on the same images (METHODS.md §7.2–7.4).
+"""The IGD evaluations on one model or a group compared on the same images (docs/methods.md §7.2–7.4).
 
 - `gini`: global and regional Gini (both conventions) of the saliency |∇ₓ z_y|, averaged over all
   evaluated test images and over each model's correctly classified ones (both reported).
@@ -61,7 +61,7 @@ class InequalityOptions:
     # are the test images in order) instead of generating them; None generates them from the seed.
     corruptions_root: Path | None = None
     noise_modes: tuple[str, ...] = NOISE_MODES
-    occlusion_n: int = 10  # centres (METHODS.md §7.3: n ≤ 10)
+    occlusion_n: int = 10  # centres (docs/methods.md §7.3: n ≤ 10)
     occlusion_r: int = 20  # square half-side (r ≤ 20)
 
     def __post_init__(self) -> None:

@@ -1,5 +1,5 @@
 """Representation invariance: how much of a model's penultimate representation survives an attack
-(METHODS.md §7.6, the analysis AR-AT rests on, §6).
+(docs/methods.md §7.6, the analysis AR-AT rests on, §6).
 
     cosᵢ = cos(f(xᵢ), f(x'ᵢ)),   x' = PGD on CE (random start, keep the last iterate), model in eval mode,
 
@@ -76,7 +76,7 @@ def representation_invariance(
     seed: int = 0,
     batch_size: int = 256,
 ) -> Tensor:
-    """Per-example cos(f(x), f(x')) of the penultimate features, fp32 on the CPU (METHODS.md §7.6).
+    """Per-example cos(f(x), f(x')) of the penultimate features, fp32 on the CPU (docs/methods.md §7.6).
 
     f = the input of the model's last `nn.Linear` (`penultimate_features`); x' = `advtrain.attacks.pgd` on CE
     with a random start, keeping the last iterate (it maximises the loss rather than stopping at the first
@@ -95,7 +95,7 @@ def representation_invariance(
 
 
 def invariance_summary(cos: Tensor, correct: Tensor | None = None) -> dict[str, Any]:
-    """The distribution of per-example cosines (METHODS.md §7.6 reports the mean), JSON-ready.
+    """The distribution of per-example cosines (docs/methods.md §7.6 reports the mean), JSON-ready.
 
     {"count", "mean", "std" (population, ddof = 0), "min", "median", and with `correct` (a bool mask of the
     clean examples the model classifies correctly) "n_correct", "clean_accuracy", "mean_correct" (the mean
@@ -139,7 +139,7 @@ def evaluate_invariance(
     seed: int = 0,
     batch_size: int = 256,
 ) -> dict[str, Any]:
-    """The representation invariance of every model on the same images (METHODS.md §7.6); JSON-ready.
+    """The representation invariance of every model on the same images (docs/methods.md §7.6); JSON-ready.
 
     {"n", "eps", "norm", "steps", "step_size", "restarts": 1, "random_start": True, "keep": "last", "seed",
      "features": "input of the last nn.Linear", "models": {label: invariance_summary(cos, clean correct)}}.

@@ -1,4 +1,4 @@
-"""Robust accuracy under a list of attacks and ε (METHODS.md §7.1), always in eval mode."""
+"""Robust accuracy under a list of attacks and ε (docs/methods.md §7.1), always in eval mode."""
 
 from __future__ import annotations
 

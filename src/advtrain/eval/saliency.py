@@ -1,4 +1,4 @@
-"""Attributions and their inequality: global and regional Gini (METHODS.md §7.2, IGD / Duan et al.).
+"""Attributions and their inequality: global and regional Gini (docs/methods.md §7.2, IGD / Duan et al.).
 
 Attribution functions are pure: they take gradients with `torch.autograd.grad` w.r.t. the input only
 (no parameter `.grad` is ever written) and do not change the model's train/eval mode. Evaluations want
@@ -209,7 +209,7 @@ def gini_report(
 
     Returns CPU tensors of length len(x): "global", "regional_duan", "regional_igd" (float) and
     "correct" (bool, clean prediction == y), so a caller can average over all examples or over the
-    correct ones (state which, METHODS.md §7.2). The model runs in eval mode (running BN statistics);
+    correct ones (state which, docs/methods.md §7.2). The model runs in eval mode (running BN statistics);
     its mode is restored afterwards. `blocks` overrides the block side per convention, e.g.
     {"igd": 4} for 8×8 inputs; `attribution_kwargs` go to the attribution (steps, samples, generator...).
     """

@@ -16,7 +16,7 @@ def _accuracy(result: Mapping[str, object]) -> float | None:
 
 
 def tradeoff_scores(evals: Mapping[str, Mapping[str, object]]) -> dict[str, Any] | None:
-    """The robustness–accuracy trade-off of one or more evaluations (METHODS.md §6, §7.6); JSON-ready.
+    """The robustness–accuracy trade-off of one or more evaluations (docs/methods.md §6, §7.6); JSON-ready.
 
     `evals` is {label: an eval.json, or any mapping with its "results" list}. Clean accuracy is the `clean`
     result. The robust accuracy is taken at the first ε the results list (the eval's first `--eps`), from:

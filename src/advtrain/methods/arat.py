@@ -1,4 +1,4 @@
-"""`arat` (Asymmetrically Representation-regularized AT; METHODS.md §6): split BatchNorm, and an invariance term
+"""`arat` (Asymmetrically Representation-regularized AT; docs/methods.md §6): split BatchNorm, and an invariance term
 that pulls adversarial features toward stop-gradient clean features through a predictor.
 
     L = α_e·CE(z_adv(x'), y) + β_e·CE(z_clean(x), y) + (γ/|S|) Σ_{l∈S} [1 − (1/B) Σᵢ cos(h_l(z'_{l,i}), sg(z_{l,i}))]

@@ -1,6 +1,6 @@
 """`awp` (Wu, Xia, Wang 2020, Adversarial Weight Perturbation): a wrapper around an adversarial method.
 
-Per step (METHODS.md §2 `awp` row, procedure of §4.3 with the wrapped method's own loss as the ascent
+Per step (docs/methods.md §2 `awp` row, procedure of §4.3 with the wrapped method's own loss as the ascent
 objective; authors' code: csdongxian/AWP, `utils_awp.py` AdvWeightPerturb / TradesAWP):
 
 1. x' = base.perturb(...) at the unperturbed weights θ (with the attack's diagnostics, e.g. `zero_grad`).

@@ -10,7 +10,7 @@ The trainer knows nothing about any particular method. For every batch it does e
 and around that it calls `on_epoch_start` before each epoch, optimises and checkpoints the modules of
 `extra_modules()` with the model, and saves `state_dict()` with every checkpoint.
 
-How each method of METHODS.md §2–6 plugs in, with no special case in the trainer:
+How each method of docs/methods.md §2–6 plugs in, with no special case in the trainer:
 
 - Several forward passes (TRADES, MART, ISEAT, AR-AT): `loss` calls the model as often as it needs;
   the trainer only sees the final scalar.
@@ -181,7 +181,7 @@ class Method(ABC):
         pass
 
     def metadata(self) -> dict[str, Any]:
-        """Every option of this method, recorded in the run metadata (METHODS.md preamble)."""
+        """Every option of this method, recorded in the run metadata (docs/methods.md, introduction)."""
         return dataclasses.asdict(self.config)
 
 
@@ -225,7 +225,7 @@ class QuarterEpsStep:
 
 def joint_forward(model: nn.Module, *inputs: Tensor) -> tuple[Tensor, ...]:
     """One forward pass over the concatenation of `inputs`, split back: the variants share BN batch statistics
-    (the single train-mode forward of SAT-R, METHODS.md §5)."""
+    (the single train-mode forward of SAT-R, docs/methods.md §5)."""
     logits = model(torch.cat(inputs))
     return logits.split([len(x) for x in inputs])
 

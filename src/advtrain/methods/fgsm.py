@@ -1,4 +1,4 @@
-"""`fgsm`: CE(z(x'), y) with x' = clamp(x + ε·sign ∇ₓCE(z(x), y), 0, 1), zero start (METHODS.md §2).
+"""`fgsm`: CE(z(x'), y) with x' = clamp(x + ε·sign ∇ₓCE(z(x), y), 0, 1), zero start (docs/methods.md §2).
 
 Plain FGSM training, the baseline that collapses (catastrophic overfitting; Wong et al. 2020, Andriushchenko
 & Flammarion 2020). The attack is exactly `--attack=fgsm --attack_init=zero` of

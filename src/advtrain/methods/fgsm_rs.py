@@ -1,4 +1,4 @@
-"""`fgsm_rs` (Wong, Rice, Kolter 2020, "Fast is better than free"): FGSM from a random start (METHODS.md §2).
+"""`fgsm_rs` (Wong, Rice, Kolter 2020, "Fast is better than free"): FGSM from a random start (docs/methods.md §2).
 
     δ₀ ~ U(−ε, ε);  δ = Π_ε(δ₀ + α·sign ∇ₓCE(z(x + δ₀), y));  loss = CE(z(clamp(x + δ, 0, 1)), y),  α = 1.25ε
 

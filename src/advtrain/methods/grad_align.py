@@ -3,7 +3,7 @@
     loss = CE(z(clamp(x + ε·sign g₁, 0, 1)), y) + λ·(1 − mean_i cos(g₁ᵢ, g₂ᵢ))
     g₁ = sg(∇ₓCE(z(x), y)),  g₂ = ∇ₓCE(z(x + η), y) with create_graph (double backprop),  η ~ U(−ε, ε)
 
-(METHODS.md §2.) Choices taken from the released code, tml-epfl/understanding-fast-adv-training:
+(docs/methods.md §2.) Choices taken from the released code, tml-epfl/understanding-fast-adv-training:
 - The FGSM part is `--attack=fgsm --attack_init=zero` (sh/exps_diff_eps_cifar10.sh): a zero start and
   δ = clamp(1.25ε·sign g₁, −ε, ε) = ε·sign g₁. g₁ is detached before the regulariser (train.py `grad.detach()`),
   so only g₂ is differentiated through.

@@ -1,4 +1,4 @@
-"""`igd` (Input Gradient Distillation; METHODS.md §3): adversarial training plus alignment of the student's
+"""`igd` (Input Gradient Distillation; docs/methods.md §3): adversarial training plus alignment of the student's
 input gradients with those of a frozen, standard-trained teacher.
 
     L = base loss(x, x', y) + λ · (1/B) Σᵢ [1 − cos(g(S, xᵢ), sg(g(T, xᵢ)))],   g(f, x) = ∇ₓ z_y(x)
@@ -38,7 +38,7 @@ from advtrain.models.spec import ModelSpec
 
 Distance = Literal["cos", "l2"]
 BASES = ("pgd_at", "trades")  # the base losses of the paper: PGD-AT, and TRADES in the ablation
-COS_EPS = 1e-8  # METHODS.md §3: cosine per sample with eps 1e-8
+COS_EPS = 1e-8  # docs/methods.md §3: cosine per sample with eps 1e-8
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`iseat` (Instance-adaptive Smoothness Enhanced AT; METHODS.md §4): adversarial CE at weights θ + γv, plus a
+"""`iseat` (Instance-adaptive Smoothness Enhanced AT; docs/methods.md §4): adversarial CE at weights θ + γv, plus a
 logit-smoothness regulariser weighted by each example's rank of adversarial vulnerability in the batch.
 
     AVᵢ = CE(z(x'ᵢ; θ+γv), yᵢ) − CE(z(xᵢ; θ), yᵢ)            (no gradient)
@@ -20,7 +20,7 @@ logit-smoothness regulariser weighted by each example's rank of adversarial vuln
   schedule is refused unless `lam_start_epoch` names the epoch (which also overrides the milestone): under
   cosine, cyclic or warm-up schedules the LR is below its base from epoch 1, so its first drop marks no stage.
 - Ties in AV share the average of their ranks, so the weights do not depend on the order of the batch
-  (METHODS.md does not say; this is our choice).
+  (the paper and released code do not say; this is our choice).
 """
 
 from __future__ import annotations

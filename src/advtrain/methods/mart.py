@@ -1,10 +1,10 @@
-"""`mart` (Wang et al. 2020, "Misclassification Aware adveRsarial Training"), METHODS.md §2.
+"""`mart` (Wang et al. 2020, "Misclassification Aware adveRsarial Training"), docs/methods.md §2.
 
     L = CE(z(x'), y) − log(1.0001 − max_{k≠y} p_k(x') + 1e-12)
         + β·(1/B) Σᵢ [Σₖ p_k(xᵢ)·(log p_k(xᵢ) − log(p_k(x'ᵢ) + 1e-12))]·(1.0000001 − p_y(xᵢ))
 
 with p = softmax. The constants follow the authors' released code (YisenWang/MART, `mart.py`), which is the
-default wherever the paper is silent (METHODS.md preamble):
+default wherever the paper is silent (docs/methods.md, introduction):
 
 - The "boosted" BCE term uses the most probable class of p(x') other than y (the code's argsort/`new_y`),
   with the 1.0001 − p clamp and a 1e-12 inside the log; the KL uses log(p(x') + 1e-12).
@@ -13,7 +13,7 @@ default wherever the paper is silent (METHODS.md preamble):
 - The attack is PGD on CE in eval mode (the code calls model.eval() while crafting, model.train() for the
   loss) and starts at x + 0.001·N(0, 1) like TRADES (`start: normal`); `start: uniform` gives the paper's
   reading of a random start in the ε-ball, `start: none` a zero start. The code's step is 0.007 at
-  ε = 0.031; the default here is ε/4 (2/255 at 8/255), as for every PGD-10 training attack of METHODS.md.
+  ε = 0.031; the default here is ε/4 (2/255 at 8/255), as for every PGD-10 training attack here (docs/methods.md §2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`n_fgsm` (de Jorge et al. 2022, "Make Some Noise"): noisy FGSM without projection (METHODS.md §2).
+"""`n_fgsm` (de Jorge et al. 2022, "Make Some Noise"): noisy FGSM without projection (docs/methods.md §2).
 
     η ~ U(−kε, kε);  δ = η + α·sign ∇ₓCE(z(x + η), y);  loss = CE(z(clamp(x + δ, 0, 1)), y),  k = 2, α = ε
 

@@ -1,4 +1,4 @@
-"""`pgd_at` (Madry et al. 2018): CE(z(x'), y) with x' = PGD on CE, random start (METHODS.md §2)."""
+"""`pgd_at` (Madry et al. 2018): CE(z(x'), y) with x' = PGD on CE, random start (docs/methods.md §2)."""
 
 from __future__ import annotations
 

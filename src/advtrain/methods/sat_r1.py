@@ -1,4 +1,4 @@
-"""`sat_r1` (SAT-R1, METHODS.md §5): FGSM-AT plus a penalty on the gap between single- and multi-step
+"""`sat_r1` (SAT-R1, docs/methods.md §5): FGSM-AT plus a penalty on the gap between single- and multi-step
 adversarial logits, the latter computed for only a few examples of the batch so the cost stays single-step.
 
     L = (1/B) Σᵢ CE(z(x̃ᵢ), yᵢ) + λ · (1/M) Σₘ ‖z(x̃ₘ) − z(x̂ₘ)‖²,   x̃ = FGSM(x), x̂ₘ = I-FGSM-T(xₘ), step ε/T

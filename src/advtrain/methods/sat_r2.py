@@ -1,4 +1,4 @@
-"""`sat_r2` (SAT-R2, METHODS.md §5): FGSM-AT plus a penalty on the logit distance between the FGSM sample and
+"""`sat_r2` (SAT-R2, docs/methods.md §5): FGSM-AT plus a penalty on the logit distance between the FGSM sample and
 an R-FGSM sample (a full ε step from a random sign start), for every example.
 
     L = (1/B) Σᵢ CE(z(x̃ᵢ), yᵢ) + λ · (1/B) Σᵢ ‖z(x̃ᵢ) − z(x̄ᵢ)‖²

@@ -1,4 +1,4 @@
-"""`sat_r3` (SAT-R3, METHODS.md §5): the loss must grow along the attack direction — train on a large step
+"""`sat_r3` (SAT-R3, docs/methods.md §5): the loss must grow along the attack direction — train on a large step
 along one signed-gradient direction and penalise a small step whose loss is not below τ times it.
 
     x′ = clamp(x + α·sign N(0, I)),  s = sign ∇ₓCE(x′)  (one direction for both points)

@@ -1,4 +1,4 @@
-"""`standard`: clean training, CE(z(x), y) (METHODS.md §2); also the IGD teacher."""
+"""`standard`: clean training, CE(z(x), y) (docs/methods.md §2); also the IGD teacher."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class StandardConfig(MethodConfig):
 class Standard(Method):
     name = "standard"
     config_class = StandardConfig
-    # The IGD recipe keeps the teacher's best-clean-accuracy checkpoint (METHODS.md §3).
+    # The IGD recipe keeps the teacher's best-clean-accuracy checkpoint (docs/methods.md §3).
     selection_metric = "val_clean_acc"
 
     def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:

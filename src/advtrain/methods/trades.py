@@ -1,7 +1,7 @@
-"""`trades` (Zhang et al. 2019): CE(z(x), y) + β·KL(p(x) ‖ p(x')), x' = PGD on the KL (METHODS.md §2).
+"""`trades` (Zhang et al. 2019): CE(z(x), y) + β·KL(p(x) ‖ p(x')), x' = PGD on the KL (docs/methods.md §2).
 
 Choices taken from the authors' released code (yaodongyu/TRADES, `trades.py`; the same in csdongxian/AWP,
-`trades_AWP/train_trades_cifar.py`), which is the default wherever the paper is silent (METHODS.md preamble):
+`trades_AWP/train_trades_cifar.py`), which is the default wherever the paper is silent (docs/methods.md, introduction):
 
 - The attack starts at x + 0.001·N(0, 1) (not the uniform random start), unclamped, and ascends
   Σᵢ KL(p(xᵢ) ‖ p(x'ᵢ)) with signed steps; the KL target p(x) is a constant for the attack (the code takes

@@ -1,4 +1,4 @@
-"""The adversarial weight perturbation shared by `awp` and `iseat` (METHODS.md §4.3; Wu et al. 2020).
+"""The adversarial weight perturbation shared by `awp` and `iseat` (docs/methods.md §4.3; Wu et al. 2020).
 
 Only multi-dimensional `weight` tensors (conv kernels, linear weights) are perturbed, never BN parameters
 or biases (the AWP code's `len(w.size()) > 1 and 'weight' in name`), each scaled to its own norm:

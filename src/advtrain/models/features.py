@@ -1,6 +1,6 @@
 """Feature taps by layer name (forward hooks), the penultimate features, and AR-AT's default layer sets.
 
-A tap turns a layer's output into a vector per example: ReLU, then global average pooling (AR-AT, METHODS.md
+A tap turns a layer's output into a vector per example: ReLU, then global average pooling (AR-AT, docs/methods.md
 §6: "ReLU, then global average pooling"). Taps read whatever the named module outputs, so they work on split-BN
 models too (the module at `layer4.0.bn1` is then the `SplitBatchNorm`, and the tap sees the routed branch).
 """
@@ -69,7 +69,7 @@ def classifier_layer(model: nn.Module) -> str:
 
 
 def penultimate_features(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """(logits, the input of the classifier layer) for `x`: the penultimate features of METHODS.md §7.6."""
+    """(logits, the input of the classifier layer) for `x`: the penultimate features of docs/methods.md §7.6."""
     captured: list[Tensor] = []
     linear = dict(model.named_modules())[classifier_layer(model)]
     handle = linear.register_forward_pre_hook(lambda _m, inputs: captured.append(inputs[0]))
@@ -87,7 +87,7 @@ def default_invariance_layers(model: nn.Module) -> list[str]:
     - WideResNet: the ReLUs of the last block group, `block3.layer.{i}.relu{1,2}`, plus the pooled feature
       `avgpool` (the paper's WRN-34-10 set: 10 ReLUs + 1).
     - PreActResNet: the same rule as the WideResNet, which is also pre-activation: `layer4.{i}.relu{1,2}` plus
-      `avgpool` (METHODS.md names no PreActResNet set; this is our analogue).
+      `avgpool` (the paper names no PreActResNet set; this is our analogue).
     - SmallCNN: its last BN output `bn3` (ours, for quick experiments).
     Other models need `method.layers`.
     """

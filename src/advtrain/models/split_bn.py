@@ -1,5 +1,5 @@
-"""Split BatchNorm (AR-AT, METHODS.md §6): every BatchNorm of a model becomes two, `clean` and `adv`, with their own
-affine parameters and running statistics, while convolutions and the classifier stay shared.
+"""Split BatchNorm (AR-AT, docs/methods.md §6): every BatchNorm of a model becomes two, `clean` and `adv`, with their
+own affine parameters and running statistics, while convolutions and the classifier stay shared.
 
 Which branch a forward pass uses is set by a routing context on the model, so no model's forward signature
 changes::

@@ -1,4 +1,4 @@
-"""Figures for the gradient-masking diagnostics (METHODS.md §7.7, `advtrain.eval.diagnose`): PGD accuracy
+"""Figures for the gradient-masking diagnostics (docs/methods.md §7.7, `advtrain.eval.diagnose`): PGD accuracy
 against the number of steps, PGD accuracy against ε, and the loss along the FGSM direction.
 
 Like `advtrain.report.figures`, every function builds a `matplotlib.figure.Figure` directly (never pyplot)

@@ -342,7 +342,7 @@ def _diagnose_section(groups: Mapping[str, Sequence[Cell]]) -> str:
         [head, *(_verdict((report.get("checks") or {}).get(name) or {}) for name in names),
          len(report.get("warnings") or [])] for head, report in found
     ]
-    caption = ("Gradient-masking checks of advtrain diagnose (METHODS.md §7.7): verdict (measured value); "
+    caption = ("Gradient-masking checks of advtrain diagnose (docs/methods.md §7.7): verdict (measured value); "
                "WARN cells are shaded.")
     gallery = _gallery(groups, {"diagnose_pgd_steps.png": "PGD accuracy vs steps",
                                 "diagnose_pgd_eps.png": "PGD accuracy vs ε",

@@ -1,4 +1,4 @@
-"""Figures for the IGD evaluations (METHODS.md §7.2–7.4): saliency maps with their Gini coefficients,
+"""Figures for the IGD evaluations (docs/methods.md §7.2–7.4): saliency maps with their Gini coefficients,
 error rates under inductive / random noise and inductive occlusion, and error rates under the noise
 corruptions by severity.
 

@@ -141,7 +141,8 @@ def _settings(config: Mapping[str, Any], n_epochs_done: int) -> list[str]:
             value = value.get("name", "…")
         lines.append(f"- {label}: {fmt_eps(value) if key == 'threat.eps' else value}")
     method = _get(config, "method")
-    if isinstance(method, Mapping) and len(method) > 1:  # every method option, as recorded (METHODS.md)
+    # every method option, as recorded (docs/methods.md, introduction)
+    if isinstance(method, Mapping) and len(method) > 1:
         options = ", ".join(f"{k}={v}" for k, v in method.items() if k != "name")
         lines.append(f"- method options: {options}")
     epochs = _get(config, "train.epochs")
@@ -199,7 +200,7 @@ def _eval_section(
 
 
 def _invariance_section(result: Mapping[str, Any]) -> list[str]:
-    """The "invariance" part of an eval.json (METHODS.md §7.6) as a sentence and a table."""
+    """The "invariance" part of an eval.json (docs/methods.md §7.6) as a sentence and a table."""
     lines = [
         "### Representation invariance",
         "",

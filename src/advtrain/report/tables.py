@@ -89,7 +89,7 @@ def comparison_text(evals: Mapping[str, Mapping[str, object]], *, tradeoff: bool
 
 def tradeoff_line(ev: Mapping[str, object]) -> str | None:
     """One sentence stating the trade-off score of one evaluation (see `tradeoff_scores`), or None without a
-    clean and a robust accuracy; e.g. ``trade-off (METHODS.md §7.6): sum = clean + AutoAttack (standard) @ 8/255
+    clean and a robust accuracy; e.g. ``trade-off (docs/methods.md §7.6): sum = clean + AutoAttack (standard) @ 8/255
     = 81.23 + 44.11 = 125.34``. Without AutoAttack it says that there is no AA sum."""
     scores = tradeoff_scores({"model": ev})
     if scores is None:
@@ -97,6 +97,6 @@ def tradeoff_line(ev: Mapping[str, object]) -> str | None:
     (point,) = scores["points"].values()
     numbers = f"{fmt_acc(point['clean'])} + {fmt_acc(point['robust'])} = {fmt_acc(point['score'])}"
     if scores["autoattack"]:
-        return f"trade-off (METHODS.md §7.6): sum = clean + {scores['robust_label']} = {numbers}"
-    return (f"trade-off (METHODS.md §7.6): AutoAttack was not run, so there is no clean + AA sum; "
+        return f"trade-off (docs/methods.md §7.6): sum = clean + {scores['robust_label']} = {numbers}"
+    return (f"trade-off (docs/methods.md §7.6): AutoAttack was not run, so there is no clean + AA sum; "
             f"clean + {scores['robust_label']} = {numbers}")

@@ -1,4 +1,4 @@
-"""The robustness–accuracy trade-off across compared runs (METHODS.md §6, §7.6): a clean-vs-robust scatter.
+"""The robustness–accuracy trade-off across compared runs (docs/methods.md §6, §7.6): a clean-vs-robust scatter.
 
 Like `advtrain.report.figures`, the figure is built with `matplotlib.figure.Figure` directly (Agg, never pyplot)
 and matplotlib is imported only when it is drawn. The input is the "tradeoff" part of a `--compare` JSON
@@ -51,7 +51,7 @@ def tradeoff_scatter(
 
     The y-axis label names the attack and ε (`robust_label`: AutoAttack when it ran, else the strongest attack,
     marked as not AutoAttack). With `iso_sums`, dashed grey lines of equal clean + robust accuracy (the "sum"
-    of METHODS.md §6 when the attack is AutoAttack) at a few round values across the plotted range.
+    of docs/methods.md §6 when the attack is AutoAttack) at a few round values across the plotted range.
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator

@@ -1,4 +1,4 @@
-"""The catastrophic-overfitting (CO) monitor of METHODS.md §7.7.
+"""The catastrophic-overfitting (CO) monitor of docs/methods.md §7.7.
 
 Single-step AT can collapse within an epoch: PGD accuracy falls to ~0 while FGSM accuracy stays high
 (the model masks its gradient). The collapse is silent in the training loss, so the monitor measures

@@ -1,4 +1,4 @@
-"""Gradient-masking diagnostics (METHODS.md §7.7): is a model's robust accuracy real, or do the attacks fail?
+"""Gradient-masking diagnostics (docs/methods.md §7.7): is a model's robust accuracy real, or do the attacks fail?
 
 Every check measures one symptom with the project's own attacks (`advtrain.attacks.pgd` / `fgsm` through
 `evaluate`, all in eval mode, seeded) on one set of images, and returns a `Check`: the measured value, the

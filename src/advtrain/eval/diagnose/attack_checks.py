@@ -98,7 +98,7 @@ def grey_baseline(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, int]:
 
 
 def check_fgsm_pgd_gap(probe: Probe, eps: float, *, threshold: float = FGSM_PGD_GAP) -> Check:
-    """FGSM accuracy − PGD-20 accuracy at ε; WARN if above `threshold` (METHODS.md §7.7)."""
+    """FGSM accuracy − PGD-20 accuracy at ε; WARN if above `threshold` (docs/methods.md §7.7)."""
     fgsm_acc, pgd_acc = probe.accuracy(fgsm_spec(eps)), probe.accuracy(pgd_spec(eps))
     gap = fgsm_acc - pgd_acc
     warn = gap > threshold

@@ -51,7 +51,7 @@ def diagnose(
     restart_steps: int = RESTART_STEPS,
     on_check: Callable[[Check], None] | None = None,
 ) -> dict[str, Any]:
-    """Every check of METHODS.md §7.7 on the images x, y (on the model's device); the JSON-ready report:
+    """Every check of docs/methods.md §7.7 on the images x, y (on the model's device); the JSON-ready report:
 
     {"n", "eps", "norm", "seed", "clean_accuracy", "checks": {name: Check.as_dict()}, "warnings": [names that
     WARN]}. `steps` (the pgd_steps curve), `restarts` and `restart_steps` (PGD-50-10 vs PGD-50-1) can be cut
