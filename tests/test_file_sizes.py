@@ -33,7 +33,7 @@ def _long_functions(source: str, limit: int) -> list[tuple[str, int, int]]:
 
 def test_the_package_has_source_files_to_check():
     files = {path.relative_to(PACKAGE).as_posix() for path in _source_files()}
-    assert {"cli.py", "train/trainer.py", "data/sources/__init__.py"} <= files
+    assert {"cli/commands.py", "train/loop.py", "train/trainer.py", "data/sources/__init__.py"} <= files
 
 
 def test_no_source_file_is_over_400_lines():
