@@ -218,7 +218,8 @@ def test_one_seed_has_no_std(groups: dict[str, list[Cell]]) -> None:
     summary = summarize({"single": groups["trades"][:1]})
     assert all(stat.std is None for stat in summary.groups[0].accuracy.values())
     row = summary_markdown(summary).splitlines()[2]
-    assert row.startswith("| single | 1 | ") and "± –" in row
+    cells = row.strip("| ").split(" | ")[2:]
+    assert row.startswith("| single | 1 | ") and all(re.fullmatch(r"\d+\.\d\d \(n=1\)", cell) for cell in cells)
 
 
 def test_summary_markdown_has_a_row_per_group_and_a_column_per_attack(groups: dict[str, list[Cell]]) -> None:
@@ -226,7 +227,8 @@ def test_summary_markdown_has_a_row_per_group_and_a_column_per_attack(groups: di
     assert lines[0].startswith("| method | seeds | clean (last) | PGD-5")
     assert "ε=0.1 (last)" in lines[0] and "ε=0.2 (best)" in lines[0] and lines[0].count("(best)") == 3
     assert [line.split(" | ")[0] for line in lines[2:]] == [f"| {m}" for m in METHODS]
-    assert all(re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d", cell) for cell in lines[2].strip("| ").split(" | ")[2:])
+    assert all(re.fullmatch(rf"\d+\.\d\d ± \d+\.\d\d \(n={len(SEEDS)}\)", cell)
+               for cell in lines[2].strip("| ").split(" | ")[2:])
 
 
 def test_cost_is_the_mean_over_seeds_of_each_runs_epoch_means(groups: dict[str, list[Cell]]) -> None:

@@ -196,7 +196,9 @@ def test_quiet_eval_and_diagnose_show_no_progress(trained, tmp_path, capsys, mon
                  "--out", str(tmp_path / "e.json"), "--quiet"]) == 0
     assert main(["diagnose", str(run_dir), "--n", "8", "--out", str(tmp_path / "d.json"), "--quiet"]) == 0
     quiet = capsys.readouterr()
-    assert "progress  " not in quiet.err + quiet.out and "accuracy" in quiet.err
+    # The accuracies are printed once: in the table on stdout, never also as per-attack lines on stderr.
+    assert "progress  " not in quiet.err + quiet.out and "accuracy" not in quiet.err
+    assert quiet.out.count("accuracy %") == 1 and quiet.out.count("\nclean ") == 1
     assert main(["eval", str(run_dir), "--attacks", "clean", "--n", "16", "--batch-size", "8",
                  "--out", str(tmp_path / "e.json")]) == 0
     assert main(["diagnose", str(run_dir), "--n", "8", "--out", str(tmp_path / "d.json")]) == 0

@@ -47,6 +47,7 @@ from advtrain.eval import (
 from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
 from advtrain.eval.inequality import INEQUALITY_EVALS
 from advtrain.eval.parts import EvalParts
+from advtrain.eval.robustness import attack_fields
 from advtrain.eval.settings import cli_flag, eval_settings
 from advtrain.fileio import atomic_write_text
 from advtrain.progress_display import shown_progress
@@ -305,7 +306,7 @@ def _evaluated_with(path: Path, settings: EvalSettings, data: Dataset) -> bool:
                 "vulnerability": settings.vulnerability, "invariance": settings.invariance}
     return (
         isinstance(done, dict)
-        and [{k: v for k, v in r.items() if k != "accuracy"} for r in done.get("results", [])]
+        and [attack_fields(r) for r in done.get("results", [])]
         == [json.loads(json.dumps(s.describe())) for s in specs]
         and done.get("n") == len(data.y_test[: settings.n])
         and done.get("seed") == settings.seed

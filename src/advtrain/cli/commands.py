@@ -134,14 +134,15 @@ def _eval(args: argparse.Namespace) -> None:
               if parts is not None else "pass --out FILE.json to keep finished parts for a rerun")
     per_example: dict[str, list[AttackResult]] = {}
 
-    def progress(label: str, result: AttackResult) -> None:
+    # The accuracies are printed once, in the table at the end (the progress lines show that attacks run); each
+    # result is kept here for the per-example file.
+    def keep(label: str, result: AttackResult) -> None:
         per_example.setdefault(label, []).append(result)
-        print(f"{label}:{result.summary()}" if args.compare is not None else result.summary(), file=sys.stderr)
 
     with processes(resolve_device(settings.device), "evaluation", intact) as procs, \
             shown_progress(procs.main and not args.quiet) as shown:
         # Under torchrun every process attacks its part of the images; rank 0 alone prints and writes.
-        on_result = progress if procs.main else None
+        on_result = keep if procs.main else None
         if args.compare is not None:
             report = compare_runs(models, data, settings, checkpoint=checkpoint, procs=procs, parts=parts,
                                   on_result=on_result, progress=shown)
@@ -149,7 +150,7 @@ def _eval(args: argparse.Namespace) -> None:
             (label,) = models
             report, _ = evaluate_loaded(loaded, data, settings, checkpoint=checkpoint, label=label, procs=procs,
                                         parts=parts, progress=shown,
-                                        on_result=None if on_result is None else lambda r: progress(label, r))
+                                        on_result=None if on_result is None else lambda r: keep(label, r))
     if not procs.main:
         return
     if settings.attacks:

@@ -16,7 +16,7 @@ from typing import Any
 
 from advtrain.data import Dataset
 from advtrain.errors import UserError
-from advtrain.eval.robustness import attack_specs
+from advtrain.eval.robustness import attack_fields, attack_specs
 from advtrain.eval.settings import EvalSettings
 from advtrain.runtime import autocast_dtype, resolve_device
 
@@ -27,7 +27,7 @@ def recorded_protocol(report: Mapping[str, Any]) -> dict[str, Any]:
     """The protocol an eval JSON was measured under: its fields but the measurements."""
     results = report.get("results")
     return {key: report.get(key) for key in FIELDS} | {
-        "attacks": [{k: v for k, v in row.items() if k != "accuracy"} for row in results if isinstance(row, dict)]
+        "attacks": [attack_fields(row) for row in results if isinstance(row, dict)]
         if isinstance(results, list) else None,
     }
 

@@ -94,15 +94,37 @@ class AttackResult:
     correct: Tensor  # bool per example, on the CPU
 
     @property
+    def count(self) -> int:
+        """How many examples the model still classified correctly under the attack."""
+        return int(self.correct.sum())
+
+    @property
+    def total(self) -> int:
+        """How many examples were attacked."""
+        return self.correct.numel()
+
+    @property
     def accuracy(self) -> float:
-        return float(self.correct.float().mean()) if self.correct.numel() else float("nan")
+        """`count / total` in float64 arithmetic (a float32 mean would store 0.34 as 0.3400000035762787); NaN for
+        no examples."""
+        return self.count / self.total if self.total else float("nan")
 
     def as_dict(self) -> dict[str, Any]:
-        return self.spec.describe() | {"accuracy": self.accuracy}
+        """The eval.json row: the attack's fields, the accuracy and the exact counts it is the ratio of."""
+        return self.spec.describe() | {"accuracy": self.accuracy, "correct": self.count, "total": self.total}
 
     def summary(self) -> str:
         """One progress line, e.g. `  pgd        eps 0.0314  accuracy 47.20%`."""
         return f"  {self.spec.attack:<10} eps {self.spec.eps:.4f}  accuracy {100 * self.accuracy:.2f}%"
+
+
+# The fields of an eval.json row that are measured, not part of the attack's description.
+MEASURED_FIELDS = frozenset({"accuracy", "correct", "total"})
+
+
+def attack_fields(row: Mapping[str, Any]) -> dict[str, Any]:
+    """An eval.json row without its measurements: the attack it ran (`AttackSpec.describe()`, through JSON)."""
+    return {key: value for key, value in row.items() if key not in MEASURED_FIELDS}
 
 
 def check_attack_names(names: Sequence[str], where: str = "") -> None:

@@ -138,6 +138,8 @@ class Method(ABC):
     config_class: ClassVar[type[MethodConfig]]
     # Validation metric the best checkpoint is selected on (always measured on the validation split).
     selection_metric: ClassVar[str] = "val_pgd_acc"
+    # The inputs the step's "acc" (metrics.jsonl's train_acc) is measured on: the examples the loss trains on.
+    train_acc_inputs: ClassVar[str] = "adversarial"
     # The validation attack: "pgd" (PGD-k, step ε/4, random start) or "ifgsm" (I-FGSM-3 from x, SAT-R §5);
     # its accuracy is the metrics column val_<attack>_acc.
     validation_attack: ClassVar[str] = "pgd"

@@ -23,6 +23,7 @@ class Standard(Method):
     config_class = StandardConfig
     # The IGD recipe keeps the teacher's best-clean-accuracy checkpoint (docs/methods.md §3).
     selection_metric = "val_clean_acc"
+    train_acc_inputs = "clean"
 
     def loss(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         logits = model(batch.x)

@@ -19,10 +19,13 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+# metrics.jsonl key → curve label; train_acc's label says which inputs it was measured on (`training_curves`).
 _ACC_SERIES = (
     ("train_acc", "train"),
+    ("train_clean_acc", "train (clean)"),
     ("val_clean_acc", "val clean"),
     ("val_pgd_acc", "val PGD"),
+    ("val_ifgsm_acc", "val I-FGSM-3"),
 )
 
 
@@ -49,10 +52,13 @@ def _no_data(ax: Axes) -> None:
     ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="0.5")
 
 
-def training_curves(metrics: Sequence[Mapping[str, object]]) -> Figure:
-    """Three panels against epoch: training loss, accuracies (train / val clean / val PGD, %), and LR.
+def training_curves(metrics: Sequence[Mapping[str, object]], train_acc_inputs: str | None = None) -> Figure:
+    """Three panels against epoch: training loss, accuracies (%), and LR.
 
-    Missing or null values leave gaps; every point also gets a marker, so a single epoch still shows.
+    The accuracies are those the rows hold: train_acc, labelled "train (adversarial)" or "train (clean)" by
+    `train_acc_inputs` (the method's `Method.train_acc_inputs`; plain "train" when unknown), the clean training
+    accuracy of methods that also report it, and the validation accuracies. Missing or null values leave gaps;
+    every point also gets a marker, so a single epoch still shows.
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -72,6 +78,8 @@ def training_curves(metrics: Sequence[Mapping[str, object]]) -> Figure:
 
     plotted = False
     for key, label in _ACC_SERIES:
+        if key == "train_acc" and train_acc_inputs is not None:
+            label = f"train ({train_acc_inputs})"
         values = _series(metrics, key)
         if _has_data(values):
             ax_acc.plot(epochs, [100.0 * v for v in values], label=label, **style)

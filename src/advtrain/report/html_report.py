@@ -240,7 +240,7 @@ def _runs(groups: Mapping[str, Sequence[Cell]]) -> str:
 
 def _summary_section(summary: Summary) -> str:
     headers, rows = summary_rows(summary)
-    caption = ("Test accuracy (%), mean ± sample standard deviation over seeds (– with one seed); "
+    caption = ("Test accuracy (%), mean ± sample standard deviation over n seeds (the mean alone when n=1); "
                "one row per method, columns per attack, ε and checkpoint.")
     return _section("Summary", _table(headers, rows, caption, table_id="summary"))
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from advtrain.errors import UserError
 from advtrain.fileio import atomic_write_text
+from advtrain.methods.registry import list_methods, method_class
 from advtrain.report.figures import save_figure, training_curves
 from advtrain.report.tables import (
     MISSING,
@@ -88,12 +89,19 @@ def _fixed(value: object, spec: str) -> str:
     return MISSING if value is None else str(value)
 
 
-def _metrics_table(metrics: Sequence[Mapping[str, Any]], best_epoch: object) -> str:
+def train_acc_inputs(config: Mapping[str, Any]) -> str | None:
+    """What the run's train_acc was measured on, "adversarial" or "clean" (its method's `train_acc_inputs`); None
+    for a method this process does not know."""
+    name = _get(config, "method.name")
+    return method_class(name).train_acc_inputs if name in list_methods() else None
+
+
+def _metrics_table(metrics: Sequence[Mapping[str, Any]], best_epoch: object, inputs: str | None) -> str:
     headers = [
         "epoch",
         "lr",
         "train loss",
-        "train acc (%)",
+        f"train acc, {inputs} (%)" if inputs is not None else "train acc (%)",
         "val clean (%)",
         "val PGD (%)",
         "s/epoch",
@@ -240,7 +248,7 @@ def render_run_report(
     lines += ["", "## Training", ""]
     if metrics:
         best_epoch = best.get("epoch") if best is not None else None
-        lines.append(_metrics_table(metrics, best_epoch).rstrip("\n"))
+        lines.append(_metrics_table(metrics, best_epoch, train_acc_inputs(config)).rstrip("\n"))
         total = sum(float(m["seconds"]) for m in metrics if isinstance(m.get("seconds"), int | float))
         lines += ["", f"Total training time: {total / 60:.1f} min."]
     else:
@@ -259,7 +267,7 @@ def write_run_report(run_dir: Path | str) -> Path:
     best = read_checkpoint_info(run_dir, "best")
     last = read_checkpoint_info(run_dir, "last")
 
-    save_figure(training_curves(metrics), run_dir / "figures" / FIGURE_NAME)
+    save_figure(training_curves(metrics, train_acc_inputs(config)), run_dir / "figures" / FIGURE_NAME)
     text = render_run_report(config, metrics, ev, best, last)
     report = run_dir / "report.md"
     atomic_write_text(report, text)

@@ -40,10 +40,11 @@ class CollapseMonitor:
         pgd_result, fgsm_result = evaluate_attacks(model, self.x, self.y, self.specs, batch_size=len(self.y),
                                            seed=self.seed, autocast_dtype=amp)
         pgd_acc, fgsm_acc = pgd_result.accuracy, fgsm_result.accuracy
+        gap = (fgsm_result.count - pgd_result.count) / len(self.y)  # from the counts: no rounding noise
         dropped = self.previous is not None and pgd_acc < self.previous - self.config.pgd_drop
-        collapse = dropped or fgsm_acc - pgd_acc > self.config.fgsm_gap
+        collapse = dropped or gap > self.config.fgsm_gap
         self.previous = pgd_acc
-        return {"co_pgd_acc": pgd_acc, "co_fgsm_acc": fgsm_acc, "co_gap": fgsm_acc - pgd_acc, "co_collapse": collapse}
+        return {"co_pgd_acc": pgd_acc, "co_fgsm_acc": fgsm_acc, "co_gap": gap, "co_collapse": collapse}
 
     def state_dict(self) -> dict[str, Any]:
         return {"previous": self.previous}

@@ -76,7 +76,9 @@ class Stat:
         return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
 
     def __str__(self) -> str:
-        return f"{fmt_acc(self.mean)} ± {fmt_acc(self.std)}"
+        """"77.00 ± 1.20 (n=3)" in percent; "77.00 (n=1)" for one seed, which has no spread to show."""
+        spread = f" ± {fmt_acc(self.std)}" if self.std is not None else ""
+        return f"{fmt_acc(self.mean)}{spread} (n={self.seeds})"
 
 
 @dataclass(frozen=True)
@@ -273,7 +275,8 @@ def summary_rows(summary: Summary) -> tuple[list[str], list[list[str]]]:
 
 
 def summary_markdown(summary: Summary) -> str:
-    """The comparison as a markdown table: test accuracy (%), mean ± sample std over seeds (– with one seed)."""
+    """The comparison as a markdown table: test accuracy (%), mean ± sample std over n seeds ("(n=1)" alone for
+    one seed)."""
     return markdown_table(*summary_rows(summary))
 
 
