@@ -9,6 +9,9 @@ import torch
 
 from advtrain.eval.protocol import recorded_protocol
 from advtrain.eval.robustness import AttackResult, AttackSpec, attack_fields
+from advtrain.report.figures import training_curves
+from advtrain.report.grid import Stat
+from advtrain.report.run_report import render_run_report, train_acc_inputs
 
 
 def _result(correct: int, total: int) -> AttackResult:
@@ -25,3 +28,38 @@ def test_accuracy_is_the_exact_ratio_of_the_counts_the_row_stores():
     assert recorded_protocol({"results": [row]})["attacks"] == [attack_fields(row)]
     empty = _result(0, 0)
     assert empty.total == 0 and empty.count == 0 and empty.accuracy != empty.accuracy  # NaN without examples
+
+
+def test_the_run_report_states_the_trade_off_sum_only_when_autoattack_ran():
+    clean = {"attack": "clean", "eps": 0, "accuracy": 0.8123}
+    pgd = {"attack": "pgd", "eps": 0.1, "steps": 20, "restarts": 1, "step_size": 0.0125, "accuracy": 0.47}
+    aa = {"attack": "autoattack", "version": "standard", "eps": 0.1, "accuracy": 0.4411}
+    config = {"method": {"name": "trades"}}
+    with_aa = render_run_report(config, [], {"results": [clean, pgd, aa]}, None, None)
+    assert "Trade-off (docs/methods.md §7.6): sum = clean + AutoAttack (standard) @ 0.1 = 81.23 + 44.11 = 125.34." \
+        in with_aa
+    assert "rade-off" not in render_run_report(config, [], {"results": [clean, pgd]}, None, None)
+
+
+def test_a_single_seed_is_shown_as_n_1_and_several_with_their_spread_and_count():
+    assert str(Stat.of([0.77])) == "77.00 (n=1)"
+    assert str(Stat.of([0.76, 0.78, 0.77])) == "77.00 ± 1.00 (n=3)"
+
+
+def _legend(fig) -> list[str]:
+    return [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+
+
+def test_the_training_accuracy_curve_says_which_inputs_it_was_measured_on():
+    rows = [{"epoch": 1, "train_loss": 1.0, "train_acc": 0.3, "train_clean_acc": 0.6, "val_clean_acc": 0.5,
+             "val_pgd_acc": 0.2}, {"epoch": 2, "train_loss": 0.9, "train_acc": 0.2, "val_ifgsm_acc": 0.4}]
+    assert train_acc_inputs({"method": {"name": "trades"}}) == "adversarial"
+    assert train_acc_inputs({"method": {"name": "sat_r1"}}) == "adversarial"
+    assert train_acc_inputs({"method": {"name": "standard"}}) == "clean"
+    assert train_acc_inputs({"method": {"name": "not_a_method"}}) is None and train_acc_inputs({}) is None
+    assert _legend(training_curves(rows, "adversarial")) == [
+        "train (adversarial)", "train (clean)", "val clean", "val PGD", "val I-FGSM-3"]
+    assert _legend(training_curves(rows[1:], "clean")) == ["train (clean)", "val I-FGSM-3"]
+    assert _legend(training_curves(rows[1:])) == ["train", "val I-FGSM-3"]
+    header = render_run_report({"method": {"name": "pgd_at"}}, rows, None, None, None)
+    assert "| train acc, adversarial (%) |" in header
