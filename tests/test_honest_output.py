@@ -4,14 +4,19 @@ where it is the AA sum, single seeds shown as such, and training curves labelled
 from __future__ import annotations
 
 import json
+import re
 
 import torch
 
+from advtrain.config import load_config
 from advtrain.eval.protocol import recorded_protocol
 from advtrain.eval.robustness import AttackResult, AttackSpec, attack_fields
 from advtrain.report.figures import training_curves
 from advtrain.report.grid import Stat
 from advtrain.report.run_report import render_run_report, train_acc_inputs
+from advtrain.workflow import train_and_evaluate
+
+RESULT_LINE = re.compile(r"\s+\w+\s+eps \d\.\d{4}  accuracy \d+\.\d\d%$")  # `AttackResult.summary()`
 
 
 def _result(correct: int, total: int) -> AttackResult:
@@ -63,3 +68,17 @@ def test_the_training_accuracy_curve_says_which_inputs_it_was_measured_on():
     assert _legend(training_curves(rows[1:])) == ["train", "val I-FGSM-3"]
     header = render_run_report({"method": {"name": "pgd_at"}}, rows, None, None, None)
     assert "| train acc, adversarial (%) |" in header
+
+
+def test_train_logs_each_accuracy_once_and_not_at_all_for_a_caller_that_prints_them(tmp_path):
+    overrides = ["train.epochs=1", "train.batch_size=128", "train.val_steps=1", "method.steps=1",
+                 "eval.attacks=[clean,pgd]", "eval.steps=1", "eval.n=32", "train.progress=quiet"]
+    config = load_config("digits", overrides)
+    logged: list[str] = []
+    report = train_and_evaluate(config, tmp_path / "a", log=logged.append, progress=False)
+    lines = [line for line in logged if RESULT_LINE.match(line)]
+    assert [line.split()[0] for line in lines] == ["clean", "pgd"]
+    assert lines[0].endswith(f"accuracy {100 * report['results'][0]['accuracy']:.2f}%")
+    quiet: list[str] = []
+    train_and_evaluate(config, tmp_path / "b", log=quiet.append, progress=False, log_results=False)
+    assert len(quiet) == len(logged) - 2 and not any(RESULT_LINE.match(line) for line in quiet)

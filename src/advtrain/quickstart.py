@@ -71,7 +71,8 @@ def quickstart(out: Path, *, epochs: int | None = None) -> str:
             config = load_config(path, quick_overrides(path, method, epochs or QUICK_EPOCHS))
         eps = config.threat.eps
         print(f"\n== {method} ==")
-        reports[method] = train_and_evaluate(config, out / method)
+        # The accuracies are printed once, in the comparison below.
+        reports[method] = train_and_evaluate(config, out / method, log_results=False)
     table = comparison_text({"standard": reports["standard"], "pgd_at": reports["pgd_at"]})
     text = summary(reports["standard"], reports["pgd_at"], eps)
     print(f"\nTest accuracy (%) on digits, L∞ ε = {eps:g} ({time.perf_counter() - start:.0f} s):\n")

@@ -21,11 +21,12 @@ from advtrain.train import load_run_data, train
 
 def train_and_evaluate(
     config: RunConfig, run_dir: Path, *, log: Callable[[str], None] = print, resume: bool = False,
-    overwrite: bool = False, progress: bool = True,
+    overwrite: bool = False, progress: bool = True, log_results: bool = True,
 ) -> dict[str, Any] | None:
     """The whole `advtrain train` command; returns the eval JSON it wrote (None in the torchrun processes other
     than rank 0: rank 0 alone evaluates, once it has written the checkpoints). `progress`: show the evaluation's
-    progress on stderr (`advtrain.progress_display`)."""
+    progress on stderr (`advtrain.progress_display`). `log_results`: log each attack's accuracy as it finishes;
+    a caller that prints the results itself turns it off, so that they are shown once."""
     data = load_run_data(config)
     result = train(config, run_dir, data=data, log=log, resume=resume, overwrite=overwrite)
     if not result.main:
@@ -37,8 +38,8 @@ def train_and_evaluate(
     settings = replace(e, eps=e.eps if e.eps is not None else [config.threat.eps],
                        device=str(resolve_device(config.train.device)), precision="fp32", seed=config.seed)
     with shown_progress(progress) as chunks:
-        report, _ = evaluate_loaded(loaded, data, settings, checkpoint=which, on_result=lambda r: log(r.summary()),
-                                    progress=chunks)
+        report, _ = evaluate_loaded(loaded, data, settings, checkpoint=which, progress=chunks,
+                                    on_result=(lambda r: log(r.summary())) if log_results else None)
     atomic_write_text(result.run_dir / "eval.json", json.dumps(report, indent=2) + "\n")
     write_run_report(result.run_dir)
     return report
