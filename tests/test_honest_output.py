@@ -3,6 +3,7 @@ where it is the AA sum, single seeds shown as such, and training curves labelled
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 
@@ -12,7 +13,7 @@ from advtrain.config import load_config
 from advtrain.eval.protocol import recorded_protocol
 from advtrain.eval.robustness import AttackResult, AttackSpec, attack_fields
 from advtrain.report.figures import training_curves
-from advtrain.report.grid import Stat
+from advtrain.report.grid import Cell, Stat, write_csv
 from advtrain.report.run_report import render_run_report, train_acc_inputs
 from advtrain.workflow import train_and_evaluate
 
@@ -82,3 +83,12 @@ def test_train_logs_each_accuracy_once_and_not_at_all_for_a_caller_that_prints_t
     quiet: list[str] = []
     train_and_evaluate(config, tmp_path / "b", log=quiet.append, progress=False, log_results=False)
     assert len(quiet) == len(logged) - 2 and not any(RESULT_LINE.match(line) for line in quiet)
+
+
+def test_the_grid_csv_leaves_the_counts_empty_for_an_evaluation_that_did_not_record_them(tmp_path):
+    old = {"results": [{"attack": "clean", "eps": 0.0, "accuracy": 0.5}]}
+    new = {"results": [_result(17, 50).as_dict()]}
+    cells = [Cell(tmp_path / name, {"seed": 0}, [], {"last": ev}, None) for name, ev in (("old", old), ("new", new))]
+    with write_csv({"a": cells}, tmp_path / "results.csv").open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["accuracy"], r["correct"], r["total"]) for r in rows] == [("0.5", "", ""), ("0.34", "17", "50")]

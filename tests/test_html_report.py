@@ -253,6 +253,8 @@ def test_csv_has_one_row_per_cell_checkpoint_and_attack(runs: dict[tuple[str, in
         assert run == runs[row["label"], int(row["seed"])]
         attack = "clean" if row["attack"] == "clean" else "pgd"
         assert float(row["accuracy"]) == _accuracy(run, row["checkpoint"], attack, float(row["eps"]))
+        # The exact counts the accuracy is the ratio of, over the protocol's images.
+        assert int(row["total"]) == SETTINGS.n and int(row["correct"]) / int(row["total"]) == float(row["accuracy"])
 
 
 @pytest.mark.parametrize(("change", "difference"), [

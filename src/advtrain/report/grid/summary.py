@@ -280,19 +280,33 @@ def summary_markdown(summary: Summary) -> str:
     return markdown_table(*summary_rows(summary))
 
 
-CSV_COLUMNS = ("label", "run_dir", "seed", "checkpoint", "epoch", "attack", "eps", "norm", "accuracy")
+CSV_COLUMNS = ("label", "run_dir", "seed", "checkpoint", "epoch", "attack", "eps", "norm", "accuracy", "correct",
+               "total")
+
+
+def _counts(cell: Cell, checkpoint: str) -> dict[ResultKey, tuple[int, int]]:
+    """{result: (correct, total)} where the evaluation recorded the counts its accuracy is the ratio of (older
+    eval JSONs hold the accuracy alone); the first entry wins, as in `accuracies`."""
+    out: dict[ResultKey, tuple[int, int]] = {}
+    for r in cell.evals[checkpoint].get("results") or []:
+        counts = (r.get("correct"), r.get("total"))
+        if all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+            out.setdefault(_result_key(r), counts)
+    return out
 
 
 def write_csv(groups: Mapping[str, Sequence[Cell]], path: Path) -> Path:
-    """One tidy row per cell × checkpoint × attack (CSV_COLUMNS; accuracy a fraction); written atomically."""
+    """One tidy row per cell × checkpoint × attack (CSV_COLUMNS; accuracy a fraction, exactly correct / total;
+    the counts empty for an evaluation that did not record them); written atomically."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for label, cells in groups.items():
         for cell in cells:
             for checkpoint, ev in cell.evals.items():
+                counts = _counts(cell, checkpoint)
                 for key, accuracy in accuracies(cell, checkpoint).items():
                     writer.writerow([label, cell.run_dir, cell.seed, checkpoint, ev.get("epoch"), key.label,
-                                     key.eps, key.norm or "", accuracy])
+                                     key.eps, key.norm or "", accuracy, *counts.get(key, ("", ""))])
     atomic_write_text(Path(path), buffer.getvalue())
     return Path(path)
