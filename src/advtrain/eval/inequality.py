@@ -123,7 +123,7 @@ def evaluate_inequality(
             elif name == "inductive_occlusion":
                 broken = inductive_occlusion(model, xc, yc, OCCLUSION_COLORS, o.occlusion_n, o.occlusion_r, batch_size)
                 per_model[label] = {
-                    f"{COLOR_NAMES.get(c, 'colour')} ({c:g})": float(b.float().mean()) if len(b) else float("nan")
+                    f"{COLOR_NAMES.get(c, 'colour')} ({c:g})": int(b.sum()) / len(b) if len(b) else float("nan")
                     for c, b in broken.items()
                 }
             elif o.corruptions_root is not None:  # corruptions, released files

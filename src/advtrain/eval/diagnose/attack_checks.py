@@ -94,7 +94,7 @@ def grey_baseline(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, int]:
     """(share of the labels equal to the model's class for a uniform grey 0.5 image, that class)."""
     with bn_policy(model, "eval"), torch.no_grad():
         predicted = int(model(torch.full_like(x[:1], 0.5)).argmax(1).item())
-    return float((y == predicted).float().mean()), predicted
+    return int((y == predicted).sum()) / len(y), predicted
 
 
 def check_fgsm_pgd_gap(probe: Probe, eps: float, *, threshold: float = FGSM_PGD_GAP) -> Check:
