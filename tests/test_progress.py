@@ -212,3 +212,13 @@ def test_a_bad_interval_is_one_line_and_exit_2(trained, tmp_path):
     result = subprocess.run([sys.executable, "-m", "advtrain", "eval", str(run_dir), "--attacks", "clean", "--n", "8",
                              "--out", str(tmp_path / "e.json")], env=env, capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and INTERVAL_ENV in result.stderr
+
+
+def test_diagnose_shows_each_check_through_a_pipe_before_it_writes_its_report(trained, tmp_path):
+    run_dir, _ = trained
+    out = tmp_path / "d.json"
+    lines = _stream(["diagnose", str(run_dir), "--n", "8", "--out", str(out)], tmp_path, out)
+    progress = [m for m, written in _progress(lines) if m["task"] == "diagnose" and not written]
+    done = [int(m["done"]) for m in progress]
+    assert done and done == sorted(done) and done[-1] == int(progress[-1]["total"])
+    assert len(set(done)) > 1  # a line as each check finishes, not one at the end
