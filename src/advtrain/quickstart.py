@@ -42,7 +42,8 @@ def summary(standard: dict[str, Any], robust: dict[str, Any], eps: float) -> str
     )
 
 
-# The quick start fits in about 2 minutes on 2 idle CPU cores. The reference AutoAttack dominates its time (FAB-T
+# The quick start takes about 45 s on 2 idle CPU cores (1 min 35 s for `make demo` on a fresh clone, install
+# included; measured 2026-12-06). The reference AutoAttack dominates its time (FAB-T
 # and Square attack every image the model keeps robust), so it evaluates the first 100 test digits; and training
 # takes half the epochs of configs/digits.yaml, the LR decaying at the same fractions of the run.
 QUICK_EPOCHS = 15

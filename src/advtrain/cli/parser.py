@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default="advtrain report", help="the report's title")
 
     p = sub.add_parser("quickstart", parents=[debug],
-                       help="train standard and PGD-AT CNNs on digits and compare them (about 2 min)")
+                       help="train standard and PGD-AT CNNs on digits and compare them (about a minute on 2 CPU cores)")
     p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="folder for the two run directories")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs per run (default 15, half of configs/digits.yaml's; the LR decays at the same "
