@@ -108,6 +108,12 @@ def _cifar_folder(
     raise UserError(f"{name}: {looked} lacks {', '.join(missing)}{hint}; give {layout}")
 
 
+def _read_batch(path: Path, layout: str, label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The images and labels (under `label_key`) of one pickled CIFAR batch file."""
+    batch = _unpickle(path, layout)
+    x = _cifar_images(_pickle_field(batch, b"data", path, layout), path, layout)
+    return x, to_labels(_pickle_field(batch, label_key, path, layout), f"{path} {label_key!r}")
+
 
 def load_cifar10(root: str | Path | None) -> Dataset:
     layout = f"the cifar-10-batches-py folder (data_batch_1..data_batch_5, test_batch) or {NPZ_LAYOUT}"
@@ -117,13 +123,7 @@ def load_cifar10(root: str | Path | None) -> Dataset:
     folder = _cifar_folder(
         path, "cifar-10-batches-py", CIFAR10_FILES, "cifar10", layout, "cifar-10-python.tar.gz"
     )
-    xs, ys = [], []
-    for fname in CIFAR10_FILES:
-        batch = _unpickle(folder / fname, layout)
-        data = _pickle_field(batch, b"data", folder / fname, layout)
-        xs.append(_cifar_images(data, folder / fname, layout))
-        labels = _pickle_field(batch, b"labels", folder / fname, layout)
-        ys.append(to_labels(labels, f"{folder / fname} b'labels'"))
+    xs, ys = zip(*(_read_batch(folder / fname, layout, b"labels") for fname in CIFAR10_FILES), strict=True)
     names = CIFAR10_NAMES
     if (folder / "batches.meta").is_file():
         meta = _unpickle(folder / "batches.meta", layout)
@@ -142,12 +142,7 @@ def load_cifar100(root: str | Path | None) -> Dataset:
     folder = _cifar_folder(
         path, "cifar-100-python", CIFAR100_FILES, "cifar100", layout, "cifar-100-python.tar.gz"
     )
-    splits = []
-    for fname in CIFAR100_FILES:
-        batch = _unpickle(folder / fname, layout)
-        x = _cifar_images(_pickle_field(batch, b"data", folder / fname, layout), folder / fname, layout)
-        labels = _pickle_field(batch, b"fine_labels", folder / fname, layout)
-        splits.append((x, to_labels(labels, f"{folder / fname} b'fine_labels'")))
+    splits = [_read_batch(folder / fname, layout, b"fine_labels") for fname in CIFAR100_FILES]
     names = CIFAR100_NAMES
     if (folder / "meta").is_file():
         meta = _unpickle(folder / "meta", layout)
