@@ -232,6 +232,15 @@ def load_config(path: Path | str | None, overrides: list[str] | None = None) -> 
     return config_from_dict(apply_overrides(raw, overrides or []))
 
 
+def check_averaging(averaging: AveragingConfig, epochs: int, epochs_name: str) -> None:
+    """The averaging settings against the run's length (`epochs_name` names it: train.epochs, or fit's epochs)."""
+    if averaging.swa_start is not None and averaging.swa_start >= epochs:
+        raise UserError(f"averaging.swa_start {averaging.swa_start} is not before {epochs_name} {epochs}: SWA would "
+                        "average nothing; use an earlier epoch (0-based)")
+    if averaging.swa_every_steps is not None and averaging.swa_start is None:
+        raise UserError("averaging.swa_every_steps needs averaging.swa_start (the 0-based epoch SWA starts at)")
+
+
 def validate(config: RunConfig) -> None:
     """Checks across fields, and of names against the registries, that the field types cannot express.
 
@@ -260,11 +269,7 @@ def validate(config: RunConfig) -> None:
     if config.eval.checkpoint in averaged and averaged[config.eval.checkpoint] is None:
         option = "ema_decay" if config.eval.checkpoint == "ema" else "swa_start"
         raise UserError(f"eval.checkpoint: {config.eval.checkpoint} needs averaging.{option} to be set")
-    if config.averaging.swa_start is not None and config.averaging.swa_start >= config.train.epochs:
-        raise UserError(f"averaging.swa_start {config.averaging.swa_start} is not before train.epochs "
-                        f"{config.train.epochs}: SWA would average nothing; use an earlier epoch (0-based)")
-    if config.averaging.swa_every_steps is not None and config.averaging.swa_start is None:
-        raise UserError("averaging.swa_every_steps needs averaging.swa_start (the 0-based epoch SWA starts at)")
+    check_averaging(config.averaging, config.train.epochs, "train.epochs")
     if config.optim.name == "adam" and len(config.optim.betas) != 2:
         raise UserError(f"optim.betas must be two numbers [beta1, beta2] for adam, got {config.optim.betas}")
     if config.optim.name == "sgd" and config.optim.nesterov and config.optim.momentum == 0:

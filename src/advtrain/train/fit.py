@@ -27,12 +27,19 @@ from torch import Tensor, nn
 import advtrain
 from advtrain.attacks.threat import ThreatModel, check_images
 from advtrain.bounds import FieldError
-from advtrain.config import AveragingConfig, MonitorConfig, OptimConfig, ScheduleConfig, ThreatConfig, TrainConfig
+from advtrain.config import (
+    AveragingConfig,
+    MonitorConfig,
+    OptimConfig,
+    ScheduleConfig,
+    ThreatConfig,
+    TrainConfig,
+    check_averaging,
+)
 from advtrain.data import Augment, DeviceBatcher
 from advtrain.distributed import Processes
 from advtrain.errors import InvalidValue, UserError
 from advtrain.methods import Method, MethodConfig, build_method, method_class
-from advtrain.runfiles import RECORD
 from advtrain.runtime import SEED_LIMIT, autocast_dtype, derive_seed, resolve_device, seed_everything, use_channels_last
 from advtrain.train.averaging import WeightAverages
 from advtrain.train.callbacks import Callback, CollapseWatch, MetricsFile, ProgressBar, WeightAveraging, disk_errors
@@ -41,7 +48,7 @@ from advtrain.train.loop import Loop, Training
 from advtrain.train.monitor import CollapseMonitor
 from advtrain.train.schedule import LRSchedule, build_optimizer
 from advtrain.train.sources import LoaderSource, TensorSource, TrainSource
-from advtrain.train.trainer import create_run_dir, prepare_model
+from advtrain.train.trainer import create_run_dir, holds_run_files, prepare_model
 from advtrain.train.validation import Validator
 
 logger = logging.getLogger("advtrain")
@@ -172,11 +179,8 @@ def _settings(method: MethodConfig | str, optimizer: Any, lr: float | None, sche
         train = TrainConfig(epochs=epochs, batch_size=batch_size, precision=precision,  # type: ignore[arg-type]
                             val_steps=val_steps, checkpoint_every=checkpoint_every)
     method.check_schedule(schedule.lr_milestones(), schedule.name)
-    if averaging is not None and averaging.swa_start is not None and averaging.swa_start >= epochs:
-        raise UserError(f"averaging.swa_start {averaging.swa_start} is not before epochs {epochs}: SWA would average "
-                        "nothing; use an earlier epoch (0-based)")
-    if averaging is not None and averaging.swa_every_steps is not None and averaging.swa_start is None:
-        raise UserError("averaging.swa_every_steps needs averaging.swa_start (the 0-based epoch SWA starts at)")
+    if averaging is not None:
+        check_averaging(averaging, epochs, "epochs")
     return _Settings(method, threat or ThreatModel(), optim, schedule, train, augment or Augment(), averaging, monitor,
                      seed)
 
@@ -290,8 +294,7 @@ def _checkpointer(folder: Path, s: _Settings, model: nn.Module, training: Traini
         state = read_resumable_state(folder, digest, training.procs, logger.info, mismatch=(
             f"run_dir {folder} holds a fit run with other settings (its {SETTINGS_FILE}): pass the same arguments to "
             "resume it, or choose a new run_dir"))
-    elif folder.exists() and (not folder.is_dir() or any(p.name != RECORD and not p.name.endswith(".tmp")
-                                                         for p in folder.iterdir())):
+    elif folder.exists() and (not folder.is_dir() or holds_run_files(folder)):
         raise UserError(f"run_dir {folder} is not empty and holds no fit run: choose a new or empty folder")
 
     def start_run() -> None:

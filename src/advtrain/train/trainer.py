@@ -71,6 +71,12 @@ def load_run_data(config: RunConfig) -> Dataset:
     return load_dataset(config.data.name, config.data.root, **config.data.options)
 
 
+def holds_run_files(folder: Path) -> bool:
+    """Whether `folder` is a folder holding anything besides temporary files of a killed writer and the run's record
+    (written just before the settings file)."""
+    return folder.is_dir() and any(not p.name.endswith(".tmp") and p.name != RECORD for p in folder.iterdir())
+
+
 def check_run_dir(run_dir: Path, overwrite: bool) -> Replacement | None:
     """Refuse an --out that holds anything, unless --overwrite names a run that can be replaced as a whole;
     writes nothing. Returns what --overwrite will remove (None: a new or empty folder)."""
@@ -78,7 +84,7 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> Replacement | None:
         raise UserError(f"--out {run_dir} exists and is not a folder: choose a new --out folder")
     # Temporary files of a writer killed before config.yaml existed, or the run's record alone (written just
     # before config.yaml), do not make a folder hold anything.
-    if not run_dir.is_dir() or all(p.name.endswith(".tmp") or p.name == RECORD for p in run_dir.iterdir()):
+    if not holds_run_files(run_dir):
         return None
     if not overwrite:
         raise UserError(
