@@ -20,8 +20,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from advtrain.config import load_config
+from advtrain.data import Augment, DeviceBatcher
 from advtrain.distributed import Processes
 from advtrain.train import train
+from advtrain.train.sources import TensorSource
 from advtrain.train.state import load_newest_state
 
 RUN = ["--set", "train.batch_size=128", "--set", "train.val_steps=2", "--set", "train.progress=quiet",
@@ -234,3 +236,18 @@ def test_a_last_batch_smaller_than_the_process_count_is_refused_before_anything_
     refused = [line for line in err.splitlines() if "fewer than the 2 training processes" in line]
     assert refused and refused[0].startswith("advtrain: error: the last batch of each epoch has 1 image,")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("augment", [Augment(), Augment(crop_padding=4, flip=True), Augment(idbh="strong")],
+                         ids=["none", "crop-flip", "idbh"])
+def test_each_process_gathers_and_augments_only_its_share_of_the_global_batch(augment):
+    """The shares of 2 processes, put together, are exactly the one-process batches (same augmentation draws)."""
+    x, y = torch.randint(0, 256, (23, 3, 40, 40), dtype=torch.uint8), torch.arange(23)
+    batcher = DeviceBatcher(x, y, batch_size=10, pixel_max=255, device="cpu", seed=3, augment=augment)
+    whole = list(TensorSource(batcher).epoch(1, 0))
+    shares = [list(TensorSource(batcher, Processes(rank, 2)).epoch(1, 0)) for rank in range(2)]
+    assert [n for _, _, n in whole] == [10, 10, 3] == [n for _, _, n in shares[1]]
+    for k, (x_all, y_all, _) in enumerate(whole):
+        assert [len(shares[r][k][1]) for r in range(2)] == [len(y_all) - len(y_all) // 2, len(y_all) // 2]
+        assert torch.equal(torch.cat([shares[0][k][0], shares[1][k][0]]), x_all)
+        assert torch.equal(torch.cat([shares[0][k][1], shares[1][k][1]]), y_all)

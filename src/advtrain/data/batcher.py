@@ -7,13 +7,14 @@ numbers: a run resumed at any batch sees exactly the batches an uninterrupted ru
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from advtrain.data.idbh import idbh_batch
+from advtrain.data.idbh import IdbhParams, apply_idbh, draw_idbh_params
 from advtrain.errors import UserError
 from advtrain.runtime import derive_seed
 
@@ -92,19 +93,34 @@ def apply_augment(
     return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def augment_batch(x_uint8: torch.Tensor, augment: Augment, generator: torch.Generator) -> torch.Tensor:
+def augment_batch(
+    x_uint8: torch.Tensor, augment: Augment, generator: torch.Generator, whole: tuple[int, slice] | None = None
+) -> torch.Tensor:
     """Randomly crop (zero padding) and flip a batch N×C×H×W, or apply IDBH; dtype and shape are preserved.
 
-    ``generator`` must live on the batch's device. With augmentation off the input is returned unchanged.
+    ``whole`` = (n, part): ``x_uint8`` is the ``part`` of a batch of n images (data-parallel training, where each
+    process augments only its share): the draws are made for all n and this part's are applied, so an image gets
+    the same augmentation whatever the number of processes. ``generator`` must live on the batch's device. With
+    augmentation off the input is returned unchanged.
     """
     if x_uint8.dim() != 4:
         raise UserError(f"augment_batch needs an N×C×H×W batch, got shape {tuple(x_uint8.shape)}")
     if not augment.active:
         return x_uint8
+    n, part = whole if whole is not None else (len(x_uint8), slice(None))
     if augment.idbh != "none":
-        return idbh_batch(x_uint8, augment.idbh, generator)
-    dy, dx, flip = draw_augment_params(len(x_uint8), augment, generator)
-    return apply_augment(x_uint8, augment.crop_padding, dy, dx, flip)
+        params = draw_idbh_params((n, *x_uint8.shape[1:]), augment.idbh, generator)
+        return apply_idbh(x_uint8, _idbh_part(params, part))
+    dy, dx, flip = draw_augment_params(n, augment, generator)
+    return apply_augment(x_uint8, augment.crop_padding, dy[part], dx[part], flip[part])
+
+
+def _idbh_part(params: IdbhParams, part: slice) -> IdbhParams:
+    """The per-image IDBH draws of the images in `part` (every field holds one entry per image)."""
+    erasing = dataclasses.replace(params.erasing, **{f.name: getattr(params.erasing, f.name)[part]
+                                                     for f in dataclasses.fields(params.erasing)})
+    return dataclasses.replace(params, erasing=erasing, **{
+        f.name: getattr(params, f.name)[part] for f in dataclasses.fields(params) if f.name != "erasing"})
 
 
 class DeviceBatcher:
@@ -164,21 +180,31 @@ class DeviceBatcher:
         return torch.randperm(n, generator=generator).to(self.device)
 
     def batch(
-        self, epoch: int, index: int, order: torch.Tensor | None = None
+        self, epoch: int, index: int, order: torch.Tensor | None = None, part: slice = slice(None)
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Batch ``index`` of ``epoch``: (float images in [0, 1], int64 labels); ``order`` skips a redraw."""
+        """Batch ``index`` of ``epoch``, or its ``part`` (data-parallel: this process's share; only those images
+        are gathered and augmented): (float images in [0, 1], int64 labels); ``order`` skips a redraw."""
         if order is None:
             order = self.order(epoch)
         idx = order[index * self.batch_size : (index + 1) * self.batch_size]
+        n = len(idx)
+        idx = idx[part]
         xb = self.x[idx]
         if self.augment.active:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(derive_seed(self.seed, epoch, index, "augment"))
-            xb = augment_batch(xb, self.augment, generator)
+            xb = augment_batch(xb, self.augment, generator, (n, part))
         return to_float(xb, self.pixel_max), self.y[idx]
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield batches ``start_batch..`` of ``epoch``, identical to those of an uninterrupted epoch."""
+    def batch_length(self, index: int) -> int:
+        """Images in batch ``index`` of any epoch."""
+        return min(self.batch_size, len(self.x) - index * self.batch_size)
+
+    def epoch(
+        self, epoch: int, start_batch: int = 0, shard: Callable[[int], slice] | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield batches ``start_batch..`` of ``epoch``, identical to those of an uninterrupted epoch; ``shard(n)``
+        picks the part of each n-image batch to yield (data-parallel: this process's share)."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise UserError(f"epoch must be an integer >= 0, got {epoch!r}")
         valid_int = isinstance(start_batch, int) and not isinstance(start_batch, bool)
@@ -187,9 +213,12 @@ class DeviceBatcher:
                 f"start_batch {start_batch!r} is outside 0..{len(self)} for {len(self)} batches per epoch; "
                 "resume with the batch size the run started with"
             )
-        return self._iterate(epoch, start_batch)
+        return self._iterate(epoch, start_batch, shard)
 
-    def _iterate(self, epoch: int, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _iterate(
+        self, epoch: int, start_batch: int, shard: Callable[[int], slice] | None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.order(epoch)
         for index in range(start_batch, len(self)):
-            yield self.batch(epoch, index, order)
+            part = slice(None) if shard is None else shard(self.batch_length(index))
+            yield self.batch(epoch, index, order, part)

@@ -261,7 +261,7 @@ def _validation_tensors(data: Any, device: torch.device) -> tuple[Tensor, Tensor
         x, y, pixel_max = _image_tensors(data, "val_data")
         return (x.float() / pixel_max).to(device), y.to(device)
     if isinstance(data, Iterable) and not isinstance(data, Tensor | str):
-        xs, ys = zip(*LoaderSource(data, device, "val_data").epoch(0, 0), strict=True)
+        xs, ys, _ = zip(*LoaderSource(data, device, "val_data").epoch(0, 0), strict=True)
         return torch.cat(xs), torch.cat(ys)
     raise UserError(f"val_data must be (x, y) tensors or a DataLoader of (x, y) batches, got {type(data).__name__}")
 

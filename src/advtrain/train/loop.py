@@ -133,9 +133,9 @@ class Loop:
         self._call("on_epoch_start", epoch)
         self.clock = time.perf_counter()
         t.model.train()
-        for i, (x, y) in enumerate(t.source.epoch(epoch, p.batch), start=p.batch):
+        for i, (x, y, n_global) in enumerate(t.source.epoch(epoch, p.batch), start=p.batch):
             step = epoch * self.steps_per_epoch + i
-            self.train_step(epoch, i, x, y)
+            self.train_step(epoch, i, x, y, n_global)
             if len(self.pending) >= FINITE_CHECK_EVERY:
                 self.check_losses(epoch)
             self._call("on_step_end", epoch, step)
@@ -144,16 +144,13 @@ class Loop:
             if self.checkpointer is not None:
                 self.checkpointer.after_step(self, epoch, step)
 
-    def train_step(self, epoch: int, i: int, x: Tensor, y: Tensor) -> None:
-        """Optimizer step on batch `i` of `epoch`; its loss and metrics stay on the device."""
+    def train_step(self, epoch: int, i: int, x: Tensor, y: Tensor, n_global: int) -> None:
+        """Optimizer step on (x, y), this process's part of the `n_global` images of batch `i` of `epoch`; its loss
+        and metrics stay on the device."""
         t = self.training
         lr = t.schedule.lr_at(epoch + i / self.steps_per_epoch)
         for group in t.optimizer.param_groups:
             group["lr"] = lr
-        # Data-parallel: this process's contiguous part of the global batch (all of it in one process).
-        n_global = len(y)
-        part = t.procs.shard(n_global)
-        x, y = x[part], y[part]
         if t.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         ctx = StepContext(epoch, epoch * self.steps_per_epoch + i, make_generator(t.device, t.seed, "step", epoch, i),

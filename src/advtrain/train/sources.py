@@ -17,8 +17,11 @@ from torch import Tensor
 
 from advtrain.attacks.threat import check_images
 from advtrain.data import DeviceBatcher, augment_batch, to_float
+from advtrain.distributed import Processes
 from advtrain.errors import UserError
 from advtrain.train.averaging import shuffled_passes
+
+ONE_PROCESS = Processes()  # frozen, so one shared default is safe
 
 
 class TrainSource(Protocol):
@@ -33,8 +36,9 @@ class TrainSource(Protocol):
         """Images in the smallest batch of an epoch (data-parallel training needs one per process)."""
         ...
 
-    def epoch(self, epoch: int, start_batch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        """Batches `start_batch..` of `epoch`."""
+    def epoch(self, epoch: int, start_batch: int) -> Iterator[tuple[Tensor, Tensor, int]]:
+        """Batches `start_batch..` of `epoch`: this process's part of each global batch (data-parallel training;
+        all of it in one process) and the global batch's size."""
         ...
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -53,8 +57,8 @@ class TrainSource(Protocol):
 class TensorSource:
     """A `TrainSource` over a `DeviceBatcher` (the training set on the device)."""
 
-    def __init__(self, batcher: DeviceBatcher) -> None:
-        self.batcher = batcher
+    def __init__(self, batcher: DeviceBatcher, procs: Processes = ONE_PROCESS) -> None:
+        self.batcher, self.procs = batcher, procs
 
     def __len__(self) -> int:
         return len(self.batcher)
@@ -63,8 +67,11 @@ class TensorSource:
     def smallest_batch(self) -> int:
         return len(self.batcher.y) - (len(self.batcher) - 1) * self.batcher.batch_size
 
-    def epoch(self, epoch: int, start_batch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.batcher.epoch(epoch, start_batch)
+    def epoch(self, epoch: int, start_batch: int) -> Iterator[tuple[Tensor, Tensor, int]]:
+        # Each process gathers and augments only its share; the draws are those of the whole batch (batcher.py).
+        b = self.batcher
+        for index, (x, y) in enumerate(b.epoch(epoch, start_batch, self.procs.shard), start=start_batch):
+            yield x, y, b.batch_length(index)
 
     def images(self, idx: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """The training images at `idx`, augmented with `generator`'s draws."""
@@ -90,11 +97,12 @@ class LoaderSource:
     """A `TrainSource` over a re-iterable of (x, y) batches, e.g. a `torch.utils.data.DataLoader`: float images in
     [0, 1] or uint8 pixels (0..255), moved to `device`. A resumed epoch skips the batches already trained on."""
 
-    def __init__(self, batches: Iterable, device: torch.device, where: str = "train_data") -> None:
+    def __init__(self, batches: Iterable, device: torch.device, where: str = "train_data",
+                 procs: Processes = ONE_PROCESS) -> None:
         if iter(batches) is batches:
             raise UserError(f"{where} is a one-shot iterator: pass a DataLoader or a list of (x, y) batches, which "
                             "can be iterated again every epoch")
-        self.batches, self.device, self.where = batches, device, where
+        self.batches, self.device, self.where, self.procs = batches, device, where, procs
         try:
             self.length = len(batches)  # type: ignore[arg-type]
         except TypeError:
@@ -124,8 +132,11 @@ class LoaderSource:
                             f"{tuple(x.shape)} and y {tuple(y.shape)} {str(y.dtype).removeprefix('torch.')}")
         return x.to(self.device), y.to(self.device, torch.int64)
 
-    def epoch(self, epoch: int, start_batch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        return (self._convert(b) for b in itertools.islice(self.batches, start_batch, None))
+    def epoch(self, epoch: int, start_batch: int) -> Iterator[tuple[Tensor, Tensor, int]]:
+        for batch in itertools.islice(self.batches, start_batch, None):
+            x, y = self._convert(batch)
+            part = self.procs.shard(len(y))
+            yield x[part], y[part], len(y)
 
     def shuffled_batches(self, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         while True:  # the loader shuffles (or not) on its own

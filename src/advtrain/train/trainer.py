@@ -273,7 +273,7 @@ def _build(config: RunConfig, data: Dataset, device: torch.device, procs: Proces
     params = list(model.parameters()) + [p for m in extras.values() for p in m.parameters()]
     training = Training(
         model=model, method=method, extras=extras, optimizer=build_optimizer(params, config.optim),
-        schedule=LRSchedule(config.schedule, config.optim.lr, t.epochs), source=TensorSource(batcher),
+        schedule=LRSchedule(config.schedule, config.optim.lr, t.epochs), source=TensorSource(batcher, procs),
         validator=Validator(x_val, y_val, config.threat.eps, config.threat.norm, t.val_steps, t.batch_size,
                             config.seed, amp, method.validation_attack),
         device=device, epochs=t.epochs, seed=config.seed, base_lr=config.optim.lr,
