@@ -1,10 +1,17 @@
-"""CIFAR ResNets (3×3 stem, no max-pool) with the parameter names of the widely used pytorch-cifar layout,
-which is also the layout of the AutoAttack example checkpoint."""
+"""ResNets with the parameter names of the widely used pytorch-cifar layout, which is also the layout of the
+AutoAttack example checkpoint.
+
+Two stems (the `stem` option): `cifar`, the default, a 3×3 stride-1 conv and no max-pool; `imagenet`, the stem of He
+et al. 2016 that the IGD paper uses on Tiny-ImageNet and ImageNet-100: 7×7 stride-2 conv, BN, ReLU, 3×3 stride-2
+max-pool (4× smaller feature maps before the first stage). Both keep the keys conv1, bn1, layer1..4, linear.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from advtrain.errors import UserError
 
 from .normalize import NormStats, make_normalize
 from .registry import check_input_size, init_weights, register_model
@@ -66,8 +73,22 @@ def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
     )
 
 
+# The smallest input each stem is meant for: 8 px leave a 1×1 map after the CIFAR stem's three stride-2 stages,
+# 32 px after the ImageNet stem's further 4× reduction.
+STEMS = {"cifar": 8, "imagenet": 32}
+
+
+def check_stem(name: str, stem: str) -> None:
+    if not isinstance(stem, str) or stem not in STEMS:  # a YAML list or mapping is unhashable
+        raise UserError(
+            f"model {name!r} has no stem {stem!r}: set the stem option (model.options.stem) to cifar (3×3 conv) "
+            "or imagenet (7×7 stride-2 conv and max-pool)"
+        )
+
+
 class ResNet(nn.Module):
-    """Stem conv-BN-ReLU, four stages (64, 128, 256, 512 planes), global average pool, linear."""
+    """Stem (conv-BN-ReLU, plus a max-pool for the ImageNet stem), four stages (64, 128, 256, 512 planes), global
+    average pool, linear."""
 
     def __init__(
         self,
@@ -76,14 +97,21 @@ class ResNet(nn.Module):
         num_classes: int = 10,
         in_channels: int = 3,
         normalize: NormStats | None = None,
+        stem: str = "cifar",
     ) -> None:
         super().__init__()
+        check_stem(type(self).__name__, stem)
         self.num_classes = num_classes
         self.normalize = make_normalize(normalize, in_channels)
         self.in_planes = 64
-        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU()
+        # Parameter-free, so both stems have the same state_dict keys.
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
         self.layer1 = self._make_layer(block, 64, num_blocks[0], stride=1)
         self.layer2 = self._make_layer(block, 128, num_blocks[1], stride=2)
         self.layer3 = self._make_layer(block, 256, num_blocks[2], stride=2)
@@ -104,7 +132,7 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(self.normalize(x))))
+        out = self.maxpool(self.relu(self.bn1(self.conv1(self.normalize(x)))))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return self.linear(torch.flatten(self.avgpool(out), 1))
 
@@ -117,30 +145,48 @@ def _build(
     in_channels: int,
     input_size: int,
     normalize: NormStats | None,
+    stem: str,
 ) -> ResNet:
-    check_input_size(name, input_size, 8)
-    return ResNet(block, num_blocks, num_classes=num_classes, in_channels=in_channels, normalize=normalize)
+    check_stem(name, stem)
+    check_input_size(name, input_size, STEMS[stem])
+    return ResNet(block, num_blocks, num_classes=num_classes, in_channels=in_channels, normalize=normalize, stem=stem)
 
 
 @register_model("resnet18")
 def resnet18(
-    *, num_classes: int = 10, in_channels: int = 3, input_size: int = 32, normalize: NormStats | None = None
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 32,
+    normalize: NormStats | None = None,
+    stem: str = "cifar",
 ) -> ResNet:
-    """CIFAR ResNet-18 (11.2M parameters at 10 classes)."""
-    return _build("resnet18", BasicBlock, (2, 2, 2, 2), num_classes, in_channels, input_size, normalize)
+    """ResNet-18 (11.2M parameters at 10 classes); `stem="imagenet"` gives torchvision's layer shapes (11.7M at
+    1000 classes)."""
+    return _build("resnet18", BasicBlock, (2, 2, 2, 2), num_classes, in_channels, input_size, normalize, stem)
 
 
 @register_model("resnet34")
 def resnet34(
-    *, num_classes: int = 10, in_channels: int = 3, input_size: int = 32, normalize: NormStats | None = None
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 32,
+    normalize: NormStats | None = None,
+    stem: str = "cifar",
 ) -> ResNet:
-    """CIFAR ResNet-34."""
-    return _build("resnet34", BasicBlock, (3, 4, 6, 3), num_classes, in_channels, input_size, normalize)
+    """ResNet-34."""
+    return _build("resnet34", BasicBlock, (3, 4, 6, 3), num_classes, in_channels, input_size, normalize, stem)
 
 
 @register_model("resnet50")
 def resnet50(
-    *, num_classes: int = 10, in_channels: int = 3, input_size: int = 32, normalize: NormStats | None = None
+    *,
+    num_classes: int = 10,
+    in_channels: int = 3,
+    input_size: int = 32,
+    normalize: NormStats | None = None,
+    stem: str = "cifar",
 ) -> ResNet:
-    """CIFAR ResNet-50 (bottleneck blocks)."""
-    return _build("resnet50", Bottleneck, (3, 4, 6, 3), num_classes, in_channels, input_size, normalize)
+    """ResNet-50 (bottleneck blocks)."""
+    return _build("resnet50", Bottleneck, (3, 4, 6, 3), num_classes, in_channels, input_size, normalize, stem)
