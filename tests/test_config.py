@@ -248,8 +248,8 @@ def test_sat_r_configs_describe_the_validation_the_code_runs(r):
 
 
 # RunConfig.digest() of every bundled config (but the IGD ones, whose digest holds their teacher's path), as recorded
-# before the eval section became EvalSettings. Every checkpoint stores it and resuming compares it, so it must not
-# change: old runs stay resumable.
+# before the eval section became EvalSettings (the ImageNet-scale ones: when they were added). Every checkpoint stores
+# it and resuming compares it, so it must not change: old runs stay resumable.
 BUNDLED_DIGESTS = {
     "cifar10_preact_resnet18_awp": "97f9ca12695a56b6",
     "cifar10_preact_resnet18_fgsm": "c792c054df46e38f",
@@ -282,6 +282,9 @@ BUNDLED_DIGESTS = {
     "digits_sat_r2": "58c1a4f11f871540",
     "digits_sat_r3": "578c1231a4f7e6e9",
     "digits_trades": "3fb5bf56216da6fb",
+    "imagenet100_resnet18_pgd_at": "89a4d4786b578340",
+    "imagenet100_resnet18_standard": "824609fff35e44f0",
+    "tiny_imagenet_resnet18_standard": "37ca45e3348d50fc",
 }
 EVAL_OVERRIDES = ["eval.attacks=[clean, fgsm, aa]", "eval.eps=[2/255, 8/255]", "eval.steps=7", "eval.restarts=2",
                   "eval.step_size=1/255", "eval.n=100", "eval.batch_size=64", "eval.checkpoint=last"]

@@ -10,12 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from advtrain.checkpoint import save_weights
 from advtrain.cli import main
 from advtrain.config import load_config
-from advtrain.configfile import BUNDLED_CONFIGS, bundled_configs, config_description, config_path
+from advtrain.configfile import BUNDLED_CONFIGS, bundled_configs, config_description, config_path, read_yaml
 from advtrain.errors import UserError
 from advtrain.methods import list_methods
 from advtrain.models import list_models
+from advtrain.models.spec import ModelSpec
 from advtrain.registry import suggestion
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -115,3 +117,78 @@ def test_device_precision_and_seed_flags_have_help(capsys, command):
         assert "--seed SEED seed of the random starts and generated noise" in text
     if command == "eval":
         assert "--precision {fp32,bf16} the attacks' precision: fp32, or bf16 autocast on CUDA" in text
+
+
+# --- the ImageNet-scale recipes (IGD on Tiny-ImageNet and ImageNet-100, the PGD-AT baseline, their teachers) -------
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGENET_SCALE = {  # config → (method, data source, the IGD teacher's config)
+    "tiny_imagenet_resnet18_igd": ("igd", "tiny_imagenet", "tiny_imagenet_resnet18_standard"),
+    "tiny_imagenet_resnet18_standard": ("standard", "tiny_imagenet", None),
+    "imagenet100_resnet18_igd": ("igd", "image_folder", "imagenet100_resnet18_standard"),
+    "imagenet100_resnet18_pgd_at": ("pgd_at", "image_folder", None),
+    "imagenet100_resnet18_standard": ("standard", "image_folder", None),
+}
+
+
+
+
+@pytest.fixture(scope="module")
+def teacher_weights(tmp_path_factory) -> Path:
+    """A weights file with its sidecar: an igd config refuses to load without an existing teacher."""
+    path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
+    spec = ModelSpec("small_cnn", 10, 1, 8)
+    save_weights(path, spec.build().state_dict(), {"model": spec.to_dict()})
+    return path
+
+
+def _load_bundled(name: str, teacher: Path):
+    """Bundled config `name`, given `teacher` when it is an IGD config (its teacher is the user's run)."""
+    is_igd = read_yaml(config_path(name))["method"]["name"] == "igd"
+    return load_config(name, [f"method.teacher={teacher}"] if is_igd else [])
+
+
+@pytest.mark.parametrize("name", sorted(bundled_configs()))
+def test_every_bundled_config_loads(name, teacher_weights):
+    config = _load_bundled(name, teacher_weights)
+    assert config.method.name == read_yaml(config_path(name))["method"]["name"]
+
+
+@pytest.mark.parametrize("name", sorted(IMAGENET_SCALE))
+def test_the_imagenet_scale_configs_hold_the_igd_recipe(name, teacher_weights):
+    method, data, teacher = IMAGENET_SCALE[name]
+    config = _load_bundled(name, teacher_weights)
+    assert config.method.name == method and config.data.name == data
+    assert config.model.name == "resnet18" and config.model.options == {"stem": "imagenet"}
+    assert config.threat.norm == "linf" and config.threat.eps == pytest.approx(8 / 255)
+    assert (config.train.epochs, config.train.batch_size) == (150, 128)
+    optim = config.optim
+    assert (optim.name, optim.lr, optim.momentum, optim.weight_decay) == ("sgd", 0.1, 0.9, 5e-4)
+    schedule = config.schedule
+    assert (schedule.name, schedule.patience, schedule.threshold, schedule.factor) == ("plateau", 10, 1e-2, 0.1)
+    assert config.data.flip
+    if data == "tiny_imagenet":
+        assert config.data.crop_padding == 4 and config.data.options == {"workers": 8}
+    else:
+        assert config.data.crop_padding == 0
+        assert config.data.options == {"classes": "configs/imagenet100_classes.txt", "image_size": 224,
+                                       "resize": 256, "workers": 8, "random_resized_crop": True}
+    if method != "standard":  # PGD-10 at ε/4, crafted in eval mode: the IGD paper's setting, for its baseline too
+        attack = config.method.base if method == "igd" else config.method
+        assert (attack.name, attack.steps, attack.bn_mode) == ("pgd_at", 10, "eval")
+        assert attack.step_size == pytest.approx(2 / 255)
+    if teacher is not None:  # the header names the standard run that is this config's teacher
+        assert f"configs/{teacher}.yaml" in config_path(name).read_text()
+        assert (config.method.lam, config.method.target, config.method.distance) == (1.0, "logit", "cos")
+
+
+def test_the_imagenet100_class_list_is_100_distinct_wordnet_ids():
+    path = REPO / "configs" / "imagenet100_classes.txt"
+    assert path.resolve() == (BUNDLED_CONFIGS / "imagenet100_classes.txt").resolve()  # shipped with the package
+    wnids = path.read_text().splitlines()
+    assert len(wnids) == len(set(wnids)) == 100
+    assert all(len(w) == 9 and w[0] == "n" and w[1:].isdigit() for w in wnids)
+    assert wnids[:3] == ["n02869837", "n01749939", "n02488291"]  # CMC's order is the label order
+    for name, (_, data, _) in IMAGENET_SCALE.items():  # the path the configs name, read from a checkout's root
+        if data == "image_folder":
+            assert "    classes: configs/imagenet100_classes.txt\n" in config_path(name).read_text()
