@@ -12,6 +12,7 @@ import pytest
 
 from advtrain.checkpoint import save_weights
 from advtrain.cli import main
+from advtrain.cli.parser import build_parser
 from advtrain.config import load_config
 from advtrain.configfile import BUNDLED_CONFIGS, bundled_configs, config_description, config_path, read_yaml
 from advtrain.errors import UserError
@@ -192,3 +193,12 @@ def test_the_imagenet100_class_list_is_100_distinct_wordnet_ids():
     for name, (_, data, _) in IMAGENET_SCALE.items():  # the path the configs name, read from a checkout's root
         if data == "image_folder":
             assert "    classes: configs/imagenet100_classes.txt\n" in config_path(name).read_text()
+
+
+@pytest.mark.parametrize("name", ["imagenet100_resnet18_igd", "imagenet100_resnet18_pgd_at"])
+def test_the_imagenet_c_command_in_the_header_is_a_valid_eval_command(name):
+    header = " ".join(line.lstrip("# ") for line in config_path(name).read_text().splitlines() if line.startswith("#"))
+    command = header.split("advtrain eval ", 1)[1].split(" (", 1)[0].split()
+    args = build_parser().parse_args(["eval", *command])
+    assert (args.attacks, args.corruption_constants) == ("clean,corruptions", "imagenet")
+    assert args.run_dir == Path("RUN_DIR") and args.out == Path("RUN_DIR/imagenet_c.json")
