@@ -14,17 +14,22 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from advtrain.attacks import ThreatModel
 from advtrain.config import load_config
 from advtrain.distributed import Processes, processes
-from advtrain.methods import list_methods
+from advtrain.errors import UserError
+from advtrain.methods import Batch, StepContext, list_methods
+from advtrain.methods.standard import Standard, StandardConfig
 from advtrain.models import build_model
 from advtrain.models.split_bn import bn_route, merge_split_bn, split_norms, to_split_bn
 from advtrain.runtime import seed_everything
 from advtrain.train import load_run_data, train
 from advtrain.train.loop import Loop
+from advtrain.train.step import data_parallel, train_step
 from advtrain.train.trainer import _build
 
 CONFIGS = Path(__file__).parents[1] / "src/advtrain/configs"
@@ -131,6 +136,38 @@ def test_validation_split_across_processes_equals_one_process_validation_exactly
     assert (row["val_clean_acc"], row[f"val_{training.validator.attack}_acc"]) == (clean, adv)
     assert adv is not None and 0 < adv <= clean and (method == "sat_r3" or adv < clean)
     assert ranks[1]["row"]["val_clean_acc"] == clean  # every process returns the merged result
+
+
+class _WithUnusedLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.used = nn.Linear(4, 3)
+        self.spare = nn.Linear(4, 3)  # like WideResNet's sub_block1: built, never called
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.used(x.flatten(1))
+
+
+def _step_with_an_unused_parameter(rank: int, store: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    model, method = _WithUnusedLayer(), Standard(StandardConfig(), ThreatModel())
+    batch = Batch(torch.rand(4, 1, 2, 2), torch.tensor([0, 1, 2, 0]))
+    before = model.used.weight.detach().clone()
+    try:
+        train_step(method, model, torch.optim.SGD(model.parameters(), lr=0.1), batch,
+                   StepContext(0, 0, torch.Generator()), parallel=(data_parallel(method, model, {}), 1.0))
+    except UserError as e:
+        if rank == 0:
+            torch.save({"message": str(e), "unchanged": torch.equal(model.used.weight, before)}, out)
+    dist.destroy_process_group()
+
+
+def test_a_parameter_the_loss_does_not_reach_is_refused_in_one_line_before_the_optimizer_steps(tmp_path):
+    mp.spawn(_step_with_an_unused_parameter, args=(str(tmp_path / "store"), str(tmp_path / "out.pt")), nprocs=2)
+    got = torch.load(tmp_path / "out.pt")
+    assert got["message"].startswith("data-parallel training needs a gradient for every trainable parameter, but the "
+                                     "loss does not reach 2 (spare.weight, spare.bias): freeze them")
+    assert "\n" not in got["message"] and got["unchanged"]
 
 
 def test_sync_bn_is_refused_on_the_cpu_in_one_line(tmp_path):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from advtrain.errors import UserError
 from advtrain.methods import Batch, Method, StepContext, StepOutput
 from advtrain.runtime import CompileMode, compile_checked
 
@@ -65,7 +66,9 @@ def data_parallel(method: Method, model: nn.Module, extras: dict[str, nn.Module]
     has returned. With `device_ids=None` DDP passes the batch and the returned StepOutput through untouched.
     Building it broadcasts rank 0's parameters and buffers. `forward_sync_buffers=False`: instead of DDP's
     broadcast before each forward, the loop broadcasts rank 0's buffers after each step, so the BatchNorm
-    statistics every process validates and saves with are rank 0's.
+    statistics every process validates and saves with are rank 0's. `find_unused_parameters=False`: every
+    trainable parameter must get a gradient from each step's loss, which every method's does
+    (tests/test_ddp.py); `train_step` refuses a model with one that gets none.
     """
     return DistributedDataParallel(TrainingStep(method, model, extras), device_ids=None, forward_sync_buffers=False,
                                    find_unused_parameters=False)
@@ -88,7 +91,23 @@ def train_step(
         out = method.loss(model, batch, ctx) if parallel is None else parallel[0](batch, ctx)
     optimizer.zero_grad(set_to_none=True)
     (out.loss if parallel is None else out.loss * parallel[1]).backward()
+    if parallel is not None:
+        check_every_parameter_reached(parallel[0])
     optimizer.step()
     if out.after_step is not None:
         out.after_step()
     return out
+
+
+def check_every_parameter_reached(parallel: DistributedDataParallel) -> None:
+    """Refuse, before the optimizer steps, a trainable parameter the loss did not reach: DDP's reducer then left
+    the step's gradients unaveraged and would fail at the next step with a long message. A check of Python
+    attributes, no device sync. (One process trains such a model: the optimizer skips a parameter without
+    gradient.)"""
+    missed = [name.removeprefix("model.") for name, p in parallel.module.named_parameters()
+              if p.requires_grad and p.grad is None]
+    if missed:
+        raise UserError(f"data-parallel training needs a gradient for every trainable parameter, but the loss does "
+                        f"not reach {len(missed)} ({', '.join(missed[:3])}{', ...' if len(missed) > 3 else ''}): "
+                        "freeze them (requires_grad=False) or remove them from the model (e.g. WideResNet's "
+                        "sub_block1), or train in one process")
