@@ -90,7 +90,7 @@ class Processes:
         return local * self.world / total
 
     def from_main(self, read: Callable[[], T]) -> T:
-        """`read()` in rank 0, sent to every process (pickled, through the CPU): the others never read the files it
+        """`read()` in rank 0, sent to every process (pickled, through `device`): the others never read the files it
         reads, so the nodes of a run need no shared file system. A UserError of `read` is raised in every process,
         so they all stop with the same one line. One process: `read()`."""
         if not self.active:
@@ -101,7 +101,7 @@ class Processes:
                 box[0] = (True, read())
             except UserError as e:
                 box[0] = (False, e)
-        dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
+        dist.broadcast_object_list(box, src=0, device=self.device)
         ok, value = box[0]
         if not ok:
             raise value
