@@ -1,6 +1,7 @@
 """DistributedDataParallel training (issue 22): every method trained by 2 processes (gloo, CPU) through the loop the
 trainer runs, against each other and against one process; validation split across processes; a 2-node run on
-localhost with a c10d rendezvous that resumes a run only one node can read; SyncBatchNorm's refusal on the CPU."""
+localhost with a c10d rendezvous that resumes a run only one node can read; a parameter the loss does not reach;
+train.sync_bn (refused on the CPU; what it does to AR-AT's split BatchNorm)."""
 
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ from advtrain.train.step import data_parallel, train_step
 from advtrain.train.trainer import _build
 
 CONFIGS = Path(__file__).parents[1] / "src/advtrain/configs"
-# Every method; one epoch of 10 global batches of 128 (the last
-# one 45 images: shares of 23 and 22, so the loss weighting of uneven shares is exercised); 3 validation chunks.
+# Every method; one epoch of 10 global batches of 128 (the last one 45 images: shares of 23 and 22, so the loss
+# weighting of uneven shares is exercised); 3 validation chunks of 256.
 METHODS = list_methods()
 SETTINGS = ["data.val_size=600", "train.batch_size=128", "train.epochs=1", "train.val_steps=2", "threat.eps=0.2",
             "train.threads=1", "train.progress=quiet"]
@@ -50,7 +51,7 @@ def _config(method: str, teacher: Path):
     recipe = CONFIGS / f"digits_{method}.yaml"
     # AR-AT: γ=3, not the recipe's 30, for the comparison with one process: its predictors' BatchNorm1d
     # normalises each process's half batch, and at γ=30 that alone puts the weights 18% from one process's
-    # after this epoch (3%: γ=3, or no predictor; 0.5%: γ=0).
+    # after this epoch (under 3% at γ=3 or without predictors; 0.5% at γ=0).
     extra = {"igd": [f"method.teacher={teacher}"], "arat": ["method.gamma=3"]}.get(method, [])
     return load_config(recipe if recipe.is_file() else CONFIGS / "digits.yaml",
                        [*SETTINGS, f"method.name={method}", *extra])
