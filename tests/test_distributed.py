@@ -19,12 +19,16 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from advtrain.attacks import ThreatModel
 from advtrain.config import load_config
 from advtrain.data import Augment, DeviceBatcher
 from advtrain.distributed import Processes
+from advtrain.methods import Batch, StepContext
+from advtrain.methods.standard import Standard, StandardConfig
 from advtrain.train import train
 from advtrain.train.sources import TensorSource
 from advtrain.train.state import load_newest_state
+from advtrain.train.step import data_parallel, train_step
 
 RUN = ["--set", "train.batch_size=128", "--set", "train.val_steps=2", "--set", "train.progress=quiet",
        "--set", "data.val_size=200", "--set", "threat.eps=0.2", "--set", "eval.attacks=[clean]",
@@ -42,35 +46,48 @@ def test_the_shards_of_a_batch_cover_it_once_in_order():
             assert max(len(range(n)[p]) for p in parts) - min(len(range(n)[p]) for p in parts) <= 1
 
 
+def _toy_model(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4))
+
+
 def _average_in_two_processes(rank: int, store: str, result: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     procs = Processes(rank, 2)
-    torch.manual_seed(0)  # the same model and batch in both processes
-    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4))
+    model = _toy_model(rank)  # other weights in rank 1: building DDP broadcasts rank 0's
     model.register_buffer("stat", torch.full((2,), float(rank)))
     model = model.to(memory_format=torch.channels_last)
+    torch.manual_seed(2)  # the same batch in both processes
     x, y = torch.rand(7, 1, 8, 8), torch.randint(0, 4, (7,))
     part = procs.shard(7)  # 4 and 3 examples: uneven on purpose
-    F.cross_entropy(model(x[part].contiguous(memory_format=torch.channels_last)), y[part]).backward()
+    batch = Batch(x[part].contiguous(memory_format=torch.channels_last), y[part])
+    method = Standard(StandardConfig(), ThreatModel())
+    parallel = data_parallel(method, model, {})
     params = list(model.parameters())
-    procs.average_parameter_gradients(params, len(y[part]), len(y))
-    procs.broadcast_buffers([model])
+    # ctx.average_gradients (AWP's and ISEAT's ascent direction): gradients taken inside the loss.
+    own = torch.autograd.grad(method.loss(model, batch, StepContext(0, 0, torch.Generator())).loss, params)
+    averaged = procs.average_gradients(params, own, len(batch.y), 7)
+    # The DDP step with this process's loss weight; lr 0 keeps the weights, the gradients stay in .grad.
+    train_step(method, model, torch.optim.SGD(params, lr=0.0), batch, StepContext(0, 0, torch.Generator()),
+               parallel=(parallel, procs.loss_weight(len(batch.y), 7)))
     signalled = procs.any(rank == 0)  # a stop signal seen by rank 0 only
     if rank == 1:
-        torch.save({"grads": [p.grad for p in params], "stat": model.stat, "signalled": signalled,
-                    "strides_kept": all(p.grad.stride() == p.stride() for p in params)}, result)
+        torch.save({"grads": [p.grad for p in params], "averaged": averaged, "stat": model.stat,
+                    "signalled": signalled, "strides_kept": all(p.grad.stride() == p.stride() for p in params)},
+                   result)
     dist.destroy_process_group()
 
 
-def test_averaged_gradients_of_uneven_shards_equal_the_full_batch_gradient(tmp_path):
+def test_ddp_gradients_of_uneven_shards_equal_the_full_batch_gradient(tmp_path):
     mp.spawn(_average_in_two_processes, args=(str(tmp_path / "store"), str(tmp_path / "out.pt")), nprocs=2)
     got = torch.load(tmp_path / "out.pt")
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4))
+    model = _toy_model(0)
+    torch.manual_seed(2)
     x, y = torch.rand(7, 1, 8, 8), torch.randint(0, 4, (7,))
-    F.cross_entropy(model(x), y).backward()  # the oracle: one process, the whole batch
-    for a, p in zip(got["grads"], model.parameters(), strict=True):
-        torch.testing.assert_close(a, p.grad, rtol=1e-5, atol=1e-7)
+    F.cross_entropy(model(x), y).backward()  # the oracle: one process, the whole batch, rank 0's weights
+    for ddp, explicit, p in zip(got["grads"], got["averaged"], model.parameters(), strict=True):
+        torch.testing.assert_close(ddp, p.grad, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(explicit, p.grad, rtol=1e-5, atol=1e-7)
     assert got["strides_kept"]  # the fused optimizer needs .grad in its parameter's layout
     assert torch.equal(got["stat"], torch.zeros(2))  # rank 0's buffers everywhere
     assert got["signalled"] is True  # rank 1 stops too

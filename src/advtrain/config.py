@@ -122,6 +122,9 @@ class TrainConfig(CheckedConfig):
     # Also write every number of each metrics.jsonl row as a TensorBoard scalar (step = epoch) to
     # RUN_DIR/tensorboard/; opt-in because it needs the optional tensorboard package (advtrain[tensorboard]).
     tensorboard: bool = False
+    # Data-parallel training on CUDA: BatchNorm statistics over the whole global batch (torch's SyncBatchNorm)
+    # instead of each process's share. One process has nothing to synchronise.
+    sync_bn: bool = False
 
 
 @dataclass
@@ -206,10 +209,13 @@ class RunConfig(CheckedConfig):
 
         `train.progress` and `train.tensorboard` are left out: they change what is printed or logged, not what
         is trained, so a run started with a progress bar may be resumed with --quiet, and a run from before
-        `train.tensorboard` existed still matches its checkpoints.
+        `train.tensorboard` existed still matches its checkpoints. `train.sync_bn` counts only when on, so runs
+        from before it existed match too.
         """
         settings = self.to_dict()
         del settings["train"]["progress"], settings["train"]["tensorboard"]
+        if not settings["train"]["sync_bn"]:
+            del settings["train"]["sync_bn"]
         text = json.dumps(settings, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -1,16 +1,20 @@
 """Data-parallel training and sharded evaluation across processes started by `torchrun` (gloo on CPU, nccl on
-CUDA). Training (advtrain.train.loop):
+CUDA). Training (advtrain.train.loop, advtrain.train.step):
 
-Every process holds the whole model and trains on its slice of each global batch; after backward the gradients
-are averaged over processes with one all-reduce of their concatenation (weighted by each slice's size, so an
-uneven last batch still gives the global-batch mean). We do not wrap the model in DistributedDataParallel: its
-reducer expects one forward per backward, while attacks run many forwards whose gradients are taken w.r.t. the
-input only (and IGD, GradAlign differentiate twice), so DDP would need `find_unused_parameters` and still trip
-on them. The explicit all-reduce is the same arithmetic as DDP's bucketed one, applied once per optimizer step,
-and attacks run on the plain module as in one process. BatchNorm statistics are per process (as in DDP without
-SyncBatchNorm) and rank 0's buffers are broadcast after each step (as DDP's `broadcast_buffers`).
-Evaluation (advtrain.eval.robustness.evaluate_attacks) gives each process whole chunks and merges their per-example
-results with one `sum` per attack.
+Every process holds the whole model and trains on its share of each global batch. The training step, not the
+model, is wrapped in torch's DistributedDataParallel (`train.step.data_parallel`): one forward of the wrapper is
+the method's whole loss, so DDP sees one forward per backward, and its bucketed all-reduce overlaps the single
+backward. The attacks and every extra forward inside the loss run on the plain module: an attack differentiates
+w.r.t. the input only and fires no parameter hook, and the reducer ignores gradients taken during the forward
+(AWP's and ISEAT's ascent direction, averaged over processes by `Processes.average_gradients`). Each process's loss
+is weighted by its share of the global batch, so uneven shards still give the global-batch mean. DDP broadcasts
+rank 0's parameters when it is built; BatchNorm statistics are per process (or synchronised with
+`train.sync_bn` on CUDA), and rank 0's buffers are broadcast at the start and after each step, so every process
+validates and saves the same model.
+Evaluation (advtrain.eval.robustness.evaluate_attacks, also the per-epoch validation) gives each process whole
+chunks and merges their per-example results with one `sum` per attack.
+Files: rank 0 alone reads the run folder (its settings and the state a resumed run continues from) and sends
+what it read to the others (`Processes.from_main`), so the nodes of a run need no shared file system.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -27,6 +32,7 @@ from torch import Tensor, nn
 
 from advtrain.errors import TrainingStopped, UserError
 
+T = TypeVar("T")
 EXIT_PEER_FAILED = 4  # a torchrun process stopped because another process of the run failed
 
 
@@ -77,12 +83,29 @@ class Processes:
             offset += p.numel()
         return out
 
-    def average_parameter_gradients(self, params: Sequence[nn.Parameter], local: int, total: int) -> None:
-        """`average_gradients` on the parameters' .grad, in place (before the optimizer step)."""
-        if self.active:
-            for p, g in zip(params, self.average_gradients(params, [p.grad for p in params], local, total),
-                            strict=True):
-                p.grad = g
+    def loss_weight(self, local: int, total: int) -> float:
+        """The weight of this process's mean loss over its `local` of the `total` examples of a global batch: DDP
+        averages the processes' gradients with equal weights, so local·world/total makes that average the
+        global-batch mean (as `average_gradients` does) also when the shares differ in size."""
+        return local * self.world / total
+
+    def from_main(self, read: Callable[[], T]) -> T:
+        """`read()` in rank 0, sent to every process (pickled, through `device`): the others never read the files it
+        reads, so the nodes of a run need no shared file system. A UserError of `read` is raised in every process,
+        so they all stop with the same one line. One process: `read()`."""
+        if not self.active:
+            return read()
+        box: list[Any] = [None]
+        if self.main:
+            try:
+                box[0] = (True, read())
+            except UserError as e:
+                box[0] = (False, e)
+        dist.broadcast_object_list(box, src=0, device=self.device)
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
 
     def sum(self, tensor: Tensor) -> Tensor:
         """The sum of `tensor` over processes (in place, returned)."""
@@ -121,16 +144,18 @@ class Processes:
 
 
 def start_processes(device: torch.device) -> tuple[Processes, bool]:
-    """Join the process group torchrun describes in the environment (WORLD_SIZE, RANK, MASTER_ADDR, ...), nccl
-    for CUDA and gloo for the CPU; one process without torchrun. Returns it and whether this call created the
-    group (then the caller destroys it)."""
+    """Join the process group torchrun describes in the environment (WORLD_SIZE, RANK, MASTER_ADDR, ...), with
+    `device` for the collectives; one process without torchrun. Returns it and whether this call created the
+    group (then the caller destroys it). The group has gloo for CPU tensors and, where CUDA is, nccl for CUDA
+    tensors (each collective picks by its tensors' device), so it can be started before the run's settings say
+    which device trains (a resumed run's settings are sent from rank 0 through it)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Processes(), False
     rank = int(os.environ["RANK"])
     started = not dist.is_initialized()
     if started:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+        dist.init_process_group("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo",
                                 timeout=datetime.timedelta(minutes=30))
     if dist.get_world_size() != world or dist.get_rank() != rank:
         raise UserError(f"the process group ({dist.get_world_size()} processes) does not match torchrun's "

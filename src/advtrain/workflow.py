@@ -8,7 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from advtrain.config import RunConfig, config_from_dict
+from advtrain.data import Dataset
+from advtrain.distributed import processes
 from advtrain.eval import evaluate_loaded
 from advtrain.eval.checkpoints import checkpoint_path, load_checkpoint_model
 from advtrain.fileio import atomic_write_text
@@ -16,7 +20,7 @@ from advtrain.progress_display import shown_progress
 from advtrain.report import write_run_report
 from advtrain.rundir import read_config
 from advtrain.runtime import resolve_device
-from advtrain.train import load_run_data, train
+from advtrain.train import TrainResult, load_run_data, train
 
 
 def train_and_evaluate(
@@ -29,6 +33,12 @@ def train_and_evaluate(
     a caller that prints the results itself turns it off, so that they are shown once."""
     data = load_run_data(config)
     result = train(config, run_dir, data=data, log=log, resume=resume, overwrite=overwrite)
+    return _evaluate(config, data, result, log=log, progress=progress, log_results=log_results)
+
+
+def _evaluate(config: RunConfig, data: Dataset, result: TrainResult, *, log: Callable[[str], None], progress: bool,
+              log_results: bool) -> dict[str, Any] | None:
+    """Rank 0's evaluation of the trained run on the test split (see `train_and_evaluate`)."""
     if not result.main:
         return None
     e = config.eval
@@ -48,9 +58,17 @@ def train_and_evaluate(
 def resume_and_evaluate(
     run_dir: Path, *, quiet: bool = False, log: Callable[[str], None] = print
 ) -> dict[str, Any] | None:
-    """`advtrain train --resume RUN_DIR`: finish training from the newest intact checkpoint, then evaluate."""
-    config = config_from_dict(read_config(run_dir))
-    if quiet:
-        # Presentation only: the progress bar is not part of the math, so the config digest ignores it.
-        config.train.progress = "quiet"
-    return train_and_evaluate(config, run_dir, log=log, resume=True, progress=not quiet)
+    """`advtrain train --resume RUN_DIR`: finish training from the newest intact checkpoint, then evaluate.
+
+    Under torchrun, rank 0 alone reads RUN_DIR (here its config.yaml, in training its newest state) and sends what
+    it read to the other processes, so the nodes of a run need not share a file system; the process group starts
+    here for that (on the CPU) and training joins it."""
+    intact = f"nothing was changed: continue with: advtrain train --resume {run_dir}"
+    with processes(torch.device("cpu"), "training", intact) as procs:
+        config = config_from_dict(procs.from_main(lambda: read_config(run_dir)))
+        if quiet:
+            # Presentation only: the progress bar is not part of the math, so the config digest ignores it.
+            config.train.progress = "quiet"
+        data = load_run_data(config)
+        result = train(config, run_dir, data=data, log=log, resume=True)
+    return _evaluate(config, data, result, log=log, progress=not quiet, log_results=True)

@@ -10,6 +10,11 @@ The trainer knows nothing about any particular method. For every batch it does e
 and around that it calls `on_epoch_start` before each epoch, optimises and checkpoints the modules of
 `extra_modules()` with the model, and saves `state_dict()` with every checkpoint.
 
+Data-parallel (torchrun), each process runs that on its share of the batch with `loss` called through torch's
+DistributedDataParallel as one forward (advtrain/train/step.py): the returned loss must reach every trainable
+parameter of the model and of `extra_modules()` in every step, and a gradient the method takes itself and acts
+on before the optimizer step (AWP's direction) goes through `ctx.average_gradients`.
+
 How each method of docs/methods.md §2–6 plugs in, with no special case in the trainer:
 
 - Several forward passes (TRADES, MART, ISEAT, AR-AT): `loss` calls the model as often as it needs;

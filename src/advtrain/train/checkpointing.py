@@ -2,7 +2,7 @@
 
 A resumable state (model, optimizer, schedule, method state, every stateful component, loop counters, RNG states)
 is written at every epoch end and optionally every N steps; resuming continues from the newest intact one
-bit-identically. SIGINT/SIGTERM save a state at the next step boundary and stop. Only rank 0 writes.
+bit-identically. SIGINT/SIGTERM save a state at the next step boundary and stop. Only rank 0 reads and writes.
 """
 
 from __future__ import annotations
@@ -64,12 +64,16 @@ class StopSignals:
 def read_resumable_state(run_dir: Path, digest: str, procs: Processes, log: Callable[[str], None],
                          mismatch: str) -> dict[str, Any] | None:
     """The newest intact state of `run_dir` (None: stopped before its first one); damaged ones are reported and
-    skipped. A state trained with settings of another `digest` is refused with the one-line `mismatch`."""
+    skipped. A state trained with settings of another `digest` is refused with the one-line `mismatch`.
+    Data-parallel, rank 0 reads it and sends it to the others (nodes need not share the run folder)."""
+    return procs.from_main(lambda: _newest_state(run_dir, digest, log, mismatch))
+
+
+def _newest_state(run_dir: Path, digest: str, log: Callable[[str], None], mismatch: str) -> dict[str, Any] | None:
     checkpoints = run_dir / "checkpoints"
-    if procs.main:  # only rank 0 writes; the others read what it leaves
-        with disk_errors("fix the folder's permissions and resume again"):
-            record_folder(checkpoints)  # missing when the run was killed right after its settings were written
-            remove_incomplete_writes(checkpoints, log)
+    with disk_errors("fix the folder's permissions and resume again"):
+        record_folder(checkpoints)  # missing when the run was killed right after its settings were written
+        remove_incomplete_writes(checkpoints, log)
     if not list_states(checkpoints):
         log(f"{run_dir} was stopped before its first checkpoint: training it from the start")
         return None

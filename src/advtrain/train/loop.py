@@ -26,7 +26,7 @@ from advtrain.runtime import make_generator, peak_memory_mb, reset_peak_memory
 from advtrain.train.callbacks import Callback, percent
 from advtrain.train.schedule import LRSchedule
 from advtrain.train.sources import TrainSource
-from advtrain.train.step import autocast_context, train_step
+from advtrain.train.step import autocast_context, data_parallel, train_step
 from advtrain.train.validation import Validator
 
 if TYPE_CHECKING:
@@ -95,7 +95,9 @@ class Loop:
             raise UserError(f"the last batch of each epoch has {smallest} image{'s' * (smallest != 1)}, fewer than "
                             f"the {world} training processes: change train.batch_size or data.val_size so that it "
                             "has at least one per process")
-        self.params = [*training.model.parameters(), *(p for m in training.extras.values() for p in m.parameters())]
+        # Data-parallel: the step wrapped in DDP (a collective: every process builds it here).
+        self.parallel = data_parallel(training.method, training.model, training.extras) \
+            if training.procs.active else None
         self.autocast = autocast_context(training.device, training.amp)
         self.fresh: dict[str, Any] = {}  # this process's metric sums (and "seen") not yet added into progress.sums
         self.pending: list[tuple[int, Tensor]] = []  # losses not yet checked for NaN/Inf
@@ -155,9 +157,8 @@ class Loop:
             x = x.contiguous(memory_format=torch.channels_last)
         ctx = StepContext(epoch, epoch * self.steps_per_epoch + i, make_generator(t.device, t.seed, "step", epoch, i),
                           functools.partial(t.procs.average_gradients, local=len(y), total=n_global))
-        sync = functools.partial(t.procs.average_parameter_gradients, self.params, len(y), n_global) \
-            if t.procs.active else None
-        out = train_step(t.method, t.model, t.optimizer, Batch(x, y), ctx, self.autocast, sync)
+        parallel = None if self.parallel is None else (self.parallel, t.procs.loss_weight(len(y), n_global))
+        out = train_step(t.method, t.model, t.optimizer, Batch(x, y), ctx, self.autocast, parallel)
         t.procs.broadcast_buffers([t.model, *t.extras.values()])
         self.pending.append((i, out.loss.detach()))
         for key, value in {"loss": out.loss.detach(), **out.metrics}.items():

@@ -1,5 +1,5 @@
 """One optimizer step of any method: the only training step there is (the trainer, `advtrain bench` and
-benchmarks/method_cost.py all run this function).
+benchmarks/method_cost.py all run this function), and the module data-parallel training wraps in DDP.
 
 Nothing in it synchronises with the host: no `.item()`, no `.cpu()`, no Python branch on a tensor value; the
 returned outputs stay on the device until the caller reads them.
@@ -12,7 +12,9 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from advtrain.errors import UserError
 from advtrain.methods import Batch, Method, StepContext, StepOutput
 from advtrain.runtime import CompileMode, compile_checked
 
@@ -40,6 +42,38 @@ def compile_for_training(
     return compile_checked(model, mode, batch.x, batch.y, one_step_loss)
 
 
+class TrainingStep(nn.Module):
+    """The method's whole loss as one module: `forward(batch, ctx)` is `method.loss(model, batch, ctx)`; the model
+    and the method's extra modules (AR-AT predictors) are its submodules, so DDP owns all their parameters."""
+
+    def __init__(self, method: Method, model: nn.Module, extras: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.method = method  # not a module: a teacher it holds (IGD) is neither trained nor synchronised
+        self.model = model
+        self.extras = nn.ModuleDict(extras)
+
+    def forward(self, batch: Batch, ctx: StepContext) -> StepOutput:
+        return self.method.loss(self.model, batch, ctx)
+
+
+def data_parallel(method: Method, model: nn.Module, extras: dict[str, nn.Module]) -> DistributedDataParallel:
+    """`TrainingStep` wrapped in DDP, for `train_step`'s `parallel`; built in every process of the run at once.
+
+    The step is wrapped, not the model, so DDP sees one forward (the loss, however many forwards the method runs
+    inside it) per backward, its contract, and the attacks run on the plain model. A gradient taken inside the
+    loss with `torch.autograd.grad` (an attack's w.r.t. its input; AWP's and ISEAT's w.r.t. the weights) is
+    returned, not accumulated, so it fires no reducer hook, and the reducer only expects hooks once the forward
+    has returned. With `device_ids=None` DDP passes the batch and the returned StepOutput through untouched.
+    Building it broadcasts rank 0's parameters and buffers. `forward_sync_buffers=False`: instead of DDP's
+    broadcast before each forward, the loop broadcasts rank 0's buffers after each step, so the BatchNorm
+    statistics every process validates and saves with are rank 0's. `find_unused_parameters=False`: every
+    trainable parameter must get a gradient from each step's loss, which every method's does
+    (tests/test_ddp.py); `train_step` refuses a model with one that gets none.
+    """
+    return DistributedDataParallel(TrainingStep(method, model, extras), device_ids=None, forward_sync_buffers=False,
+                                   find_unused_parameters=False)
+
+
 def train_step(
     method: Method,
     model: nn.Module,
@@ -47,18 +81,33 @@ def train_step(
     batch: Batch,
     ctx: StepContext,
     autocast: Callable[[], AbstractContextManager] = nullcontext,
-    average_gradients: Callable[[], None] | None = None,
+    parallel: tuple[DistributedDataParallel, float] | None = None,
 ) -> StepOutput:
-    """method.loss under autocast (fp32 master weights), backward, `average_gradients` (data-parallel training:
-    the mean over processes, advtrain/distributed.py), optimizer step, then the method's `after_step` (e.g. removing
-    a weight perturbation)."""
+    """method.loss under autocast (fp32 master weights), backward, optimizer step, then the method's `after_step`
+    (e.g. removing a weight perturbation). Data-parallel training passes `parallel`: the DDP-wrapped step
+    (`data_parallel`) and this process's loss weight (`Processes.loss_weight`); its backward then leaves the
+    global-batch mean gradient in every process. The returned loss is the unweighted one."""
     with autocast():
-        out = method.loss(model, batch, ctx)
+        out = method.loss(model, batch, ctx) if parallel is None else parallel[0](batch, ctx)
     optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
-    if average_gradients is not None:
-        average_gradients()
+    (out.loss if parallel is None else out.loss * parallel[1]).backward()
+    if parallel is not None:
+        check_every_parameter_reached(parallel[0])
     optimizer.step()
     if out.after_step is not None:
         out.after_step()
     return out
+
+
+def check_every_parameter_reached(parallel: DistributedDataParallel) -> None:
+    """Refuse, before the optimizer steps, a trainable parameter the loss did not reach: DDP's reducer then left
+    the step's gradients unaveraged and would fail at the next step with a long message. A check of Python
+    attributes, no device sync. (One process trains such a model: the optimizer skips a parameter without
+    gradient.)"""
+    missed = [name.removeprefix("model.") for name, p in parallel.module.named_parameters()
+              if p.requires_grad and p.grad is None]
+    if missed:
+        raise UserError(f"data-parallel training needs a gradient for every trainable parameter, but the loss does "
+                        f"not reach {len(missed)} ({', '.join(missed[:3])}{', ...' if len(missed) > 3 else ''}): "
+                        "freeze them (requires_grad=False) or remove them from the model (e.g. WideResNet's "
+                        "sub_block1), or train in one process")

@@ -176,6 +176,9 @@ def train(
     """
     with torch_settings(config.train.threads, config.train.deterministic):
         device = resolve_device(local_device(config.train.device))
+        if config.train.sync_bn and device.type != "cuda":
+            raise UserError(f"train.sync_bn needs CUDA: torch's SyncBatchNorm cannot train on {device.type}; set "
+                            "train.sync_bn=false")
         # Every state on disk was written atomically by rank 0, so the newest one is intact if a process dies.
         intact = (f"the newest checkpoint in {Path(run_dir) / 'checkpoints'} is intact: continue with: "
                   f"advtrain train --resume {run_dir}")
@@ -237,8 +240,8 @@ def _train(
     loop.run()
     if loop.history:
         row = loop.history[-1]
-    else:  # resumed a run whose training had already finished
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    else:  # resumed a run whose training had already finished (only rank 0 reads the run folder)
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines() if procs.main else []
         row = json.loads(lines[-1]) if lines else {}
     p = loop.progress
     best = None if p.best_value == -math.inf else p.best_value
@@ -269,13 +272,15 @@ def _build(config: RunConfig, data: Dataset, device: torch.device, procs: Proces
     model, extras = prepare_model(
         method, spec.build().to(device), to_float(batcher.x[:n_check], data.pixel_max), batcher.y[:n_check],
         seed=config.seed, channels_last=use_channels_last(t.channels_last), compile_mode=t.compile, log=log)
+    if t.sync_bn and procs.active:  # the same parameters and buffers, in SyncBatchNorm modules (AR-AT's splits too)
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     amp = autocast_dtype(t.precision, device)
     params = list(model.parameters()) + [p for m in extras.values() for p in m.parameters()]
     training = Training(
         model=model, method=method, extras=extras, optimizer=build_optimizer(params, config.optim),
         schedule=LRSchedule(config.schedule, config.optim.lr, t.epochs), source=TensorSource(batcher, procs),
         validator=Validator(x_val, y_val, config.threat.eps, config.threat.norm, t.val_steps, t.batch_size,
-                            config.seed, amp, method.validation_attack),
+                            config.seed, amp, method.validation_attack, procs),
         device=device, epochs=t.epochs, seed=config.seed, base_lr=config.optim.lr,
         select_metric=method.selection_metric if t.select_metric == "auto" else t.select_metric, amp=amp,
         channels_last=use_channels_last(t.channels_last), lr_milestones=config.schedule.lr_milestones(), procs=procs,
