@@ -132,9 +132,9 @@ def _tiny_imagenet_files(root: Path) -> tuple[FileList, FileList, tuple[str, ...
 
 
 def folder_options(what: str, image_size: Any, resize: Any, workers: Any, random_resized_crop: Any,
-                   default_size: int, resize_ratio: float) -> tuple[int, int, int, bool]:
-    """The checked (image_size, resize, workers, random_resized_crop) of a folder source; `resize` defaults to
-    round(image_size / `resize_ratio`)."""
+                   default_size: int, resize_ratio: float) -> dict[str, Any]:
+    """The checked image_size, resize, workers and random_resized_crop of a folder source (FolderDataset's
+    keywords); `resize` defaults to round(image_size / `resize_ratio`)."""
     size = default_size if image_size is None else image_size
     if not is_int(size) or size < 1:
         raise UserError(f"{what}: data.options.image_size must be a positive integer (pixels), got {image_size!r}")
@@ -147,7 +147,7 @@ def folder_options(what: str, image_size: Any, resize: Any, workers: Any, random
                         f"got {workers!r}")
     if not isinstance(random_resized_crop, bool):
         raise UserError(f"{what}: data.options.random_resized_crop must be true or false, got {random_resized_crop!r}")
-    return size, resize, workers, random_resized_crop
+    return {"image_size": size, "resize": resize, "workers": workers, "random_resized_crop": random_resized_crop}
 
 
 def load_image_folder(root: str | Path | None, classes: str | Path | None = None, image_size: int | None = None,
@@ -157,7 +157,7 @@ def load_image_folder(root: str | Path | None, classes: str | Path | None = None
     options = folder_options("image_folder", image_size, resize, workers, random_resized_crop, 224, 0.875)
     path = existing_root(root, "image_folder", IMAGE_FOLDER_LAYOUT)
     train, test, names = _image_folder_files(path, classes)
-    return FolderDataset("image_folder", train, test, names, *options)
+    return FolderDataset("image_folder", train, test, names, **options)
 
 
 def load_tiny_imagenet(root: str | Path | None, image_size: int | None = None, resize: int | None = None,
@@ -166,7 +166,7 @@ def load_tiny_imagenet(root: str | Path | None, image_size: int | None = None, r
     options = folder_options("tiny_imagenet", image_size, resize, workers, random_resized_crop, 64, 1.0)
     path = existing_root(root, "tiny_imagenet", TINY_LAYOUT)
     train, test, names = _tiny_imagenet_files(path)
-    return FolderDataset("tiny_imagenet", train, test, names, *options)
+    return FolderDataset("tiny_imagenet", train, test, names, **options)
 
 
 def read_corruption_folder(data: FolderDataset, root: str | Path, corruption: str, severity: int,
