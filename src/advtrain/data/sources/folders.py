@@ -79,6 +79,8 @@ def _image_folder_files(root: Path, classes: str | Path | None) -> tuple[FileLis
         if not (root / split).is_dir():
             raise UserError(f"{what}: {root} has no {split}/ folder: give {IMAGE_FOLDER_LAYOUT}")
     found = _subfolders(root / "train")
+    if classes is not None and not Path(classes).expanduser().exists() and (root / classes).is_file():
+        classes = root / classes  # a relative class list is looked for in the data root too
     names = read_class_list(classes, what) if classes is not None else found
     if not names:
         raise UserError(f"{what}: {root / 'train'} holds no class folder: give {IMAGE_FOLDER_LAYOUT}")
