@@ -3,6 +3,7 @@ order, one-line errors, and kill -9 + resume of a JPEG class-folder run (bit-ide
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from advtrain.cli import main
 from advtrain.config import load_config
 from advtrain.data import FolderDataset, load_dataset
 from advtrain.data.dataset import channel_moments
@@ -136,6 +138,37 @@ def test_corruption_folder_reads_the_training_classes_in_turn_and_at_most_n(tmp_
     assert len(x_all) == 6
     with pytest.raises(UserError, match=r"gaussian_noise/5 does not exist.*\(found: gaussian_noise\)"):
         read_corruption_folder(data, c_root, "gaussian_noise", 5)
+
+
+def test_eval_corruptions_read_imagenet_c_copies_of_the_test_images(tmp_path, capsys):
+    root = class_tree(tmp_path / "d", ["a", "b"], train=6)
+    run = tmp_path / "run"
+    config = load_config(None, ["data.name=image_folder", f"data.root={root}", "data.val_size=2",
+                                "data.options.image_size=12", "data.options.resize=12", "data.options.workers=0",
+                                "train.epochs=1", "train.batch_size=5", "train.progress=quiet", "method.name=standard"])
+    train(config, run, log=lambda _: None)
+    c_root = tmp_path / "imagenet-c"
+    for corruption in ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"):
+        for severity in range(1, 6):
+            for label, name in enumerate(("a", "b")):
+                for k in range(2):  # unchanged copies of the test images, under their own file names
+                    save(c_root / corruption / str(severity) / name / f"{k}.png", solid(label, k + COLOURS))
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(run), "--attacks", "corruptions", "--corruptions-root", str(c_root), "--out", str(out),
+                 "--quiet"]) == 0
+    result = json.loads(out.read_text())["inequality"]
+    tables = result["corruptions"]["run"]
+    # The "corrupted" images are the test images: no commonly correct image is lost, and the error over all images
+    # is the clean error.
+    assert result["n"] == 4 and result["n_common_correct"] > 0
+    clean_error = 1 - result["n_common_correct"] / result["n"]
+    for corruption, by_severity in tables["all_images"].items():
+        assert by_severity == {str(s): pytest.approx(clean_error) for s in range(1, 6)}, corruption
+        assert tables["commonly_correct"][corruption] == {str(s): 0.0 for s in range(1, 6)}
+    (c_root / "shot_noise" / "1" / "b" / "1.png").unlink()
+    assert main(["eval", str(run), "--attacks", "corruptions", "--corruptions-root", str(c_root), "--out", str(out),
+                 "--quiet"]) == 2
+    assert "shot_noise/1 has no b/1.png, the corrupted copy of test image" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- transforms

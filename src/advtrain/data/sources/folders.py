@@ -171,29 +171,55 @@ def load_tiny_imagenet(root: str | Path | None, image_size: int | None = None, r
     return FolderDataset("tiny_imagenet", train, test, names, **options)
 
 
-def read_corruption_folder(data: FolderDataset, root: str | Path, corruption: str, severity: int,
-                           n: int | None = None, resize: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """At most `n` images of ROOT/<corruption>/<severity>/<class>/* as uint8 N×3×S×S and int64 labels, with the
-    classes and labels of `data` (class folders `data` lacks are skipped: a class subset reads its own) and its
-    evaluation transform (`resize`: another shorter side before the centre crop, e.g. the image size for
-    ImageNet-C's 224-pixel images). Taken class by class in turn, so any n covers the classes evenly."""
+def _corruption_folder(root: str | Path, corruption: str, severity: int) -> Path:
     folder = Path(root).expanduser() / corruption / str(severity)
     if not folder.is_dir():
         kinds = _subfolders(Path(root).expanduser()) if Path(root).expanduser().is_dir() else []
         found = f" (found: {', '.join(kinds[:8])})" if kinds else ""
         raise UserError(f"corruption folder {folder} does not exist: give {CORRUPTION_LAYOUT}{found}")
+    return folder
+
+
+def _corrupted_transform(data: FolderDataset, resize: int | None) -> ImageTransform:
+    """Corrupted images are stored at the model's size (ImageNet-C: 224×224 centre crops of the resized val
+    images), so by default their shorter side is resized to `image_size` (no change at that size) before the
+    centre crop; `resize` chooses another shorter side."""
+    if resize is not None and (not is_int(resize) or resize < data.image_size):
+        raise UserError(f"resize must be an integer >= the image size {data.image_size}, got {resize!r}")
+    return ImageTransform(data.image_size, data.image_size if resize is None else resize)
+
+
+def read_corruption_folder(data: FolderDataset, root: str | Path, corruption: str, severity: int,
+                           n: int | None = None, resize: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """At most `n` images of ROOT/<corruption>/<severity>/<class>/* as uint8 N×3×S×S and int64 labels, with the
+    classes and labels of `data` (class folders `data` lacks are skipped: a class subset reads its own), taken
+    class by class in turn so that any n covers the classes evenly (`_corrupted_transform` sizes them)."""
+    folder = _corruption_folder(root, corruption, severity)
+    if n is not None and (not is_int(n) or n < 1):
+        raise UserError(f"the number of corrupted images must be a positive integer, got {n!r}")
     present = set(_subfolders(folder))
     per_class = [[f"{name}/{f}" for f in _images_in(folder / name)] if name in present else []
                  for name in data.class_names]
     if not any(per_class):
         raise UserError(f"{folder} holds no image of {data.name}'s classes ({data.class_names[0]}, ...): give "
                         f"{CORRUPTION_LAYOUT} with the training data's class folder names")
-    if n is not None and (not is_int(n) or n < 1):
-        raise UserError(f"the number of corrupted images must be a positive integer, got {n!r}")
     files = FileList.of(folder, *_interleaved(per_class))
     count = len(files) if n is None else min(n, len(files))
-    if resize is not None and (not is_int(resize) or resize < data.image_size):
-        raise UserError(f"resize must be an integer >= the image size {data.image_size}, got {resize!r}")
-    transform = ImageTransform(data.image_size, data.resize if resize is None else resize)
-    return load_images(files, transform, [(i, None) for i in range(count)], data.workers)
+    return load_images(files, _corrupted_transform(data, resize), [(i, None) for i in range(count)], data.workers)
 
+
+def corrupted_test_images(data: FolderDataset, root: str | Path, corruption: str, severity: int,
+                          n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The corrupted copies of `data`'s first `n` test images, image for image: ROOT/<corruption>/<severity>/
+    <class>/<the test image's file name> (ImageNet-C, Tiny-ImageNet-C), as uint8 images and the test labels."""
+    folder = _corruption_folder(root, corruption, severity)
+    count = len(data.test) if n is None else min(n, len(data.test))
+    names = []
+    for i in range(count):
+        name = f"{data.class_names[data.test.labels[i]]}/{data.test.path(i).name}"
+        if not (folder / name).is_file():
+            raise UserError(f"{folder} has no {name}, the corrupted copy of test image {data.test.path(i)}: give "
+                            f"{CORRUPTION_LAYOUT} made from this dataset's test images")
+        names.append(name)
+    files = FileList.of(folder, names, data.test.labels[:count].tolist())
+    return load_images(files, _corrupted_transform(data, None), [(i, None) for i in range(count)], data.workers)
