@@ -140,6 +140,7 @@ def test_corruption_folder_reads_the_training_classes_in_turn_and_at_most_n(tmp_
         read_corruption_folder(data, c_root, "gaussian_noise", 5)
 
 
+@pytest.mark.slow
 def test_eval_corruptions_read_imagenet_c_copies_of_the_test_images(tmp_path, capsys):
     root = class_tree(tmp_path / "d", ["a", "b"], train=6)
     run = tmp_path / "run"
