@@ -98,12 +98,14 @@ def load_images(
     """The images of `keys` decoded (in at most `workers` processes, fewer for a short list) as one uint8 tensor
     N×3×S×S with their int64 labels."""
     chunks = [list(keys[i:i + LOAD_BATCH]) for i in range(0, len(keys), LOAD_BATCH)]
-    if not chunks:
-        size = transform.image_size
-        return torch.empty((0, 3, size, size), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+    size = transform.image_size
+    x = torch.empty((len(keys), 3, size, size), dtype=torch.uint8)  # filled in place: no second copy to concatenate
+    y = torch.empty(len(keys), dtype=torch.int64)
     workers = min(workers, len(chunks)) if len(chunks) > 1 else 0  # one batch: no process start-up
-    xs, ys = zip(*decoded_batches(files, transform, chunks, workers), strict=True)
-    return torch.cat(xs), torch.cat(ys)
+    for start, (xb, yb) in zip(range(0, len(keys), LOAD_BATCH), decoded_batches(files, transform, chunks, workers),
+                               strict=True):
+        x[start:start + len(yb)], y[start:start + len(yb)] = xb, yb
+    return x, y
 
 
 class LazyImages:
