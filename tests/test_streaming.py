@@ -315,6 +315,26 @@ def test_an_undecodable_image_names_its_file_from_a_worker(tmp_path):
         epoch_batches(stream(data, 2), 0)
 
 
+def test_tiny_imagenet_errors_name_the_file_and_the_fix(tmp_path):
+    root = tiny_imagenet_tree(tmp_path / "tiny")
+    annotations = root / "val" / "val_annotations.txt"
+    annotations.write_text(annotations.read_text() + "val_9.JPEG\tn99\t0\t0\t1\t1\n")
+    with pytest.raises(UserError, match=r"val_annotations.txt line 5 does not name an image and a class of"):
+        load_dataset("tiny_imagenet", root)
+    (root / "wnids.txt").unlink()
+    with pytest.raises(UserError, match=r"wnids.txt does not exist: give the tiny-imagenet-200 folder"):
+        load_dataset("tiny_imagenet", root)
+
+
+def test_evaluation_decodes_only_the_test_images_it_reads(tmp_path):
+    root = class_tree(tmp_path / "d", ["a", "b"], val=3)
+    (root / "val" / "b" / "2.png").write_bytes(b"broken")  # test image 5 in the interleaved order
+    data = load_dataset("image_folder", root, image_size=12, resize=12, workers=0)
+    assert data.x_test[:5].shape == (5, 3, 12, 12)
+    with pytest.raises(UserError, match=r"cannot decode image .*val/b/2\.png"):
+        data.x_test[:6]
+
+
 def test_idbh_and_two_crops_are_refused_for_folder_data(tmp_path):
     root = class_tree(tmp_path / "d", ["a", "b"], train=6)
     base = ["data.name=image_folder", f"data.root={root}", "data.val_size=2", "data.options.image_size=12",
