@@ -83,7 +83,8 @@ def assert_one_line_error(excinfo: pytest.ExceptionInfo[UserError], *fragments: 
 
 
 def test_list_datasets_names_every_source() -> None:
-    assert list_datasets() == ["cifar10", "cifar100", "digits", "npz", "svhn", "synthetic"]
+    assert list_datasets() == ["cifar10", "cifar100", "digits", "image_folder", "npz", "svhn", "synthetic",
+                               "tiny_imagenet"]
 
 
 def test_digits_shapes_values_and_scaling() -> None:
@@ -316,7 +317,7 @@ def test_pickle_with_foreign_globals_is_refused(tmp_path: Path) -> None:
 def test_error_unknown_dataset_and_option() -> None:
     with pytest.raises(UserError) as excinfo:
         load_dataset("cifar-10")
-    assert_one_line_error(excinfo, "did you mean 'cifar10'", "digits, npz")
+    assert_one_line_error(excinfo, "did you mean 'cifar10'", "digits, image_folder, npz")
     with pytest.raises(UserError, match="does not take option seed"):
         load_dataset("digits", seed=3)
     with pytest.raises(UserError, match="takes no --data-root"):

@@ -92,6 +92,7 @@ def _eval(args: argparse.Namespace) -> None:
         load_group,
         split_attack_names,
     )
+    from advtrain.eval.inequality import check_corruptions_root
     from advtrain.eval.parts import EvalParts
     from advtrain.eval.protocol import check_run_eval_kept
     from advtrain.eval.robustness import AttackResult, write_per_example
@@ -111,10 +112,6 @@ def _eval(args: argparse.Namespace) -> None:
     if args.split is not None and "vulnerability" not in (names[1] if names else ()):
         raise UserError("--split chooses the images of the vulnerability evaluation: add vulnerability to "
                         "--attacks or drop --split")
-    if args.corruptions_root is not None:  # a bad folder fails now, not after the attacks have run
-        from advtrain.eval.corruptions import load_cifar10_c
-
-        load_cifar10_c(args.corruptions_root, "gaussian_noise", 1)
     load = {"data_name": args.data, "data_root": args.data_root, "checkpoint": args.checkpoint,
             "normalize": args.normalize}
     if args.compare is not None:
@@ -123,6 +120,8 @@ def _eval(args: argparse.Namespace) -> None:
         loaded, data = load_for_eval(run_dir=args.run_dir, weights=args.weights, model_name=args.model, **load)
         # Labels the inequality results: the run directory's name, or the weights file's.
         models = {args.run_dir.resolve().name if args.run_dir is not None else args.weights.stem: loaded}
+    if args.corruptions_root is not None:  # a bad folder fails now, not after the attacks have run
+        check_corruptions_root(args.corruptions_root, data)
     settings = _eval_settings(args, names)
     checkpoint = None if args.weights is not None else args.checkpoint
     # Finished parts go next to the JSON, so rerunning a killed evaluation resumes it (advtrain.eval.parts).

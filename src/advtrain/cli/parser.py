@@ -115,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corruption-constants", choices=["cifar10", "imagenet"], default="cifar10",
                    help="severity constants of the generated noise corruptions: CIFAR-10-C or ImageNet-C")
     p.add_argument("--corruptions-root", type=Path, metavar="DIR",
-                   help="a released CIFAR-10-C folder (gaussian_noise.npy, ..., labels.npy): `corruptions` reads "
-                   "its images instead of generating them")
+                   help="a released CIFAR-10-C folder (gaussian_noise.npy, ..., labels.npy), or for image-folder "
+                   "data ImageNet-C style folders (<corruption>/<severity>/<class>/<test image's file name>): "
+                   "`corruptions` reads its images instead of generating them")
     p.add_argument("--eps", type=_eps_list, help="comma-separated ε list, fractions allowed: 8/255,16/255")
     p.add_argument("--norm", type=_norm, help="threat model norm: linf (also Linf, inf) or l2 (also L2) (default: "
                    "the run's, or linf)")

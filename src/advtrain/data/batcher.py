@@ -123,6 +123,23 @@ def _idbh_part(params: IdbhParams, part: slice) -> IdbhParams:
         f.name: getattr(params, f.name)[part] for f in dataclasses.fields(params) if f.name != "erasing"})
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled example order of `epoch` (a permutation of range(n) on the CPU, so the same on every device)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, epoch, "order")))
+
+
+def check_epoch_start(epoch: int, start_batch: int, batches: int) -> None:
+    """Refuse an epoch number or a start batch (of `batches` per epoch) a resumed run cannot start at."""
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise UserError(f"epoch must be an integer >= 0, got {epoch!r}")
+    valid_int = isinstance(start_batch, int) and not isinstance(start_batch, bool)
+    if not valid_int or not 0 <= start_batch <= batches:
+        raise UserError(
+            f"start_batch {start_batch!r} is outside 0..{batches} for {batches} batches per epoch; "
+            "resume with the batch size the run started with"
+        )
+
+
 class DeviceBatcher:
     """Yields shuffled, augmented float batches from a uint8 dataset held on ``device`` (or a float one in [0, 1],
     with ``pixel_max`` 1).
@@ -175,9 +192,7 @@ class DeviceBatcher:
         n = len(self.x)
         if not self.shuffle:
             return torch.arange(n, device=self.device)
-        # Drawn on the CPU so the order is the same on every device type.
-        generator = torch.Generator().manual_seed(derive_seed(self.seed, epoch, "order"))
-        return torch.randperm(n, generator=generator).to(self.device)
+        return epoch_order(n, self.seed, epoch).to(self.device)
 
     def batch(
         self, epoch: int, index: int, order: torch.Tensor | None = None, part: slice = slice(None)
@@ -205,14 +220,7 @@ class DeviceBatcher:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield batches ``start_batch..`` of ``epoch``, identical to those of an uninterrupted epoch; ``shard(n)``
         picks the part of each n-image batch to yield (data-parallel: this process's share)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise UserError(f"epoch must be an integer >= 0, got {epoch!r}")
-        valid_int = isinstance(start_batch, int) and not isinstance(start_batch, bool)
-        if not valid_int or not 0 <= start_batch <= len(self):
-            raise UserError(
-                f"start_batch {start_batch!r} is outside 0..{len(self)} for {len(self)} batches per epoch; "
-                "resume with the batch size the run started with"
-            )
+        check_epoch_start(epoch, start_batch, len(self))
         return self._iterate(epoch, start_batch, shard)
 
     def _iterate(

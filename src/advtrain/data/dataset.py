@@ -67,21 +67,7 @@ class Dataset:
 
     @cached_property
     def _moments(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        # Integer sums are exact, so mean/std do not depend on chunking or summation order.
-        x = self.x_train
-        sums = torch.zeros(x.shape[1], dtype=torch.int64)
-        squares = torch.zeros(x.shape[1], dtype=torch.int64)
-        for start in range(0, len(x), 1024):  # chunks bound the int64 temporary to ~25 MB for 32×32×3
-            chunk = x[start : start + 1024].to(torch.int64)
-            sums += chunk.sum(dim=(0, 2, 3))
-            squares += (chunk * chunk).sum(dim=(0, 2, 3))
-        count = len(x) * x.shape[2] * x.shape[3]
-        means, stds = [], []
-        for s, q in zip(sums.tolist(), squares.tolist(), strict=True):
-            means.append(float(Fraction(s, count * self.pixel_max)))
-            var = Fraction(count * q - s * s, count * count * self.pixel_max**2)
-            stds.append(math.sqrt(var))
-        return tuple(means), tuple(stds)
+        return channel_moments(self.x_train, self.pixel_max)
 
     @property
     def mean(self) -> tuple[float, ...]:
@@ -92,3 +78,21 @@ class Dataset:
     def std(self) -> tuple[float, ...]:
         """Per-channel population standard deviation of the training images in [0, 1]."""
         return self._moments[1]
+
+
+def channel_moments(x: torch.Tensor, pixel_max: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and population standard deviation of uint8 images N×C×H×W, in [0, 1] (x / pixel_max)."""
+    # Integer sums are exact, so mean/std do not depend on chunking or summation order.
+    sums = torch.zeros(x.shape[1], dtype=torch.int64)
+    squares = torch.zeros(x.shape[1], dtype=torch.int64)
+    for start in range(0, len(x), 1024):  # chunks bound the int64 temporary to ~25 MB for 32×32×3
+        chunk = x[start : start + 1024].to(torch.int64)
+        sums += chunk.sum(dim=(0, 2, 3))
+        squares += (chunk * chunk).sum(dim=(0, 2, 3))
+    count = len(x) * x.shape[2] * x.shape[3]
+    means, stds = [], []
+    for s, q in zip(sums.tolist(), squares.tolist(), strict=True):
+        means.append(float(Fraction(s, count * pixel_max)))
+        var = Fraction(count * q - s * s, count * count * pixel_max**2)
+        stds.append(math.sqrt(var))
+    return tuple(means), tuple(stds)

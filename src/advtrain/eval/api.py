@@ -19,6 +19,7 @@ from advtrain.eval.inequality import (
     INEQUALITY_EVALS,
     SaliencyExamples,
     evaluate_inequality,
+    options_for_data,
     saliency_examples,
 )
 from advtrain.eval.invariance import evaluate_invariance, invariance_eps
@@ -146,9 +147,9 @@ def evaluate_analyses(
     inequality = [e for e in st.inequality if e in INEQUALITY_EVALS]
     with out_of_memory_as_user_error(min(batch, len(y))):
         if inequality:
+            options = options_for_data(st.inequality_options, data, len(y))
             out["inequality"] = evaluate_inequality(models, x, y, evals=inequality, seed=st.seed,
-                                                    batch_size=batch, options=st.inequality_options,
-                                                    progress=progress)
+                                                    batch_size=batch, options=options, progress=progress)
         if st.vulnerability:
             task = TaskProgress(progress, "vulnerability", len(models), "models")
             xv, yv = eval_images(data, st.n, device, st.vulnerability_split)

@@ -13,8 +13,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from advtrain.attacks import bn_policy
+from advtrain.data import Dataset, FolderDataset
+from advtrain.data.sources.folders import corrupted_test_images
 from advtrain.eval.corruptions import (
     CORRUPTIONS,
     SEVERITIES,
@@ -53,6 +56,10 @@ CORRUPTION_PROTOCOLS = {
 }
 
 
+# (corruption, severity) → uint8 images and labels, image i the corrupted copy of evaluated test image i.
+CorruptedImages = Callable[[str, int], tuple[Tensor, Tensor]]
+
+
 @dataclass(frozen=True)
 class InequalityOptions:
     attribution: str = "saliency"  # the map `gini` measures: a key of ATTRIBUTIONS
@@ -60,6 +67,9 @@ class InequalityOptions:
     # A released CIFAR-10-C folder: `corruptions` reads its images (the first n of each severity block, which
     # are the test images in order) instead of generating them; None generates them from the seed.
     corruptions_root: Path | None = None
+    # How those images are read: None reads CIFAR-10-C arrays; image-folder data reads the corrupted copies of its
+    # test images (ImageNet-C folders under corruptions_root; set by advtrain.eval.api).
+    corrupted_images: CorruptedImages | None = None
     noise_modes: tuple[str, ...] = NOISE_MODES
     occlusion_n: int = 10  # centres (docs/methods.md §7.3: n ≤ 10)
     occlusion_r: int = 20  # square half-side (r ≤ 20)
@@ -67,6 +77,26 @@ class InequalityOptions:
     def __post_init__(self) -> None:
         if self.attribution not in ATTRIBUTIONS:
             raise ValueError(f"attribution must be one of {tuple(ATTRIBUTIONS)}, got {self.attribution!r}")
+
+
+def options_for_data(options: InequalityOptions | None, data: Dataset | FolderDataset, n: int
+                     ) -> InequalityOptions | None:
+    """`options`; for image-folder data with a corruptions root, reading the corrupted copies of its first `n` test
+    images from that root (ImageNet-C folders)."""
+    if options is None or options.corruptions_root is None or not isinstance(data, FolderDataset):
+        return options
+    root = options.corruptions_root
+    return replace(options, corrupted_images=lambda corruption, severity: corrupted_test_images(
+        data, root, corruption, severity, n))
+
+
+def check_corruptions_root(root: Path, data: Dataset | FolderDataset) -> None:
+    """Read one corrupted image from `root` (a CIFAR-10-C folder, or ImageNet-C folders for image-folder data) so
+    that a bad folder fails before any attack runs."""
+    if isinstance(data, FolderDataset):
+        corrupted_test_images(data, root, "gaussian_noise", 1, 1)
+    else:
+        load_cifar10_c(root, "gaussian_noise", 1)
 
 
 SALIENCY_FIGURE_IMAGES = 6  # rows of saliency.png: the first images of the commonly correct set
@@ -127,7 +157,8 @@ def evaluate_inequality(
                     for c, b in broken.items()
                 }
             elif o.corruptions_root is not None:  # corruptions, released files
-                mistakes = released_corruption_mistakes(model, o.corruptions_root, len(y), batch_size)
+                mistakes = released_corruption_mistakes(model, o.corruptions_root, len(y), batch_size,
+                                                         o.corrupted_images)
                 per_model[label] = _protocol_tables(mistakes, common) | {"source": str(o.corruptions_root)}
             else:  # corruptions, generated
                 mistakes = corruption_mistakes(model, x, y, tuple(CORRUPTIONS), SEVERITIES, seed=seed,
@@ -139,15 +170,16 @@ def evaluate_inequality(
 
 
 def released_corruption_mistakes(
-    model: nn.Module, root: Path, n: int, batch_size: int
+    model: nn.Module, root: Path, n: int, batch_size: int, read: CorruptedImages | None = None
 ) -> dict[tuple[str, int], Tensor]:
     """{(corruption, severity): CPU bool per image, misclassified} on the first `n` images of each severity
-    block of a released CIFAR-10-C folder (the noise family, the test images in order), with its own labels."""
+    block of a released CIFAR-10-C folder (the noise family, the test images in order), with its own labels;
+    `read` reads them instead (image-folder data: ImageNet-C)."""
     device = next(model.parameters()).device
     mistakes: dict[tuple[str, int], Tensor] = {}
     for corruption in CORRUPTIONS:
         for severity in SEVERITIES:
-            images, labels = load_cifar10_c(root, corruption, severity)
+            images, labels = (read or partial(load_cifar10_c, root))(corruption, severity)
             x = images[:n].to(device).float() / 255
             mistakes[(corruption, severity)] = (predict(model, x, batch_size).cpu() != labels[:n])
     return mistakes

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 import advtrain
 from advtrain.config import RunConfig, dump_yaml
-from advtrain.data import Augment, Dataset, DeviceBatcher, load_dataset, split_validation, to_float
+from advtrain.data import Augment, Dataset, DeviceBatcher, FolderDataset, load_dataset, split_validation, to_float
 from advtrain.distributed import Processes, local_device, processes
 from advtrain.errors import UserError
 from advtrain.fileio import atomic_write_text
@@ -54,6 +54,7 @@ from advtrain.train.monitor import CollapseMonitor
 from advtrain.train.schedule import LRSchedule, build_optimizer
 from advtrain.train.sources import TensorSource
 from advtrain.train.step import compile_for_training
+from advtrain.train.stream import folder_training_data
 from advtrain.train.validation import Validator
 
 
@@ -67,7 +68,7 @@ class TrainResult:
     main: bool = True  # rank 0, the process that wrote the run (always, without torchrun)
 
 
-def load_run_data(config: RunConfig) -> Dataset:
+def load_run_data(config: RunConfig) -> Dataset | FolderDataset:
     return load_dataset(config.data.name, config.data.root, **config.data.options)
 
 
@@ -165,7 +166,7 @@ def train(
     config: RunConfig,
     run_dir: Path,
     *,
-    data: Dataset | None = None,
+    data: Dataset | FolderDataset | None = None,
     log: Callable[[str], None] = print,
     resume: bool = False,
     overwrite: bool = False,
@@ -201,7 +202,7 @@ class _Built:
 
 
 def _train(
-    config: RunConfig, run_dir: Path, data: Dataset | None, log: Callable[[str], None], resume: bool,
+    config: RunConfig, run_dir: Path, data: Dataset | FolderDataset | None, log: Callable[[str], None], resume: bool,
     overwrite: bool, device: torch.device, procs: Processes,
 ) -> TrainResult:
     t = config.train
@@ -248,44 +249,51 @@ def _train(
     return TrainResult(run_dir, p.best_epoch, best, training.select_metric, row, procs.main)
 
 
-def _build(config: RunConfig, data: Dataset, device: torch.device, procs: Processes,
+def _build(config: RunConfig, data: Dataset | FolderDataset, device: torch.device, procs: Processes,
            log: Callable[[str], None]) -> _Built:
     """Data (the validation split is carved from the training set, never from the test set), model, method and
     optimizer; extra method modules (AR-AT predictors) train with the model."""
     t = config.train
-    val_size = config.data.val_size
-    train_idx, val_idx = split_validation(
-        len(data.y_train), int(val_size) if val_size >= 1 else val_size, config.seed, labels=data.y_train
-    )
-    augment = Augment(crop_padding=config.data.crop_padding, flip=config.data.flip, idbh=config.data.idbh)
-    batcher = DeviceBatcher(
-        data.x_train[train_idx], data.y_train[train_idx], batch_size=t.batch_size, pixel_max=data.pixel_max,
-        device=device, seed=config.seed, augment=augment,
-    )
-    x_val, y_val = to_float(data.x_train[val_idx], data.pixel_max), data.y_train[val_idx]
-    if t.val_max is not None:
-        x_val, y_val = x_val[: t.val_max], y_val[: t.val_max]
-    x_val, y_val = x_val.to(device), y_val.to(device)
+    source, n_train, x_val, y_val = (folder_training_data(config, data, device, procs)
+                                     if isinstance(data, FolderDataset) else _tensor_data(config, data, device, procs))
     spec = ModelSpec.for_dataset(config.model.name, data, config.model.normalize, config.model.options)
     method = build_method(config.method, config.threat_model())
-    n_check = min(64, len(batcher.y))
+    x_check, y_check = source.first(64)
     model, extras = prepare_model(
-        method, spec.build().to(device), to_float(batcher.x[:n_check], data.pixel_max), batcher.y[:n_check],
-        seed=config.seed, channels_last=use_channels_last(t.channels_last), compile_mode=t.compile, log=log)
+        method, spec.build().to(device), x_check, y_check, seed=config.seed,
+        channels_last=use_channels_last(t.channels_last), compile_mode=t.compile, log=log)
     if t.sync_bn and procs.active:  # the same parameters and buffers, in SyncBatchNorm modules (AR-AT's splits too)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     amp = autocast_dtype(t.precision, device)
     params = list(model.parameters()) + [p for m in extras.values() for p in m.parameters()]
     training = Training(
         model=model, method=method, extras=extras, optimizer=build_optimizer(params, config.optim),
-        schedule=LRSchedule(config.schedule, config.optim.lr, t.epochs), source=TensorSource(batcher, procs),
+        schedule=LRSchedule(config.schedule, config.optim.lr, t.epochs), source=source,
         validator=Validator(x_val, y_val, config.threat.eps, config.threat.norm, t.val_steps, t.batch_size,
                             config.seed, amp, method.validation_attack, procs),
         device=device, epochs=t.epochs, seed=config.seed, base_lr=config.optim.lr,
         select_metric=method.selection_metric if t.select_metric == "auto" else t.select_metric, amp=amp,
         channels_last=use_channels_last(t.channels_last), lr_milestones=config.schedule.lr_milestones(), procs=procs,
     )
-    return _Built(training, spec, len(train_idx))
+    return _Built(training, spec, n_train)
+
+
+def _tensor_data(config: RunConfig, data: Dataset, device: torch.device, procs: Processes
+                 ) -> tuple[TensorSource, int, Tensor, Tensor]:
+    """The on-device training source, its number of images, and the validation split (at most train.val_max
+    images) of an in-memory dataset."""
+    val_size = config.data.val_size
+    train_idx, val_idx = split_validation(
+        len(data.y_train), int(val_size) if val_size >= 1 else val_size, config.seed, labels=data.y_train
+    )
+    augment = Augment(crop_padding=config.data.crop_padding, flip=config.data.flip, idbh=config.data.idbh)
+    batcher = DeviceBatcher(
+        data.x_train[train_idx], data.y_train[train_idx], batch_size=config.train.batch_size,
+        pixel_max=data.pixel_max, device=device, seed=config.seed, augment=augment,
+    )
+    val_idx = val_idx[: config.train.val_max]  # None keeps all
+    x_val, y_val = to_float(data.x_train[val_idx], data.pixel_max), data.y_train[val_idx]
+    return TensorSource(batcher, procs), len(train_idx), x_val.to(device), y_val.to(device)
 
 
 def _components(config: RunConfig, run_dir: Path, training: Training, averaging: WeightAveraging,

@@ -1,7 +1,8 @@
 """Dataset sources: load a named image dataset into uint8 tensors, or fail with a one-line UserError.
 
-Every source returns the same :class:`~advtrain.data.dataset.Dataset`; one module per format: ``npz``, ``cifar``
-(CIFAR-10/100 batches), ``svhn`` (.mat files) and ``builtin`` (digits and synthetic, no files).
+Every in-memory source returns the same :class:`~advtrain.data.dataset.Dataset`; one module per format: ``npz``,
+``cifar`` (CIFAR-10/100 batches), ``svhn`` (.mat files) and ``builtin`` (digits and synthetic, no files). The image
+folder layouts (``folders``) return a :class:`~advtrain.data.folders.FolderDataset`, which stays on disk.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from advtrain.data.dataset import Dataset
+from advtrain.data.folders import FolderDataset
 from advtrain.data.sources.builtin import load_digits, load_synthetic
 from advtrain.data.sources.cifar import load_cifar10, load_cifar100
+from advtrain.data.sources.folders import load_image_folder, load_tiny_imagenet
 from advtrain.data.sources.npz import load_npz
 from advtrain.data.sources.svhn import load_svhn
 from advtrain.errors import UserError
@@ -22,10 +25,11 @@ from advtrain.registry import Registry
 
 @dataclass(frozen=True)
 class _Source:
-    loader: Callable[..., Dataset]
+    loader: Callable[..., Dataset | FolderDataset]
     options: tuple[str, ...]
 
 
+_FOLDER_OPTIONS = ("image_size", "resize", "workers", "random_resized_crop")
 _SOURCES: Registry[_Source] = Registry("dataset", {
     "digits": _Source(load_digits, ()),
     "cifar10": _Source(load_cifar10, ()),
@@ -33,6 +37,8 @@ _SOURCES: Registry[_Source] = Registry("dataset", {
     "svhn": _Source(load_svhn, ()),
     "npz": _Source(load_npz, ("num_classes",)),
     "synthetic": _Source(load_synthetic, ("shape", "num_classes", "n_train", "n_test", "seed", "noise")),
+    "image_folder": _Source(load_image_folder, ("classes", *_FOLDER_OPTIONS)),
+    "tiny_imagenet": _Source(load_tiny_imagenet, _FOLDER_OPTIONS),
 })
 
 
@@ -60,6 +66,9 @@ def check_dataset_args(name: str, options: Mapping[str, Any] | None = None) -> N
     _source(name, options or {})
 
 
-def load_dataset(name: str, root: str | Path | None = None, **options: Any) -> Dataset:
-    """Load dataset ``name`` (see :func:`list_datasets`) from ``root``; raise UserError on any bad input."""
+def load_dataset(name: str, root: str | Path | None = None, **options: Any) -> Dataset | FolderDataset:
+    """Load dataset ``name`` (see :func:`list_datasets`) from ``root``; raise UserError on any bad input.
+
+    The image-folder sources (image_folder, tiny_imagenet) return a FolderDataset: file lists, images decoded
+    when read; the others an in-memory Dataset."""
     return _source(name, options).loader(root, **options)
