@@ -282,8 +282,8 @@ BUNDLED_DIGESTS = {
     "digits_sat_r2": "58c1a4f11f871540",
     "digits_sat_r3": "578c1231a4f7e6e9",
     "digits_trades": "3fb5bf56216da6fb",
-    "imagenet100_resnet18_pgd_at": "89a4d4786b578340",
-    "imagenet100_resnet18_standard": "824609fff35e44f0",
+    "imagenet100_resnet18_pgd_at": "cac8123e0c5be8b2",
+    "imagenet100_resnet18_standard": "f4dc183e6385df57",
     "tiny_imagenet_resnet18_standard": "37ca45e3348d50fc",
 }
 EVAL_OVERRIDES = ["eval.attacks=[clean, fgsm, aa]", "eval.eps=[2/255, 8/255]", "eval.steps=7", "eval.restarts=2",

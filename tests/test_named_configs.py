@@ -15,6 +15,7 @@ from advtrain.cli import main
 from advtrain.cli.parser import build_parser
 from advtrain.config import load_config
 from advtrain.configfile import BUNDLED_CONFIGS, bundled_configs, config_description, config_path, read_yaml
+from advtrain.data.sources.folders import class_list_path
 from advtrain.errors import UserError
 from advtrain.methods import list_methods
 from advtrain.models import list_models
@@ -172,7 +173,7 @@ def test_the_imagenet_scale_configs_hold_the_igd_recipe(name, teacher_weights):
         assert config.data.crop_padding == 4 and config.data.options == {"workers": 8}
     else:
         assert config.data.crop_padding == 0
-        assert config.data.options == {"classes": "configs/imagenet100_classes.txt", "image_size": 224,
+        assert config.data.options == {"classes": "imagenet100", "image_size": 224,
                                        "resize": 256, "workers": 8, "random_resized_crop": True}
     if method != "standard":  # PGD-10 at ε/4, crafted in eval mode: the IGD paper's setting, for its baseline too
         attack = config.method.base if method == "igd" else config.method
@@ -190,9 +191,7 @@ def test_the_imagenet100_class_list_is_100_distinct_wordnet_ids():
     assert len(wnids) == len(set(wnids)) == 100
     assert all(len(w) == 9 and w[0] == "n" and w[1:].isdigit() for w in wnids)
     assert wnids[:3] == ["n02869837", "n01749939", "n02488291"]  # CMC's order is the label order
-    for name, (_, data, _) in IMAGENET_SCALE.items():  # the path the configs name, read from a checkout's root
-        if data == "image_folder":
-            assert "    classes: configs/imagenet100_classes.txt\n" in config_path(name).read_text()
+    assert class_list_path("imagenet100") == BUNDLED_CONFIGS / "imagenet100_classes.txt"  # what the configs name
 
 
 @pytest.mark.parametrize("name", ["imagenet100_resnet18_igd", "imagenet100_resnet18_pgd_at"])

@@ -90,8 +90,8 @@ def test_a_class_list_selects_and_orders_a_subset(tmp_path):
     assert data.y_train.tolist() == [0, 0, 0, 1, 1, 1] and data.y_test.tolist() == [0, 1, 0, 1]
     # Label 0 is folder d (written as label 3), label 1 folder b (written as 1).
     assert colour_label(data.x_train[torch.tensor([0, 3])]) == [(3, 0), (1, 0)]
-    (root / "subset.txt").write_text("c\n")  # a relative path not found here is looked for in the data root
-    assert load_dataset("image_folder", root, classes="subset.txt", workers=0).class_names == ("c",)
+    with pytest.raises(UserError, match=r"no bundled class list is named 'subset'.*imagenet100.*give the path"):
+        load_dataset("image_folder", root, classes="subset", workers=0)  # a bare name is a bundled list's
 
 
 def test_default_sizes_of_the_two_layouts(tmp_path):

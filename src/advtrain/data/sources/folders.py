@@ -57,6 +57,23 @@ def _interleaved(per_class: list[list[str]]) -> tuple[list[str], list[int]]:
     return paths, labels
 
 
+# Class lists shipped with advtrain, named by `data.options.classes: NAME` (the file advtrain/configs/NAME_classes.txt).
+BUNDLED_CLASS_LISTS = Path(__file__).parents[2] / "configs"
+
+
+def class_list_path(classes: str | Path) -> Path:
+    """The file `data.options.classes` names: a bundled list's name (`imagenet100`), or a path (relative to the
+    working folder). A bundled name has no folder and no suffix, so it is never mistaken for a path."""
+    bundled = sorted(p.name.removesuffix("_classes.txt") for p in BUNDLED_CLASS_LISTS.glob("*_classes.txt"))
+    text = str(classes)
+    if "/" not in text and "." not in text and os.sep not in text:
+        if text not in bundled:
+            raise UserError(f"image_folder: no bundled class list is named {text!r} (bundled: {', '.join(bundled)}): "
+                            "name one of them, or give the path of a class-list file")
+        return BUNDLED_CLASS_LISTS / f"{text}_classes.txt"
+    return Path(classes).expanduser()
+
+
 def read_class_list(path: str | Path, what: str) -> list[str]:
     """Class folder names, one a line (blank lines skipped); their order is the label order."""
     file = Path(path).expanduser()
@@ -79,8 +96,8 @@ def _image_folder_files(root: Path, classes: str | Path | None) -> tuple[FileLis
         if not (root / split).is_dir():
             raise UserError(f"{what}: {root} has no {split}/ folder: give {IMAGE_FOLDER_LAYOUT}")
     found = _subfolders(root / "train")
-    if classes is not None and not Path(classes).expanduser().exists() and (root / classes).is_file():
-        classes = root / classes  # a relative class list is looked for in the data root too
+    if classes is not None:
+        classes = class_list_path(classes)
     names = read_class_list(classes, what) if classes is not None else found
     if not names:
         raise UserError(f"{what}: {root / 'train'} holds no class folder: give {IMAGE_FOLDER_LAYOUT}")
