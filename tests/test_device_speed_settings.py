@@ -97,7 +97,8 @@ class CountingBar(ProgressBar):
         shown = self.shown
         super().on_step_end(loop, epoch, step)
         if self.shown is not shown:
-            self.postfixes.append((loop.progress.batch, f"{self.shown.sums['loss'] / self.shown.seen:.3f}"))
+            assert self.shown.batches == loop.progress.batch  # read after this very step
+            self.postfixes.append((self.shown.batches, f"{self.shown.sums['loss'] / self.shown.seen:.3f}"))
 
 
 def test_one_device_read_per_interval_feeds_both_the_nan_check_and_the_progress_bar(monkeypatch):

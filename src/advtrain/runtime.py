@@ -101,7 +101,7 @@ def torch_settings(threads: int | None = None, deterministic: bool = False) -> I
     """CPU threads and kernel choice for one run of training or evaluation: `deterministic` refuses
     non-deterministic kernels and turns cuDNN autotuning off; otherwise `cudnn.benchmark` is on, so cuDNN times
     its convolution algorithms once per input shape and keeps the fastest (the shapes of a run repeat: one
-    training batch size, its last batch, the evaluation chunks). It has no effect on CPU.
+    training batch size, its last batch, the evaluation chunks); on CPU that flag changes nothing.
 
     All are process-wide torch settings, restored afterwards for in-process callers (tests, notebooks).
     """
