@@ -50,7 +50,8 @@ def step_flops_per_image(method_config: MethodConfig, threat: ThreatModel, initi
     of the method, model and optimizer, counted by FlopCounterMode (2 per multiply-accumulate). It sees the
     backward kernels that run, so an attack step that differentiates the input only costs forward +
     input-backward (about 2F for a forward of F), and the update's backward skips the first layer's input
-    gradient. Eager always: the FLOPs a compiled step fuses are the same ones."""
+    gradient. Counted eagerly: the work the step needs, so a compiled step that does more (weight gradients
+    inside the attack) gets no credit for the extra."""
     method = build_method(method_config, threat)
     model = method.prepare_model(copy.deepcopy(initial), batch.x[:2])
     if channels_last:
