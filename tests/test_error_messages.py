@@ -133,9 +133,11 @@ def test_a_state_dict_saved_with_protocol_3_loads_without_torch_warnings(ws):
     try:
         result = _cli(ws, ["eval", "--weights", "{ws}/protocol3.pt", *DIGITS_MODEL, "--out", str(out)])
         assert result.returncode == 0, result.stderr
-        # Nothing but progress on stderr (no torch warning); the result is the table's one row on stdout.
+        # Nothing but progress on stderr (no torch warning); on stdout the images and precision, then the table's
+        # one row.
         assert all(line.startswith("progress  ") for line in result.stderr.splitlines()), result.stderr
-        rows = [line.split()[0] for line in result.stdout.splitlines()[2:] if line.strip()]
+        assert result.stdout.splitlines()[0].endswith(" images, fp32 on cpu"), result.stdout
+        rows = [line.split()[0] for line in result.stdout.splitlines()[3:] if line.strip()]
         assert [row for row in rows if row != "wrote"] == ["clean"], result.stdout
         assert out.is_file()
     finally:

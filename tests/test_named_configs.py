@@ -118,7 +118,7 @@ def test_device_precision_and_seed_flags_have_help(capsys, command):
     if command != "bench":
         assert "--seed SEED seed of the random starts and generated noise" in text
     if command == "eval":
-        assert "--precision {fp32,bf16} the attacks' precision: fp32, or bf16 autocast on CUDA" in text
+        assert "--precision {fp32,bf16} the attacks' precision: fp32, or bf16 autocast (CUDA or CPU)" in text
 
 
 # --- the ImageNet-scale recipes (IGD on Tiny-ImageNet and ImageNet-100, the PGD-AT baseline, their teachers) -------

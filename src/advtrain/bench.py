@@ -27,12 +27,12 @@ from typing import Any, get_args
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import advtrain
 from advtrain.attacks import ThreatModel, bn_policy, check_distance, pgd_unchecked, training_step_size
 from advtrain.config import load_config
 from advtrain.errors import UserError
+from advtrain.flops import forward_flops_per_image, peak_tflops, step_flops_per_image
 from advtrain.methods import Batch, StepContext, build_method, list_methods, method_class
 from advtrain.models import build_model
 from advtrain.runtime import CompileMode, autocast_dtype, compile_checked, resolve_device, use_channels_last
@@ -146,17 +146,6 @@ def seconds_per_iteration(run: Callable[[int], object], iterations: int, device:
     return (time.perf_counter() - start) / iterations
 
 
-def forward_flops_per_image(model: nn.Module, shape: tuple[int, int, int], device: torch.device) -> float:
-    """FLOPs of one forward pass per image (torch's FlopCounterMode: 2 per multiply-accumulate)."""
-    x = torch.rand(2, *shape, device=device)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    model.train(was_training)
-    return counter.get_total_flops() / 2
-
-
 def hardware(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -205,6 +194,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
 
     contenders: dict[str, Callable[[int], object]] = {"reference": reference}
     compiled: dict[str, bool] = {}  # method → compiled (False: fell back to eager, the reason was logged)
+    step_flops: dict[str, float] = {}  # method → FLOPs per image of its training step (eager count)
     for name in settings.methods:
         overrides = [f"method.name={name}", f"threat.eps={eps}"]
         if "steps" in _fields(name):
@@ -220,6 +210,9 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
             compiled[name] = reason is None
             if reason is not None:
                 log(f"{name}: {reason}; measured eagerly")
+        step_flops[name] = step_flops_per_image(config.method, ThreatModel(config.threat.norm, eps), initial,
+                                                Batch(x_dev, y_dev), config.optim, channels_last=channels_last,
+                                                amp=amp, seed=settings.seed)
         generator = torch.Generator(device).manual_seed(settings.seed)
         params = [*model.parameters(), *(p for m in method.extra_modules().values() for p in m.parameters())]
         optimizer = build_optimizer(params, config.optim)  # the trainer's optimizer (foreach kernel)
@@ -272,23 +265,23 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
             f"{n} {settings.batch / t[-1]:.0f} img/s" for n, t in times.items()))
     rate = {name: settings.batch / statistics.median(t) for name, t in times.items()}
 
-    train_flops = 3 * (k + 1) * flops  # model FLOPs of one PGD-k AT image: k+1 forward+backward passes
+    precision = "bf16" if amp is not None else "fp32"
+    peak, peak_source = peak_tflops(device, precision)
     rows = []
     for name in settings.methods:
-        row = {"method": name, "images_per_s": rate[name], "reference_images_per_s": rate["reference"],
-               "ratio": rate[name] / rate["reference"]}
-        if device.type == "cuda" and name == "pgd_at":
-            row["tflops"] = rate[name] * train_flops / 1e12
-        rows.append(row)
+        tflops = rate[name] * step_flops[name] / 1e12
+        rows.append({"method": name, "images_per_s": rate[name], "reference_images_per_s": rate["reference"],
+                     "ratio": rate[name] / rate["reference"], "flops_per_image": step_flops[name],
+                     "tflops": tflops, "peak_fraction": None if peak is None else tflops / peak})
     evaluation = {"attack": f"PGD-{settings.eval_steps}", "images_per_s": rate["eval:ours"],
                   "reference_images_per_s": rate["eval:reference"],
                   "ratio": rate["eval:ours"] / rate["eval:reference"]}
     settings_json = asdict(settings) | {"shape": list(settings.shape)}
     return {
         "settings": settings_json, "device": str(device), "hardware": hardware(device),
-        "precision": "bf16" if amp is not None else "fp32", "channels_last": channels_last,
+        "precision": precision, "channels_last": channels_last,
         "torch_version": torch.__version__, "advtrain_version": advtrain.__version__,
-        "forward_flops_per_image": flops, "pgd_at_train_flops_per_image": train_flops,
+        "forward_flops_per_image": flops, "peak_tflops": peak, "peak_source": peak_source,
         "compiled": compiled, "train": rows, "eval": evaluation,
         "reference": "fp32, NCHW, eager, host→device copy per step, loss.backward() in the attack, for-loop SGD, "
                      ".item() per step",
@@ -308,15 +301,18 @@ def bench_text(result: dict[str, Any]) -> str:
         f"channels_last {'on' if result['channels_last'] else 'off'}, compile {s['compile']}"
         + "".join(f" ({name}: eager fallback)" for name, ok in result["compiled"].items() if not ok)
         + f", torch {result['torch_version']}",
-        f"forward FLOPs per image: {result['forward_flops_per_image'] / 1e6:.2f} M",
+        f"forward FLOPs per image: {result['forward_flops_per_image'] / 1e6:.2f} M; peak "
+        + (f"{result['peak_tflops']:g} TFLOP/s {result['precision']} ({result['peak_source']}, dense, datasheet)"
+           if result["peak_tflops"] is not None else result["peak_source"]),
         "",
-        f"{'method':<14}{'img/s':>10}{'reference img/s':>18}{'× reference':>13}" + (
-            f"{'TFLOP/s':>10}" if any("tflops" in r for r in result["train"]) else ""),
+        f"{'method':<14}{'img/s':>10}{'reference img/s':>18}{'× reference':>13}{'step FLOPs':>12}{'TFLOP/s':>10}"
+        f"{'% of peak':>11}",
     ]
     for r in result["train"]:
-        tflops = f"{r['tflops']:>10.1f}" if "tflops" in r else ""
+        share = f"{100 * r['peak_fraction']:>11.1f}" if r["peak_fraction"] is not None else f"{'–':>11}"
+        forwards = r["flops_per_image"] / result["forward_flops_per_image"]  # in forward passes, e.g. 23.0F
         lines.append(f"{r['method']:<14}{_rate(r['images_per_s']):>10}{_rate(r['reference_images_per_s']):>18}"
-                     f"{r['ratio']:>13.2f}{tflops}")
+                     f"{r['ratio']:>13.2f}{forwards:>11.1f}F{r['tflops']:>10.3g}{share}")
     e = result["eval"]
     lines.append(f"{'eval ' + e['attack']:<14}{_rate(e['images_per_s']):>10}{_rate(e['reference_images_per_s']):>18}"
                  f"{e['ratio']:>13.2f}")

@@ -6,10 +6,11 @@ import contextlib
 import copy
 import hashlib
 import math
+import os
 import random
 import resource
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -73,6 +74,50 @@ def use_channels_last(setting: bool | None) -> bool:
     1.2–1.6× faster in PGD-AT on this project's CPU machine as well as being the fast layout on CUDA
     (docs/benchmarks.md)."""
     return True if setting is None else setting
+
+
+@contextlib.contextmanager
+def evaluation_layout(model: nn.Module, device: torch.device) -> Iterator[torch.memory_format]:
+    """The memory format evaluation runs in, with `model`'s 4-D weights in it for the block and their own layout
+    restored afterwards (for in-process callers). channels_last on CUDA, training's default there
+    (`use_channels_last`), where cuDNN's convolutions, forward and input-backward, are fastest in it; contiguous
+    on CPU as before: channels_last changes an attack's floating-point sums slightly, and its speed-up on CPU was
+    measured in training, not for the attacks alone."""
+    if device.type != "cuda":
+        yield torch.contiguous_format
+        return
+    saved = [(p, p.data) for p in model.parameters() if p.dim() == 4]
+    for p, data in saved:
+        p.data = data.contiguous(memory_format=torch.channels_last)
+    try:
+        yield torch.channels_last
+    finally:
+        for p, data in saved:
+            p.data = data
+
+
+@contextlib.contextmanager
+def torch_settings(threads: int | None = None, deterministic: bool = False) -> Iterator[None]:
+    """CPU threads and kernel choice for one run of training or evaluation: `deterministic` refuses
+    non-deterministic kernels and turns cuDNN autotuning off; otherwise `cudnn.benchmark` is on, so cuDNN times
+    its convolution algorithms once per input shape and keeps the fastest (the shapes of a run repeat: one
+    training batch size, its last batch, the evaluation chunks); on CPU that flag changes nothing.
+
+    All are process-wide torch settings, restored afterwards for in-process callers (tests, notebooks).
+    """
+    previous = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible GEMMs
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not deterministic
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous[0])
+        torch.use_deterministic_algorithms(previous[1])
+        torch.backends.cudnn.benchmark = previous[2]
 
 
 # Seeds are in [0, 2**63): torch generators refuse seeds >= 2**64 and derived seeds are 63-bit, and a negative

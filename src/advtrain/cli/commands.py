@@ -104,7 +104,7 @@ def _eval(args: argparse.Namespace) -> None:
     from advtrain.report.tables import comparison_text, eval_rows, text_table, tradeoff_line
     from advtrain.report.tradeoff_figures import write_tradeoff_figure
     from advtrain.report.vulnerability_figures import write_vulnerability_figure
-    from advtrain.runtime import resolve_device
+    from advtrain.runtime import resolve_device, torch_settings
 
     out = _eval_out(args)
     # Names given on the command line are checked before any model is loaded.
@@ -138,7 +138,7 @@ def _eval(args: argparse.Namespace) -> None:
     def keep(label: str, result: AttackResult) -> None:
         per_example.setdefault(label, []).append(result)
 
-    with processes(resolve_device(settings.device), "evaluation", intact) as procs, \
+    with torch_settings(), processes(resolve_device(settings.device), "evaluation", intact) as procs, \
             shown_progress(procs.main and not args.quiet) as shown:
         # Under torchrun every process attacks its part of the images; rank 0 alone prints and writes.
         on_result = keep if procs.main else None
@@ -153,6 +153,7 @@ def _eval(args: argparse.Namespace) -> None:
     if not procs.main:
         return
     if settings.attacks:
+        print(f"{report['n']} images, {report['precision']} on {report['device']}")
         if args.compare is not None:
             print(comparison_text(report["models"], tradeoff=True))
         else:

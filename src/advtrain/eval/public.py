@@ -17,7 +17,7 @@ from advtrain.eval.parts import EvalParts
 from advtrain.eval.progress import ProgressHook
 from advtrain.eval.robustness import ATTACK_ALIASES, AttackResult, attack_specs, evaluate_attacks
 from advtrain.eval.settings import EvalSettings, eval_settings, python_keyword, split_attack_names
-from advtrain.runtime import autocast_dtype, resolve_device
+from advtrain.runtime import autocast_dtype, evaluation_layout, resolve_device
 
 
 def attack_model(
@@ -34,7 +34,8 @@ def attack_model(
     """The robustness attacks of `settings` on (x, y) (on the model's device): `settings` with the batch size
     that ran, and one result per attack. A batch size of "auto" is resolved once, before the first attack
     (`resolve_eval_batch`: under the attacks' precision, or in fp32 when analyses run too, as they take at
-    least its memory), and under torchrun every process uses the smallest any of them resolved."""
+    least its memory), and under torchrun every process uses the smallest any of them resolved. On CUDA the
+    attacks run in channels_last (`evaluation_layout`)."""
     procs = procs or Processes()
     amp = autocast_dtype(settings.precision, x.device)
     specs = attack_specs(settings.attacks, settings.eps, norm=settings.norm, steps=settings.steps,
@@ -42,10 +43,12 @@ def attack_model(
     batch = procs.min(resolve_eval_batch(model, x, y, len(y), settings.batch_size,
                                          None if settings.inequality else amp))
     settings = replace(settings, batch_size=batch)
-    results = evaluate_attacks(
-        model, x, y, specs, batch_size=batch, seed=settings.seed, autocast_dtype=amp, on_result=on_result,
-        procs=procs, parts=parts, progress=progress,
-    ) if specs else []
+    if not specs:
+        return settings, []
+    with evaluation_layout(model, x.device) as layout:
+        x = x.contiguous(memory_format=layout) if x.dim() == 4 else x
+        results = evaluate_attacks(model, x, y, specs, batch_size=batch, seed=settings.seed, autocast_dtype=amp,
+                                   on_result=on_result, procs=procs, parts=parts, progress=progress)
     return settings, results
 
 

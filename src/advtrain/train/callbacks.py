@@ -39,7 +39,7 @@ from advtrain.train.monitor import CollapseMonitor
 if TYPE_CHECKING:
     from torch import nn
 
-    from advtrain.train.loop import Loop
+    from advtrain.train.loop import Loop, Readout
 
 
 class Callback:
@@ -248,10 +248,12 @@ class TensorBoardScalars(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar per epoch on rank 0 (on a terminal only) with the running loss and throughput."""
+    """A tqdm bar per epoch on rank 0 (on a terminal only) with the running loss and throughput, as of the loop's
+    last device read (`Loop.readout`, every few steps): the bar itself never waits on the device."""
 
     def __init__(self) -> None:
         self.bar: tqdm | None = None
+        self.shown: Readout | None = None
 
     def on_epoch_start(self, loop: Loop, epoch: int) -> None:
         self.bar = tqdm(total=loop.steps_per_epoch, initial=loop.progress.batch,
@@ -261,13 +263,12 @@ class ProgressBar(Callback):
     def on_step_end(self, loop: Loop, epoch: int, step: int) -> None:
         assert self.bar is not None  # opened by on_epoch_start
         self.bar.update(1)
-        i, n, p, world = step - epoch * loop.steps_per_epoch, loop.steps_per_epoch, loop.progress, loop.training.procs
-        if world.main and (i % 10 == 0 or i == n - 1):
-            # This process's share only (the exact global sums are added up at saves and epoch ends).
-            elapsed = p.seconds + loop.elapsed()
-            seen = p.seen + world.world * float(loop.fresh["seen"])
-            loss = float(p.sums.get("loss", 0) + world.world * loop.fresh["loss"]) / seen
-            self.bar.set_postfix(loss=f"{loss:.3f}", img_s=f"{seen / max(elapsed, 1e-9):.0f}")
+        readout = loop.readout
+        if readout is not self.shown and readout.seen > 0 and loop.training.procs.main:
+            self.shown = readout
+            elapsed = loop.progress.seconds + loop.elapsed()
+            self.bar.set_postfix(loss=f"{readout.sums['loss'] / readout.seen:.3f}",
+                                 img_s=f"{readout.seen / max(elapsed, 1e-9):.0f}")
 
     def on_epoch_measure(self, loop: Loop, epoch: int) -> dict[str, Any]:
         self.close()  # the epoch's steps are done

@@ -40,7 +40,15 @@ from advtrain.data import Augment, DeviceBatcher
 from advtrain.distributed import Processes
 from advtrain.errors import InvalidValue, UserError
 from advtrain.methods import Method, MethodConfig, build_method, method_class
-from advtrain.runtime import SEED_LIMIT, autocast_dtype, derive_seed, resolve_device, seed_everything, use_channels_last
+from advtrain.runtime import (
+    SEED_LIMIT,
+    autocast_dtype,
+    derive_seed,
+    resolve_device,
+    seed_everything,
+    torch_settings,
+    use_channels_last,
+)
 from advtrain.train.averaging import WeightAverages
 from advtrain.train.callbacks import Callback, CollapseWatch, MetricsFile, ProgressBar, WeightAveraging, disk_errors
 from advtrain.train.checkpointing import Checkpointer, read_resumable_state
@@ -135,11 +143,12 @@ def fit(
     folder = None if run_dir is None else Path(run_dir).expanduser()
     dev = resolve_device(str(device))
     seed_everything(seed)
-    training = _training(model, settings, optimizer, train_data, val_data, dev, channels_last)
-    components = _components(settings, training, folder, progress)
-    checkpointer = None if folder is None else _checkpointer(folder, settings, model, training, components)
-    loop = Loop(training, [*components, *user_callbacks], checkpointer, logger.info)
-    loop.run()
+    with torch_settings():  # cuDNN autotuning on, restored afterwards
+        training = _training(model, settings, optimizer, train_data, val_data, dev, channels_last)
+        components = _components(settings, training, folder, progress)
+        checkpointer = None if folder is None else _checkpointer(folder, settings, model, training, components)
+        loop = Loop(training, [*components, *user_callbacks], checkpointer, logger.info)
+        loop.run()
     history = loop.history if folder is None else _read_rows(folder / "metrics.jsonl")
     exported = training.method.export_model(training.model).eval()
     return FitResult(exported, history, loop.progress.best_epoch, folder)

@@ -32,8 +32,9 @@ from advtrain.train.validation import Validator
 if TYPE_CHECKING:
     from advtrain.train.checkpointing import Checkpointer
 
-# Losses are checked for NaN/Inf in one device sync every this many steps (and before every save), so
-# the check costs no per-step synchronisation; the message still names the first bad step exactly.
+# Every this many steps (and at the epoch's last step and before every save) the loop reads the device once:
+# the pending losses, checked for NaN/Inf (the message still names the first bad step exactly), and the running
+# metric sums the progress bar shows, in one transfer (`Loop.read_device`); no step waits on the device otherwise.
 FINITE_CHECK_EVERY = 10
 EXIT_DIVERGED = 3
 
@@ -55,6 +56,17 @@ class Progress:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+@dataclass
+class Readout:
+    """The running totals of the epoch as of the loop's last device read: after `batches` batches, `seen` images
+    and the metric sums (`sums["loss"] / seen` is the running mean loss); all on the host. Data-parallel, this
+    process's share of the sums not yet reduced is counted once per process."""
+
+    batches: int = 0
+    seen: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -101,6 +113,7 @@ class Loop:
         self.autocast = autocast_context(training.device, training.amp)
         self.fresh: dict[str, Any] = {}  # this process's metric sums (and "seen") not yet added into progress.sums
         self.pending: list[tuple[int, Tensor]] = []  # losses not yet checked for NaN/Inf
+        self.readout = Readout()  # what the last device read found, for the callbacks
         self.clock = 0.0  # when the current stretch of training time started
         self.epoch_lr = 0.0
         self.new_best = False  # the epoch just recorded is the best so far
@@ -138,7 +151,7 @@ class Loop:
         for i, (x, y, n_global) in enumerate(t.source.epoch(epoch, p.batch), start=p.batch):
             step = epoch * self.steps_per_epoch + i
             self.train_step(epoch, i, x, y, n_global)
-            if len(self.pending) >= FINITE_CHECK_EVERY:
+            if len(self.pending) >= FINITE_CHECK_EVERY or i == self.steps_per_epoch - 1:
                 self.check_losses(epoch)
             self._call("on_step_end", epoch, step)
             if p.stopped:
@@ -172,7 +185,9 @@ class Loop:
         self.check_losses(epoch)
         self.reduce_sums()
         train_seconds = p.seconds + time.perf_counter() - self.clock
-        means = {key: float(value) / p.seen for key, value in p.sums.items()}
+        totals = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in p.sums.values()]).tolist() \
+            if p.sums else []  # one transfer
+        means = {key: total / p.seen for key, total in zip(p.sums, totals, strict=True)}
         val_clean, val_adv = t.validator(t.model)
         measured: dict[str, Any] = {}
         for callback in self.callbacks:
@@ -244,8 +259,10 @@ class Loop:
         return self.checkpointer.kept() if self.checkpointer is not None else "no checkpoint is kept (no run folder)"
 
     def check_losses(self, epoch: int) -> None:
-        bad = first_nonfinite(self.pending, self.training.procs)
-        self.pending.clear()
+        """Read the device (`read_device`) when losses are pending; stop at the first non-finite one."""
+        if not self.pending:
+            return
+        bad = self.read_device()
         if bad is not None:
             batch, value = bad
             n = self.steps_per_epoch
@@ -253,6 +270,25 @@ class Loop:
                 f"the training loss became {value} in epoch {epoch + 1}, batch {batch + 1} of {n} "
                 f"(step {epoch * n + batch + 1}); nothing after it was saved, {self.kept()}; lower "
                 f"{self.training.lr_option} or check the data", EXIT_DIVERGED)
+
+    def read_device(self) -> tuple[int, float] | None:
+        """The interval's one device→host transfer: the pending losses (summed over processes, so that all of them
+        find the same bad one) and this process's running metric sums, into `readout`; returns (batch index,
+        value) of the first non-finite loss, or None."""
+        t, p = self.training, self.progress
+        losses = t.procs.sum(torch.stack([loss.float() for _, loss in self.pending]))
+        keys = sorted((set(p.sums) | set(self.fresh)) - {"seen"})
+        # This process's share of the sums not yet reduced stands for every process's (as the progress bar shows).
+        sums = [torch.as_tensor(p.sums.get(k, 0) + t.procs.world * self.fresh.get(k, 0), device=t.device).double()
+                for k in keys]
+        host = torch.cat([losses.double(), *(s.reshape(1) for s in sums)]).cpu()
+        values = host[:len(losses)]
+        batches = [i for i, _ in self.pending]
+        self.pending.clear()
+        seen = p.seen + t.procs.world * self.fresh.get("seen", 0)
+        self.readout = Readout(self.progress.batch, seen, dict(zip(keys, host[len(losses):].tolist(), strict=True)))
+        bad = (~torch.isfinite(values)).nonzero()
+        return (batches[int(bad[0, 0])], float(values[int(bad[0, 0])])) if len(bad) else None
 
     def check_weights(self) -> None:
         t = self.training
@@ -264,21 +300,6 @@ class Loop:
     def _call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
-
-
-def first_nonfinite(losses: list[tuple[int, Tensor]], procs: Processes | None = None) -> tuple[int, float] | None:
-    """(batch index, value) of the first non-finite loss among `losses`, with one device sync; data-parallel, the
-    losses are summed over processes first, so every process finds the same one and they all stop."""
-    if not losses:
-        return None
-    values = torch.stack([loss.float() for _, loss in losses])
-    if procs is not None:
-        values = procs.sum(values)
-    bad = (~torch.isfinite(values)).nonzero()
-    if len(bad) == 0:
-        return None
-    k = int(bad[0, 0])
-    return losses[k][0], float(values[k])
 
 
 def all_finite(modules: list[nn.Module]) -> bool:

@@ -7,11 +7,9 @@ newest intact state bit-identically (`checkpointing`). `advtrain.fit` builds the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from advtrain.runtime import (
     make_generator,
     resolve_device,
     seed_everything,
+    torch_settings,
     use_channels_last,
 )
 from advtrain.train.averaging import WeightAverages
@@ -118,29 +117,6 @@ def require_tensorboard() -> None:
     except ImportError:
         raise UserError("train.tensorboard needs the tensorboard package: pip install 'advtrain[tensorboard]' "
                         "(or set train.tensorboard: false)") from None
-
-
-@contextlib.contextmanager
-def torch_settings(threads: int | None, deterministic: bool) -> Iterator[None]:
-    """CPU threads and `--deterministic` (no non-deterministic kernels, no cuDNN autotuning) for one run.
-
-    Both are process-wide torch settings, restored afterwards for in-process callers (tests, notebooks).
-    """
-    previous = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    if threads is not None:
-        torch.set_num_threads(threads)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for reproducible GEMMs
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous[0])
-        torch.use_deterministic_algorithms(previous[1])
-        torch.backends.cudnn.benchmark = previous[2]
-
-
 
 
 def prepare_model(
