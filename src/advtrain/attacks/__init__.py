@@ -33,6 +33,7 @@ from advtrain.attacks.single_step import (
     uniform_noise,
     zero_gradient_fraction,
 )
+from advtrain.attacks.static_pgd import StaticPGD
 from advtrain.attacks.threat import (
     MAX_DISTANCE,
     NORM_SPELLINGS,
@@ -58,6 +59,7 @@ __all__ = [
     "Norm",
     "ScoreTarget",
     "SingleStep",
+    "StaticPGD",
     "ThreatModel",
     "ascent_step",
     "at_least_fp32",
