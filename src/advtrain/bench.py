@@ -30,14 +30,14 @@ from torch import Tensor, nn
 
 import advtrain
 from advtrain.attacks import ThreatModel, bn_policy, check_distance, pgd_unchecked, training_step_size
-from advtrain.config import load_config
+from advtrain.config import RunConfig, load_config
 from advtrain.errors import UserError
 from advtrain.flops import forward_flops_per_image, peak_tflops, step_flops_per_image
 from advtrain.methods import Batch, StepContext, build_method, list_methods, method_class
 from advtrain.models import build_model
 from advtrain.runtime import CompileMode, autocast_dtype, compile_checked, resolve_device, use_channels_last
 from advtrain.train.schedule import build_optimizer
-from advtrain.train.step import autocast_context, compile_for_training, train_step
+from advtrain.train.step import autocast_context, compile_for_training, graph_captured_attack, train_step
 
 
 @dataclass
@@ -56,6 +56,7 @@ class BenchSettings:
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     channels_last: bool | None = None  # None: as the trainer (runtime.use_channels_last)
     compile: CompileMode = "eager"  # as train.compile: checked against eager, double-backprop methods stay eager
+    attack_graph: bool = False  # also each method with its training attack graph-captured (train.attack_graph)
     seed: int = 0
 
     def check(self) -> None:
@@ -162,6 +163,42 @@ def _rate(images_per_s: float) -> str:
     return f"{images_per_s:.0f}" if images_per_s >= 100 else f"{images_per_s:.2f}"
 
 
+def _bench_config(name: str, settings: BenchSettings) -> RunConfig:
+    """The default run config of method `name` at the bench's ε and attack steps."""
+    overrides = [f"method.name={name}", f"threat.eps={settings.eps}"]
+    if "steps" in _fields(name):
+        overrides.append(f"method.steps={settings.attack_steps}")
+    return load_config(None, overrides)
+
+
+def _training_contender(name: str, initial: nn.Module, settings: BenchSettings, batch: Batch,
+                        amp: torch.dtype | None, compiled: dict[str, bool], log: Callable[[str], None],
+                        attack_graph: bool = False) -> Callable[[int], object]:
+    """One timed training step of method `name` as the trainer runs it, on its own copy of the model; whether
+    compiling worked goes into `compiled`. With `attack_graph`, its training attack is graph-captured."""
+    device = batch.x.device
+    config = _bench_config(name, settings)
+    method = build_method(config.method, ThreatModel(config.threat.norm, settings.eps))
+    graph_attack = graph_captured_attack(method, device, "--attack-graph", log) if attack_graph else None
+    model = method.prepare_model(copy.deepcopy(initial), batch.x[:2])
+    if use_channels_last(settings.channels_last):
+        model = model.to(memory_format=torch.channels_last)
+    if settings.compile != "eager":
+        model, reason = compile_for_training(model, method, settings.compile, batch,
+                                             lambda: torch.Generator(device).manual_seed(settings.seed))
+        compiled[name] = reason is None
+        if reason is not None:
+            log(f"{name}: {reason}; measured eagerly")
+    if graph_attack is not None:  # after the compile check, as the trainer does
+        method.training_pgd = graph_attack
+    generator = torch.Generator(device).manual_seed(settings.seed)
+    params = [*model.parameters(), *(p for m in method.extra_modules().values() for p in m.parameters())]
+    optimizer = build_optimizer(params, config.optim)  # the trainer's optimizer (foreach kernel)
+    autocast = autocast_context(device, amp)
+    model.train()
+    return lambda i: train_step(method, model, optimizer, batch, StepContext(0, i, generator), autocast)
+
+
 def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure every method of `settings` and the reference loop; return the JSON the CLI writes."""
     settings.check()
@@ -194,36 +231,19 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
 
     contenders: dict[str, Callable[[int], object]] = {"reference": reference}
     compiled: dict[str, bool] = {}  # method → compiled (False: fell back to eager, the reason was logged)
-    step_flops: dict[str, float] = {}  # method → FLOPs per image of its training step (eager count)
+    step_flops: dict[str, float] = {}  # contender → FLOPs per image of its training step (eager count)
+    graph_names = []  # "<method> (graph)": the method with its training attack graph-captured (--attack-graph)
     for name in settings.methods:
-        overrides = [f"method.name={name}", f"threat.eps={eps}"]
-        if "steps" in _fields(name):
-            overrides.append(f"method.steps={k}")
-        config = load_config(None, overrides)
-        method = build_method(config.method, ThreatModel(config.threat.norm, eps))
-        model = method.prepare_model(copy.deepcopy(initial), x_dev[:2])
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if settings.compile != "eager":
-            model, reason = compile_for_training(model, method, settings.compile, Batch(x_dev, y_dev),
-                                                 lambda: torch.Generator(device).manual_seed(settings.seed))
-            compiled[name] = reason is None
-            if reason is not None:
-                log(f"{name}: {reason}; measured eagerly")
-        step_flops[name] = step_flops_per_image(config.method, ThreatModel(config.threat.norm, eps), initial,
+        contenders[name] = _training_contender(name, initial, settings, Batch(x_dev, y_dev), amp, compiled, log)
+        config = _bench_config(name, settings)
+        step_flops[name] = step_flops_per_image(config.method, ThreatModel(config.threat.norm, settings.eps), initial,
                                                 Batch(x_dev, y_dev), config.optim, channels_last=channels_last,
                                                 amp=amp, seed=settings.seed)
-        generator = torch.Generator(device).manual_seed(settings.seed)
-        params = [*model.parameters(), *(p for m in method.extra_modules().values() for p in m.parameters())]
-        optimizer = build_optimizer(params, config.optim)  # the trainer's optimizer (foreach kernel)
-        autocast = autocast_context(device, amp)
-        model.train()
-
-        def ours(i: int, method=method, model=model, optimizer=optimizer, generator=generator,
-                 autocast=autocast) -> None:
-            train_step(method, model, optimizer, Batch(x_dev, y_dev), StepContext(0, i, generator), autocast)
-
-        contenders[name] = ours
+        if settings.attack_graph:
+            graph_names.append(f"{name} (graph)")
+            contenders[graph_names[-1]] = _training_contender(name, initial, settings, Batch(x_dev, y_dev), amp,
+                                                              compiled, log, attack_graph=True)
+            step_flops[graph_names[-1]] = step_flops[name]  # the same arithmetic, replayed from a graph
 
     # Evaluation attack: ours (eval mode, input gradients only, autocast) against the reference PGD eval.
     eval_model = copy.deepcopy(initial).eval()
@@ -268,7 +288,7 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
     precision = "bf16" if amp is not None else "fp32"
     peak, peak_source = peak_tflops(device, precision)
     rows = []
-    for name in settings.methods:
+    for name in [*settings.methods, *graph_names]:
         tflops = rate[name] * step_flops[name] / 1e12
         rows.append({"method": name, "images_per_s": rate[name], "reference_images_per_s": rate["reference"],
                      "ratio": rate[name] / rate["reference"], "flops_per_image": step_flops[name],

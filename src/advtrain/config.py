@@ -125,6 +125,9 @@ class TrainConfig(CheckedConfig):
     # Data-parallel training on CUDA: BatchNorm statistics over the whole global batch (torch's SyncBatchNorm)
     # instead of each process's share. One process has nothing to synchronise.
     sync_bn: bool = False
+    # CUDA only, opt-in: the PGD training attack (pgd_at, trades, mart) recorded once as a CUDA graph and replayed
+    # per batch (attacks.StaticPGD), used only after it crafts what eager PGD crafts on a first batch.
+    attack_graph: bool = False
 
 
 @dataclass
@@ -209,13 +212,14 @@ class RunConfig(CheckedConfig):
 
         `train.progress` and `train.tensorboard` are left out: they change what is printed or logged, not what
         is trained, so a run started with a progress bar may be resumed with --quiet, and a run from before
-        `train.tensorboard` existed still matches its checkpoints. `train.sync_bn` counts only when on, so runs
-        from before it existed match too.
+        `train.tensorboard` existed still matches its checkpoints. `train.sync_bn` and `train.attack_graph` count
+        only when on, so runs from before they existed match too.
         """
         settings = self.to_dict()
         del settings["train"]["progress"], settings["train"]["tensorboard"]
-        if not settings["train"]["sync_bn"]:
-            del settings["train"]["sync_bn"]
+        for opt_in in ("sync_bn", "attack_graph"):
+            if not settings["train"][opt_in]:
+                del settings["train"][opt_in]
         text = json.dumps(settings, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

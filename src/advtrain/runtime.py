@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advtrain.attacks.frozen import frozen_parameters
 from advtrain.errors import UserError
 
 
@@ -159,7 +160,8 @@ def compile_checked(
     dict and hooks) when it passes the checks below; otherwise an eager copy of the model as it was, and the
     reason in one line. Call it before an optimizer is built: on fallback the returned module is another object.
 
-    Checks, each against an eager copy: (1) the input gradient ∇ₓCE on (x, y), in train and in eval mode, within
+    Checks, each against an eager copy: (1) the input gradient ∇ₓCE on (x, y) with the parameters frozen, as the
+    attacks take it (`attacks.frozen_parameters`), in train and in eval mode, within
     max |Δ| ≤ rtol·max |∇ eager| and not all zero: torch.compile on CPU (torch 2.13) can silently return zero
     input gradients (seen for Conv→ReLU→MaxPool2d in some shapes), and PGD on zero gradients takes no step.
     (2) `training_loss(model)`, e.g. one step of the training method's loss with a fixed seed, runs, and its
@@ -207,8 +209,10 @@ def compile_checked(
 
 
 def _input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    # With the parameters frozen, as every attack takes it: that is the compiled graph the attacks run.
     x = x.detach().clone().requires_grad_(True)
-    (grad,) = torch.autograd.grad(F.cross_entropy(model(x).float(), y, reduction="sum"), x)
+    with frozen_parameters(model):
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(x).float(), y, reduction="sum"), x)
     return grad
 
 

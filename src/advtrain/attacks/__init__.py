@@ -8,6 +8,7 @@ check costs a device sync) for the training methods, which attack every step on 
 """
 
 from advtrain.attacks.bn_policy import BN_MODES, BNMode, bn_policy
+from advtrain.attacks.frozen import frozen_parameters
 from advtrain.attacks.losses import ATTACK_LOSSES, AttackLoss, at_least_fp32, attack_loss, cw_margin
 from advtrain.attacks.pgd import (
     Keep,
@@ -32,6 +33,7 @@ from advtrain.attacks.single_step import (
     uniform_noise,
     zero_gradient_fraction,
 )
+from advtrain.attacks.static_pgd import StaticPGD
 from advtrain.attacks.threat import (
     MAX_DISTANCE,
     NORM_SPELLINGS,
@@ -57,6 +59,7 @@ __all__ = [
     "Norm",
     "ScoreTarget",
     "SingleStep",
+    "StaticPGD",
     "ThreatModel",
     "ascent_step",
     "at_least_fp32",
@@ -72,6 +75,7 @@ __all__ = [
     "default_step_size",
     "fgsm",
     "fgsm_unchecked",
+    "frozen_parameters",
     "gradient_cosine",
     "input_gradient",
     "parse_norm",

@@ -1,18 +1,21 @@
 """FGSM and PGD under L∞ and L2 (docs/methods.md §1).
 
 Pure functions: they neither change the model's train/eval mode (use `bn_policy` around them) nor
-touch parameter gradients (gradients are taken with `torch.autograd.grad` w.r.t. the input only).
+touch parameter gradients (gradients are taken with `torch.autograd.grad` w.r.t. the input only, with the
+parameters frozen so that a compiled model's backward computes no weight gradient either: `frozen_parameters`).
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from advtrain.attacks.frozen import frozen_parameters
 from advtrain.attacks.losses import AttackLoss, at_least_fp32, attack_loss
 from advtrain.attacks.threat import Norm, check_attack_inputs, parse_norm
 
@@ -73,11 +76,12 @@ def input_gradient(
     clean_logits: Tensor | None = None,
     kappa: float = math.inf,
 ) -> tuple[Tensor, Tensor]:
-    """∇ₓ Σᵢ loss(z(xᵢ), yᵢ) and the logits, without accumulating any parameter gradient."""
+    """∇ₓ Σᵢ loss(z(xᵢ), yᵢ) and the logits, computing no parameter gradient (not even in a compiled backward)."""
     x = x.detach().requires_grad_(True)
-    logits = model(x)
-    per_example = attack_loss(logits, y, loss, clean_logits=clean_logits, kappa=kappa)
-    (grad,) = torch.autograd.grad(per_example.sum(), x)
+    with frozen_parameters(model):
+        logits = model(x)
+        per_example = attack_loss(logits, y, loss, clean_logits=clean_logits, kappa=kappa)
+        (grad,) = torch.autograd.grad(per_example.sum(), x)
     return grad, logits.detach()
 
 
@@ -88,10 +92,12 @@ def class_score_gradient(
     model: nn.Module, x: Tensor, y: Tensor, target: ScoreTarget = "logit", *, create_graph: bool = False
 ) -> Tensor:
     """∇ₓ Σᵢ score(xᵢ, yᵢ): the true-class logit z_y (saliency; IGD) or the CE loss; with `create_graph` for
-    second-order training. Only the input gets a gradient; with `create_graph=False` the result is detached.
-    Runs under `enable_grad`, so a caller's `no_grad` cannot turn it off.
+    second-order training. Only the input gets a gradient; with `create_graph=False` the result is detached and
+    the parameters are frozen meanwhile (no weight gradient even in a compiled backward), with `create_graph` they
+    are not (the training loss differentiates the result w.r.t. them). Runs under `enable_grad`, so a caller's
+    `no_grad` cannot turn it off.
     """
-    with torch.enable_grad():
+    with torch.enable_grad(), nullcontext() if create_graph else frozen_parameters(model):
         x = x.detach().requires_grad_(True)
         logits = at_least_fp32(model(x))
         y = y.to(logits.device)

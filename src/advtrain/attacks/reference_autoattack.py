@@ -19,6 +19,7 @@ from pyautoattack import AutoAttack
 from torch import Tensor, nn
 
 from advtrain.attacks.bn_policy import bn_policy
+from advtrain.attacks.frozen import frozen_parameters
 from advtrain.attacks.threat import check_images, check_radius, parse_norm
 from advtrain.errors import UserError
 
@@ -54,10 +55,11 @@ def autoattack(
     (inside the eps ball and [0, 1] by construction; points the attack could not flip stay clean).
     ``x`` holds float images in [0, 1] and ``eps`` is in [0, 1] pixel units; ``norm`` is "Linf" (also "linf",
     "inf") or "L2" ("l2"). Other input is refused with the fix named.
-    The model runs in eval mode; every module's training flag and the parameters' ``.grad`` are restored
-    afterwards. pyautoattack's ``auto-attack`` logger is silenced unless ``verbose``. ``on_stage(name)`` is
-    called as each sub-attack starts ("apgd-ce", "apgd-t", ...), read from the "running NAME" record that
-    pyautoattack logs whatever its verbosity.
+    The model runs in eval mode with its parameters frozen (`frozen_parameters`: FAB's ``.backward()`` then
+    computes input gradients only and leaves the parameters' ``.grad`` untouched); every module's training flag
+    and every parameter's ``requires_grad`` are restored afterwards. pyautoattack's ``auto-attack`` logger is
+    silenced unless ``verbose``. ``on_stage(name)`` is called as each sub-attack starts ("apgd-ce", "apgd-t", ...),
+    read from the "running NAME" record that pyautoattack logs whatever its verbosity.
     """
     if version not in AUTOATTACK_PRESETS:
         raise UserError(
@@ -75,7 +77,7 @@ def autoattack(
     check_images(x)
 
     device = _model_device(model, fallback=x.device)
-    with _quiet_logger(verbose), _stages_reported(on_stage), bn_policy(model, "eval"), _grads_preserved(model):
+    with _quiet_logger(verbose), _stages_reported(on_stage), bn_policy(model, "eval"), frozen_parameters(model):
         adversary = _build(model, eps=float(eps), norm=_PYAUTOATTACK_NORMS[parsed], version=version, seed=seed,
                            device=device)
         adversary.verbose = verbose
@@ -162,18 +164,3 @@ def _stages_reported(on_stage: Callable[[str], None] | None) -> Iterator[None]:
         logger.removeHandler(handler)
         logger.setLevel(previous_level)
         logger.propagate = previous_propagate
-
-
-@contextmanager
-def _grads_preserved(model: nn.Module) -> Iterator[None]:
-    # FAB computes its input gradients with .backward(), which also accumulates into the parameters'
-    # .grad; park the caller's gradients and put them back so an evaluation mid-training changes nothing.
-    params = list(model.parameters())
-    saved = [p.grad for p in params]
-    for p in params:
-        p.grad = None
-    try:
-        yield
-    finally:
-        for p, grad in zip(params, saved, strict=True):
-            p.grad = grad

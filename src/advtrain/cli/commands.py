@@ -280,7 +280,7 @@ def _bench(args: argparse.Namespace) -> None:
         model=args.model, methods=[m.strip() for m in args.methods.split(",") if m.strip()], batch=args.batch,
         shape=parse_shape(args.shape), device=args.device, eps=args.eps, attack_steps=args.attack_steps,
         eval_steps=args.eval_steps, iterations=args.iterations, warmup=args.warmup, repeats=args.repeats,
-        precision=args.precision, compile=args.compile,
+        precision=args.precision, compile=args.compile, attack_graph=args.attack_graph,
     )
     if args.out is not None and args.out.is_dir():
         raise UserError(f"--out {args.out} is a folder: give a file path such as bench.json")

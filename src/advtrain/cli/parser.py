@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", default="eager",
                    help="torch.compile mode: eager (none), default, reduce-overhead (CUDA graphs) or max-autotune; "
                    "checked against eager gradients as train.compile is")
+    p.add_argument("--attack-graph", action="store_true",
+                   help="also time each method with its PGD training attack recorded as a CUDA graph and replayed "
+                   "(as train.attack_graph; CUDA only; pgd_at, trades, mart)")
     p.add_argument("--out", type=Path, help="write the results as JSON here")
 
     p = sub.add_parser("compare", parents=[debug],

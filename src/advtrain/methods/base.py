@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks import ThreatModel, at_least_fp32, training_step_size
+from advtrain.attacks import ThreatModel, at_least_fp32, pgd_unchecked, training_step_size
 from advtrain.bounds import CheckedConfig
 from advtrain.models.split_bn import recompute_bn_statistics
 
@@ -151,6 +151,10 @@ class Method(ABC):
     # The loss differentiates an input gradient again (create_graph=True): torch.compile cannot run its
     # backward, so `train.compile` leaves such a method's model eager.
     double_backprop: ClassVar[bool] = False
+    # The training attack is one run of PGD (`keep="last"`), called as `self.training_pgd(...)` with
+    # `pgd_unchecked`'s arguments; `train.attack_graph` replaces it by a graph-captured `attacks.StaticPGD`.
+    plain_pgd_attack: ClassVar[bool] = False
+    training_pgd: Callable[..., Tensor] = staticmethod(pgd_unchecked)
 
     def __init__(self, config: MethodConfig, threat: ThreatModel) -> None:
         self.config = config

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks import MAX_DISTANCE, BNMode, at_least_fp32, bn_policy, pgd_unchecked
+from advtrain.attacks import MAX_DISTANCE, BNMode, at_least_fp32, bn_policy
 from advtrain.bounds import Ge, Gt, Le
 from advtrain.methods.base import (
     AdversarialMethod,
@@ -56,6 +56,7 @@ class MART(QuarterEpsStep, AdversarialMethod):
     name = "mart"
     config_class = MARTConfig
     config: MARTConfig
+    plain_pgd_attack = True
 
     def perturb(self, model: nn.Module, batch: Batch, ctx: StepContext) -> Tensor:
         x = batch.x.detach()
@@ -64,7 +65,7 @@ class MART(QuarterEpsStep, AdversarialMethod):
             noise = torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
             x_init = x + self.config.init_std * noise
         with bn_policy(model, self.config.bn_mode):
-            return pgd_unchecked(
+            return self.training_pgd(
                 model, x, batch.y, eps=self.threat.eps, steps=self.config.steps, step_size=self.step_size,
                 norm=self.threat.norm, loss="ce", random_start=self.config.start == "uniform",
                 x_init=x_init, generator=ctx.generator, keep="last",

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from torch import Tensor, nn
 
-from advtrain.attacks import MAX_DISTANCE, AttackLoss, BNMode, bn_policy, pgd_unchecked
+from advtrain.attacks import MAX_DISTANCE, AttackLoss, BNMode, bn_policy
 from advtrain.bounds import Ge, Gt, Le
 from advtrain.methods.base import AdversarialMethod, Batch, MethodConfig, QuarterEpsStep, StepContext
 from advtrain.methods.registry import register_method
@@ -29,10 +29,11 @@ class PGDAT(QuarterEpsStep, AdversarialMethod):
     name = "pgd_at"
     config_class = PGDATConfig
     config: PGDATConfig
+    plain_pgd_attack = True
 
     def perturb(self, model: nn.Module, batch: Batch, ctx: StepContext) -> Tensor:
         with bn_policy(model, self.config.bn_mode):
-            return pgd_unchecked(
+            return self.training_pgd(
                 model, batch.x, batch.y, eps=self.threat.eps, steps=self.config.steps,
                 step_size=self.step_size, norm=self.threat.norm, loss=self.config.attack_loss,
                 random_start=self.config.random_start, generator=ctx.generator, keep="last",

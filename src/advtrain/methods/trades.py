@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from advtrain.attacks import MAX_DISTANCE, BNMode, at_least_fp32, bn_policy, pgd_unchecked
+from advtrain.attacks import MAX_DISTANCE, BNMode, at_least_fp32, bn_policy
 from advtrain.bounds import Ge, Gt, Le
 from advtrain.methods.base import (
     AdversarialMethod,
@@ -55,6 +55,7 @@ class TRADES(QuarterEpsStep, AdversarialMethod):
     name = "trades"
     config_class = TRADESConfig
     config: TRADESConfig
+    plain_pgd_attack = True
 
     def perturb(self, model: nn.Module, batch: Batch, ctx: StepContext) -> Tensor:
         x = batch.x.detach()
@@ -62,7 +63,7 @@ class TRADES(QuarterEpsStep, AdversarialMethod):
         with bn_policy(model, self.config.bn_mode):
             with torch.no_grad():
                 clean_logits = model(x)  # the attack's constant KL target p(x)
-            return pgd_unchecked(
+            return self.training_pgd(
                 model, x, batch.y, eps=self.threat.eps, steps=self.config.steps, step_size=self.step_size,
                 norm=self.threat.norm, loss="kl", clean_logits=clean_logits,
                 x_init=x + self.config.init_std * noise, generator=ctx.generator, keep="last",

@@ -89,8 +89,9 @@ class _Settings:
     def to_json(self, model: nn.Module) -> str:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         plain = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in fields.items()}
-        # fit trains in one process, where train.sync_bn does nothing: left out, so runs from before it resume.
-        del plain["train"]["sync_bn"]
+        # fit trains in one process, where train.sync_bn does nothing, and offers no train.attack_graph: both left
+        # out, so runs from before they existed resume.
+        del plain["train"]["sync_bn"], plain["train"]["attack_graph"]
         plain["model"] = {"class": type(model).__qualname__,
                           "tensors": {k: list(v.shape) for k, v in model.state_dict().items()}}
         return json.dumps(plain, indent=1, default=str) + "\n"

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from advtrain.attacks import StaticPGD
 from advtrain.errors import UserError
 from advtrain.methods import Batch, Method, StepContext, StepOutput
 from advtrain.runtime import CompileMode, compile_checked
@@ -40,6 +41,20 @@ def compile_for_training(
         return method.loss(m, batch, StepContext(0, 0, generator())).loss
 
     return compile_checked(model, mode, batch.x, batch.y, one_step_loss)
+
+
+def graph_captured_attack(method: Method, device: torch.device, option: str,
+                          log: Callable[[str], None]) -> StaticPGD:
+    """The graph-captured training attack for `method` on `device` (`train.attack_graph`, `bench --attack-graph`,
+    named by `option` in its messages), to set as `method.training_pgd`; refused in one line off CUDA and for a
+    method whose training attack is not one plain PGD run (pgd_at, trades and mart have one)."""
+    if device.type != "cuda":
+        raise UserError(f"{option} records the attack as a CUDA graph, which needs CUDA (the device is "
+                        f"{device.type}): turn {option} off")
+    if not method.plain_pgd_attack:
+        raise UserError(f"{option} records a plain PGD training attack (pgd_at, trades, mart); {method.name} crafts "
+                        f"otherwise: turn {option} off")
+    return StaticPGD(capture=True, log=lambda message: log(f"{option}: {message}"))
 
 
 class TrainingStep(nn.Module):

@@ -52,7 +52,7 @@ from advtrain.train.loop import Loop, Training
 from advtrain.train.monitor import CollapseMonitor
 from advtrain.train.schedule import LRSchedule, build_optimizer
 from advtrain.train.sources import TensorSource
-from advtrain.train.step import compile_for_training
+from advtrain.train.step import compile_for_training, graph_captured_attack
 from advtrain.train.stream import folder_training_data
 from advtrain.train.validation import Validator
 
@@ -234,10 +234,13 @@ def _build(config: RunConfig, data: Dataset | FolderDataset, device: torch.devic
                                      if isinstance(data, FolderDataset) else _tensor_data(config, data, device, procs))
     spec = ModelSpec.for_dataset(config.model.name, data, config.model.normalize, config.model.options)
     method = build_method(config.method, config.threat_model())
+    graph_attack = graph_captured_attack(method, device, "train.attack_graph", log) if t.attack_graph else None
     x_check, y_check = source.first(64)
     model, extras = prepare_model(
         method, spec.build().to(device), x_check, y_check, seed=config.seed,
         channels_last=use_channels_last(t.channels_last), compile_mode=t.compile, log=log)
+    if graph_attack is not None:  # after the compile check, whose batches are not training batches
+        method.training_pgd = graph_attack
     if t.sync_bn and procs.active:  # the same parameters and buffers, in SyncBatchNorm modules (AR-AT's splits too)
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     amp = autocast_dtype(t.precision, device)
