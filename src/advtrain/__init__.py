@@ -1,7 +1,7 @@
 """advtrain: adversarial training and robustness diagnosis of image classifiers.
 
-The public API is what ``__all__`` names: ``fit``, ``evaluate`` and ``audit``, the packages ``attacks`` (``pgd``, ``fgsm``,
-``autoattack``, ...), ``methods`` (``TRADES(beta=6.0)``, ``ARAT(...)``, ...) and ``models`` (``create``,
+The public API is what ``__all__`` names: ``fit``, ``evaluate`` and ``audit``, the packages ``attacks`` (``pgd``,
+``fgsm``, ``autoattack``, ...), ``methods`` (``TRADES(beta=6.0)``, ``ARAT(...)``, ...) and ``models`` (``create``,
 ``list_models``), and ``UserError``, the one-line error bad input raises. Everything else is internal.
 Names are imported on first use (PEP 562), so ``import advtrain`` does not import torch.
 """

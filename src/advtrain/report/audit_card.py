@@ -91,8 +91,8 @@ def _masking(audit: Mapping[str, Any]) -> str:
 
 def _saliency(audit: Mapping[str, Any]) -> str:
     s = audit["saliency"]
-    rows = [[key.replace("_", " "), fmt_float(g["mean"], 3), f"{fmt_float(g['ci95'][0], 3)}–{fmt_float(g['ci95'][1], 3)}"]
-            for key, g in s["gini"].items()]
+    rows = [[key.replace("_", " "), fmt_float(g["mean"], 3),
+             f"{fmt_float(g['ci95'][0], 3)}–{fmt_float(g['ci95'][1], 3)}"] for key, g in s["gini"].items()]
     table = _table(["Gini", "mean", "95% CI (bootstrap)"], rows, f"Saliency Gini over {s['n']} images.")
     curves = [{label: {float(rho): e for rho, e in per.get("add", {}).items()} for label, per in s[name].items()}
               for name in ("inductive_noise", "random_noise")]
