@@ -65,7 +65,7 @@ def add_audit_parser(sub: argparse._SubParsersAction, parents: list[argparse.Arg
                    "else 8/255)")
     p.add_argument("--norm", choices=["linf", "l2"], help="threat norm (default: the run's, else linf)")
     p.add_argument("--budget", choices=["quick", "standard"], default="quick",
-                   help="quick: 200 images, PGD-10, AutoAttack's APGD-CE + APGD-T; standard: 1000 images, PGD-50, "
+                   help="quick: 100 images, PGD-10, AutoAttack's APGD-CE + APGD-T; standard: 1000 images, PGD-50, "
                    "the standard AutoAttack (the card states every size; default quick)")
     p.add_argument("--batch-size", type=int, default=256, help="images per attack batch (default 256)")
     p.add_argument("--device", default="auto", help=device_help)

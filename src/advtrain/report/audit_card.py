@@ -55,7 +55,7 @@ def _header(audit: Mapping[str, Any], title: str) -> str:
             f"({audit['torch_threads']} torch threads); advtrain {_e(advtrain.__version__)}, torch "
             f"{_e(audit['torch_version'])}; {when}")
     rows = [[_TITLES[mode], (v["verdict"], "warn" if v["flagged"] else "")] for mode, v in audit["verdicts"].items()]
-    summary = _table(["failure mode", "verdict"], rows, "Verdicts (shaded: a failure found or not ruled out).",
+    summary = _table(["failure mode", "verdict"], rows, "Verdicts (shaded: a failure found).",
                      "verdicts")
     budget = _table(["budget", "value"], [[what, str(b[key])] for key, what in _BUDGET_ROWS.items()],
                     f"What the {b['name']} budget spends (each section uses the first images of the data).")
@@ -68,8 +68,8 @@ def _paragraph(v: Mapping[str, Any]) -> str:
 
 def _robustness(audit: Mapping[str, Any]) -> str:
     r = audit["robustness"]
-    rows = [[row["attack"] + (f" ({row['version']})" if row.get("version") else ""), *_pct_ci(row)]
-            for row in r["attacks"]] + [["worst case per image", *_pct_ci(r["robust"])]]
+    rows = [[row["attack"] + (f" ({row['version']}) on the {row['attacked']} images PGD did not break"
+                              if row.get("version") else ""), *_pct_ci(row)] for row in r["attacks"]]
     table = _table(["attack", "accuracy %", "95% CI (Wilson)"], rows, f"Accuracy on {r['n']} images.")
     return _section(_TITLES["robustness"], _paragraph(audit["verdicts"]["robustness"]), table)
 

@@ -27,7 +27,10 @@ def wilson_interval(correct: int, total: int) -> tuple[float, float]:
     z2 = Z95 * Z95
     centre = (p + z2 / (2 * total)) / (1 + z2 / total)
     half = Z95 * math.sqrt(p * (1 - p) / total + z2 / (4 * total * total)) / (1 + z2 / total)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0 and at `total` the bounds are exactly 0 and 1; rounding would leave 1 - 1e-16.
+    low = 0.0 if correct == 0 else max(0.0, centre - half)
+    high = 1.0 if correct == total else min(1.0, centre + half)
+    return low, high
 
 
 def bootstrap_interval(

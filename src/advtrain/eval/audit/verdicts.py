@@ -13,10 +13,13 @@ from typing import Any
 # Robust accuracy whose 95% upper bound is below 5%: the attacks break (nearly) every image; 5% is half the
 # chance level of a 10-class problem, so nothing above guessing survives.
 NO_ROBUSTNESS_CEILING = 0.05
-# Gradient masking: any diagnose check that warns. Each check's threshold is already set with slack for sampling
-# noise (see advtrain.eval.diagnose.attack_checks and gradient_checks), and any one symptom means the
-# white-box accuracy above may overstate the robustness.
-MASKING_MIN_WARNINGS = 1
+# Gradient masking: any diagnose check that warns, except one alone: each threshold already has slack for sampling
+# noise (advtrain.eval.diagnose.attack_checks, gradient_checks), and one symptom means the white-box accuracy
+# may overstate the robustness.
+# The restarts check alone only makes the verdict inconclusive: its 0.05 threshold is set for PGD-50 with 10
+# restarts on 500 images, and at an audit budget's fewer restarts and images an unmasked but non-concave loss
+# (PGD-AT small CNNs on digits, depending on the seed) gains up to 8 points from a few restarts.
+INCONCLUSIVE_ALONE = ("restarts",)
 # Saliency: a mean global Gini above 0.5 means half of the attribution mass sits on far fewer pixels than an even
 # spread would put it on (an exponential spread of |∇| already has Gini 0.5); IGD reports adversarially
 # trained models above this and argues their few salient pixels are the ones noise can exploit.
@@ -60,19 +63,19 @@ def robustness_verdict(r: Mapping[str, Any], budget: Mapping[str, Any]) -> dict[
     clean, robust = r["clean"], r["robust"]
     side = _side(robust["ci95"], NO_ROBUSTNESS_CEILING)
     verdict = {"below": "no robustness", "above": "robust", "straddles": "inconclusive"}[side]
-    attacks = ", ".join(f"{row['attack']}{'-' + str(row['steps']) if row.get('steps') else ''}"
-                        f"{' (' + row['version'] + ')' if row.get('version') else ''} {_pct(row['accuracy'])}"
-                        for row in r["attacks"] if row["attack"] != "clean")
+    pgd, aa = r["attacks"][1], r["attacks"][2]
     text = (f"On {r['n']} test images the model is {_pct(clean['accuracy'])} accurate ({_interval(clean['ci95'])}). "
-            f"Under {r['norm']} attacks of radius ε = {r['eps']:.4g} ({attacks}) {_pct(robust['accuracy'])} of the "
-            f"images survive every attack ({_interval(robust['ci95'])}). Verdict: {verdict}")
+            f"Under {r['norm']} attacks of radius ε = {r['eps']:.4g}, PGD-{pgd['steps']} leaves "
+            f"{_pct(pgd['accuracy'])} correct; AutoAttack ({aa['version']}) then attacked the {aa['attacked']} "
+            f"images PGD did not break, and {_pct(robust['accuracy'])} of all images survive both "
+            f"({_interval(robust['ci95'])}). Verdict: {verdict}")
     text += {"below": f": the upper bound is below {_pct(NO_ROBUSTNESS_CEILING)}, so the model has no meaningful "
                       "robustness at this radius.",
              "above": f": even the lower bound is above {_pct(NO_ROBUSTNESS_CEILING)}. The {budget['autoattack']} "
                       "AutoAttack is a lower bound on what an attacker achieves; read it with the masking check.",
              "straddles": f": the interval contains {_pct(NO_ROBUSTNESS_CEILING)}; the standard budget's larger "
                           "sample would settle it."}[side]
-    return _verdict("robustness", verdict, side != "above", text)
+    return _verdict("robustness", verdict, side == "below", text)
 
 
 def masking_verdict(m: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,7 +84,7 @@ def masking_verdict(m: Mapping[str, Any]) -> dict[str, Any]:
     checks = m["checks"]
     measured = [c for c in checks.values() if c["verdict"] in ("PASS", "WARN")]
     warned = [c for c in measured if c["verdict"] == "WARN"]
-    flagged = len(warned) >= MASKING_MIN_WARNINGS
+    flagged = any(c["name"] not in INCONCLUSIVE_ALONE for c in warned)
     gap = checks["fgsm_pgd_gap"]["details"]
     text = (f"Eight diagnostics of gradient masking ran on {m['n']} images at ε = {m['eps']:.4g}: whether one FGSM "
             f"step is far weaker than PGD (FGSM {_pct(gap.get('fgsm_accuracy'))}, "
@@ -89,14 +92,20 @@ def masking_verdict(m: Mapping[str, Any]) -> dict[str, Any]:
             f"{_interval(gap.get('pgd_accuracy_ci95', (None, None)))}), whether more steps, restarts or a larger ε "
             "still lower the accuracy as they must, whether the loss rises along the gradient and whether gradients "
             f"vanish. {len(warned)} of the {len(measured)} checks with a threshold warned")
+    found = "; ".join(f"{c['name']} ({c['rule']}, measured {_num(c['value'])})" for c in warned)
     if flagged:
-        text += (": " + "; ".join(f"{c['name']} ({c['rule']}, measured {_num(c['value'])})" for c in warned)
-                 + ". Verdict: gradient masking. The accuracies above are not to be trusted as robustness; "
+        verdict = "gradient masking"
+        text += (f": {found}. Verdict: gradient masking. The accuracies above are not to be trusted as robustness; "
                  "the attacks fail because the gradients mislead them.")
+    elif warned:
+        verdict = "inconclusive"
+        text += (f": {found}. Verdict: inconclusive: more random restarts breaking more images alone can also be a "
+                 "non-concave loss at this budget; the standard budget (PGD-50, 10 restarts) would settle it.")
     else:
+        verdict = "no masking detected"
         text += (". Verdict: no sign of gradient masking. Each threshold leaves room for sampling noise at this "
                  "n; a check can only show a symptom, never prove its absence.")
-    return _verdict("masking", "gradient masking" if flagged else "no masking detected", flagged, text)
+    return _verdict("masking", verdict, flagged, text)
 
 
 def _num(v: Any) -> str:
