@@ -64,7 +64,9 @@ def test_robustness_verdict_follows_the_interval_not_the_point():
     def section(correct: int, total: int) -> dict:
         entry = {"accuracy": correct / total, "correct": correct, "total": total,
                  "ci95": list(wilson_interval(correct, total))}
-        return {"n": total, "eps": 8 / 255, "norm": "linf", "attacks": [], "clean": entry, "robust": entry}
+        rows = [{"attack": "clean"} | entry, {"attack": "pgd", "steps": 10} | entry,
+                {"attack": "autoattack", "version": "apgd", "attacked": correct} | entry]
+        return {"n": total, "eps": 8 / 255, "norm": "linf", "attacks": rows, "clean": entry, "robust": entry}
 
     budget = BUDGETS["quick"].as_dict()
     assert robustness_verdict(section(0, 200), budget)["verdict"] == "no robustness"
@@ -118,7 +120,7 @@ def test_the_standard_resnet18_card_shows_no_robustness_and_renders_in_chromium(
     assert result.verdict("robustness") == "no robustness"
     assert result.sections["robustness"]["robust"]["ci95"][1] < NO_ROBUSTNESS_CEILING
     document = json.loads((tmp_path / "audit.json").read_text())
-    assert document["verdicts"]["robustness"]["verdict"] == "no robustness" and document["budget"]["n"] == 30
+    assert document["verdicts"]["robustness"]["verdict"] == "no robustness" and document["budget"]["n"] == 80
     assert not (tmp_path / "audit-parts").exists()  # finished: the parts are gone
 
     card = tmp_path / "audit.html"
