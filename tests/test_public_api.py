@@ -34,8 +34,7 @@ def test_import_advtrain_exposes_exactly_all_and_stays_cheap() -> None:
 
 
 def test_public_names_resolve_and_others_do_not() -> None:
-    from advtrain import attacks, methods, models
-    from advtrain import model_audit
+    from advtrain import attacks, methods, model_audit, models
     from advtrain.eval import public
 
     assert (advtrain.attacks, advtrain.methods, advtrain.models) == (attacks, methods, models)
