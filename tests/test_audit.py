@@ -192,7 +192,9 @@ def test_audit_reports_progress_for_every_section():
     stages = [e.stage for e in events if e.task == "audit" and e.stage and e.done < e.total]
     assert list(dict.fromkeys(stages)) == ["robustness", "masking", "saliency", "vulnerability", "invariance"]
     assert events[-1].task == "audit" and events[-1].finished
-    assert any(e.task.startswith("pgd") and e.unit == "images" for e in events)  # the attacks report chunk by chunk
+    # The sections' own progress is labelled with where in the audit it runs: attacks image by image, stages.
+    assert any(e.task.startswith("audit 1/5 robustness: pgd eps") and e.unit == "images" for e in events)
+    assert any(e.task == "audit 4/5 vulnerability: vulnerability" and e.finished for e in events)
 
 
 def test_cli_audit_writes_the_card_and_json_and_refuses_bad_flags(tmp_path, capsys):

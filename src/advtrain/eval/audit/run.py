@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from advtrain.eval.audit.budget import Budget, get_budget
 from advtrain.eval.audit.verdicts import FAILURE_MODES, verdicts
 from advtrain.eval.batching import out_of_memory_as_user_error
 from advtrain.eval.parts import EvalParts, model_digest, tensor_digest
-from advtrain.eval.progress import ProgressHook, TaskProgress
+from advtrain.eval.progress import ProgressHook, TaskProgress, labelled
 from advtrain.eval.public import _images
 from advtrain.fileio import atomic_write_text
 from advtrain.runtime import resolve_device
@@ -120,25 +121,29 @@ def run_audit(
               "device": dev.type}
     args = {"budget": b, "seed": seed, "batch_size": batch_size}
     attack_args = args | {"eps": eps, "norm": norm}
-    runs: dict[str, Callable[[], dict[str, Any]]] = {
-        "robustness": lambda: sections.robustness(model, x[:b.n], y[:b.n], **attack_args, progress=progress,
-                                                  parts=store.attacks if store else None),
-        "masking": lambda: sections.masking(model, x[:b.diagnose_n], y[:b.diagnose_n], **attack_args,
-                                            progress=progress),
-        "saliency": lambda: sections.saliency(model, x[:b.saliency_n], y[:b.saliency_n], **args, progress=progress),
-        "vulnerability": lambda: sections.vulnerability(model, x[:b.vulnerability_n], y[:b.vulnerability_n],
-                                                        **attack_args),
-        "invariance": lambda: sections.invariance(model, x[:b.invariance_n], y[:b.invariance_n], **attack_args),
+    # Each section's own progress (attacks image by image, checks, stages) is labelled "audit 2/5 masking: ...",
+    # so the display's rate and ETA of the running task say where in the audit it is.
+    runs: dict[str, Callable[[ProgressHook | None], dict[str, Any]]] = {
+        "robustness": lambda hook: sections.robustness(model, x[:b.n], y[:b.n], **attack_args, progress=hook,
+                                                       parts=store.attacks if store else None),
+        "masking": lambda hook: sections.masking(model, x[:b.diagnose_n], y[:b.diagnose_n], **attack_args,
+                                                 progress=hook),
+        "saliency": lambda hook: sections.saliency(model, x[:b.saliency_n], y[:b.saliency_n], **args, progress=hook),
+        "vulnerability": lambda hook: sections.vulnerability(model, x[:b.vulnerability_n], y[:b.vulnerability_n],
+                                                             **attack_args, progress=hook),
+        "invariance": lambda hook: sections.invariance(model, x[:b.invariance_n], y[:b.invariance_n], **attack_args,
+                                                       progress=hook),
     }
     task = TaskProgress(progress, "audit", len(runs), "sections")
     results: dict[str, dict[str, Any]] = {}
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     with out_of_memory_as_user_error(min(batch_size, len(y))):
-        for name, run in runs.items():
+        for i, (name, run) in enumerate(runs.items()):
             task.start_stage(name)
             began = time.perf_counter()
-            results[name] = store.get(_section_key(name, common), run) if store is not None else run()
+            measure = partial(run, labelled(progress, f"audit {i + 1}/{len(runs)} {name}"))
+            results[name] = store.get(_section_key(name, common), measure) if store is not None else measure()
             seconds[name] = round(time.perf_counter() - began, 3)
             log.info("audit: %s done in %.1f s", name, seconds[name])
             task.advance()

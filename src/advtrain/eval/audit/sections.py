@@ -107,9 +107,12 @@ def saliency(
 
 def vulnerability(
     model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str, budget: Budget, seed: int, batch_size: int,
+    progress: ProgressHook | None = None,
 ) -> dict[str, Any]:
     """The distribution of AVᵢ = CE(x'ᵢ) − CE(xᵢ) (PGD on CE, last iterate): `vulnerability_stats`, bootstrap
     intervals of its Gini and top-10% share, and the histogram the card draws."""
+    task = TaskProgress(progress, "vulnerability", 1, "stages")
+    task.start_stage(f"PGD-{budget.vulnerability_steps} on {len(y)} images")
     clean, adv = instance_losses(model, x, y, eps=eps, norm=norm, steps=budget.vulnerability_steps,  # type: ignore[arg-type]
                                  seed=seed, batch_size=batch_size)
     if not bool(torch.isfinite(clean).all() and torch.isfinite(adv).all()):
@@ -122,6 +125,7 @@ def vulnerability(
         "top10_share_ci95": list(bootstrap_interval(positive, lambda v: _top_share(v, k), resamples=budget.bootstrap)),
     }
     edges, counts = shared_histogram({LABEL: av})
+    task.advance()
     return {"n": len(y), "eps": eps, "norm": norm, "steps": budget.vulnerability_steps,
             "stats": vulnerability_stats(av) | intervals, "histogram": {"edges": edges, "counts": counts}}
 
@@ -136,6 +140,7 @@ def _top_share(rows: Tensor, k: int) -> Tensor:
 
 def invariance(
     model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str, budget: Budget, seed: int, batch_size: int,
+    progress: ProgressHook | None = None,
 ) -> dict[str, Any]:
     """cos(f(x), f(x')) of the penultimate features (`representation_invariance`) with a bootstrap interval of its
     mean; not available, with the reason, for a model without an `nn.Linear` classifier to tap."""
@@ -143,9 +148,12 @@ def invariance(
         classifier_layer(model)
     except UserError as e:
         return {"available": False, "reason": str(e)}
+    task = TaskProgress(progress, "invariance", 1, "stages")
+    task.start_stage(f"PGD-{budget.vulnerability_steps} on {len(y)} images")
     cos = representation_invariance(model, x, y, eps=eps, norm=norm, steps=budget.vulnerability_steps,  # type: ignore[arg-type]
                                     seed=seed, batch_size=batch_size)
     correct = (predict(model, x, batch_size) == y).cpu()
+    task.advance()
     return {"available": True, "n": len(y), "eps": eps, "norm": norm, "steps": budget.vulnerability_steps,
             "features": "input of the last nn.Linear", "summary": invariance_summary(cos, correct),
             "mean_ci95": list(bootstrap_interval(cos, lambda v: v.mean(-1), resamples=budget.bootstrap))}
