@@ -212,6 +212,8 @@ def test_cli_audit_writes_the_card_and_json_and_refuses_bad_flags(tmp_path, caps
     assert document["model"] == "small_cnn" and document["data"] == "digits" and document["budget"]["name"] == "quick"
     assert f"masking        {document['verdicts']['masking']['verdict']}" in printed
     assert (out / "audit.html").read_text().startswith("<!DOCTYPE html>")
+    assert main([*base, "--out", str(out), "--seed", "-1"]) == 2
+    assert "--seed" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main([*base, "--out", str(out), "--budget", "huge"])
     assert exit_info.value.code == 2

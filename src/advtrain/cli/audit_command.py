@@ -11,12 +11,13 @@ from advtrain.errors import UserError
 
 def audit_command(args: argparse.Namespace) -> None:
     from advtrain.attacks.threat import check_distance
+    from advtrain.bounds import Ge, Lt
     from advtrain.eval.api import eval_images, load_for_eval
     from advtrain.eval.audit import get_budget
     from advtrain.model_audit import audit
     from advtrain.progress_display import shown_progress
     from advtrain.rundir import read_config
-    from advtrain.runtime import resolve_device
+    from advtrain.runtime import SEED_LIMIT, resolve_device
 
     # Every flag is checked before the model is loaded, and the model and data before the first attack.
     if args.out.exists() and not args.out.is_dir():
@@ -27,8 +28,10 @@ def audit_command(args: argparse.Namespace) -> None:
     eps = args.eps if args.eps is not None else threat.get("eps", 8 / 255)
     norm = args.norm or threat.get("norm", "linf")
     check_distance(eps, norm, "--eps")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    for value, bounds, flag in ((args.batch_size, (Ge(1),), "--batch-size"), (args.seed, (Ge(0), Lt(SEED_LIMIT)),
+                                                                                "--seed")):
+        for bound in bounds:
+            bound.check(value, flag)
     device = resolve_device(args.device)
     loaded, data = load_for_eval(run_dir=args.run_dir, weights=args.weights, model_name=args.model,
                                  data_name=args.data, data_root=args.data_root, checkpoint=args.checkpoint,
