@@ -62,7 +62,7 @@ def _verdict(mode: str, verdict: str, flagged: bool, paragraph: str) -> dict[str
 def robustness_verdict(r: Mapping[str, Any], budget: Mapping[str, Any]) -> dict[str, Any]:
     clean, robust = r["clean"], r["robust"]
     side = _side(robust["ci95"], NO_ROBUSTNESS_CEILING)
-    verdict = {"below": "no robustness", "above": "robust", "straddles": "inconclusive"}[side]
+    verdict = {"below": "no robustness", "above": "some robustness", "straddles": "inconclusive"}[side]
     pgd, aa = r["attacks"][1], r["attacks"][2]
     text = (f"On {r['n']} test images the model is {_pct(clean['accuracy'])} accurate ({_interval(clean['ci95'])}). "
             f"Under {r['norm']} attacks of radius ε = {r['eps']:.4g}, PGD-{pgd['steps']} leaves "
@@ -71,8 +71,9 @@ def robustness_verdict(r: Mapping[str, Any], budget: Mapping[str, Any]) -> dict[
             f"({_interval(robust['ci95'])}). Verdict: {verdict}")
     text += {"below": f": the upper bound is below {_pct(NO_ROBUSTNESS_CEILING)}, so the model has no meaningful "
                       "robustness at this radius.",
-             "above": f": even the lower bound is above {_pct(NO_ROBUSTNESS_CEILING)}. The {budget['autoattack']} "
-                      "AutoAttack is a lower bound on what an attacker achieves; read it with the masking check.",
+             "above": f": even the lower bound is above {_pct(NO_ROBUSTNESS_CEILING)}. Attacks only bound robust "
+                      f"accuracy from above (here the {budget['autoattack']} AutoAttack); read it with the masking "
+                      "check.",
              "straddles": f": the interval contains {_pct(NO_ROBUSTNESS_CEILING)}; the standard budget's larger "
                           "sample would settle it."}[side]
     return _verdict("robustness", verdict, side == "below", text)
