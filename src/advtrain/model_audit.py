@@ -61,7 +61,7 @@ def write_audit(result: AuditResult, folder: Path, describe: dict[str, Any] | No
     paths."""
     document = dict(describe or {}) | result.as_dict()
     json_path = folder / "audit.json"
-    atomic_write_text(json_path, json.dumps(document, indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(document, indent=2, allow_nan=False) + "\n")
     card = write_audit_card(document, folder / "audit.html", title=f"advtrain audit: {document.get('model', 'model')}")
     shutil.rmtree(folder / PARTS_FOLDER, ignore_errors=True)
     return json_path, card

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,8 +55,17 @@ class AuditResult:
         return str(self.verdicts[mode]["verdict"])
 
     def as_dict(self) -> dict[str, Any]:
-        """The audit JSON: meta, budget, sections and verdicts."""
-        return {**self.meta, "budget": self.budget.as_dict(), **self.sections, "verdicts": self.verdicts}
+        """The audit JSON: meta, budget, sections and verdicts; an undefined number (NaN: e.g. the spread of a
+        vulnerability whose mean is 0) is None, so the JSON stays standard."""
+        return _json_ready({**self.meta, "budget": self.budget.as_dict(), **self.sections, "verdicts": self.verdicts})
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 class SectionParts:
