@@ -130,8 +130,9 @@ def saliency_verdict(s: Mapping[str, Any]) -> dict[str, Any]:
     text = (f"The saliency |∇ₓ z_y| of {s['n']} images has a mean global Gini of {g['mean']:.3f} "
             f"({_interval(g['ci95'], percent=False)}, bootstrap); regional (IGD blocks) "
             f"{s['gini']['regional_igd']['mean']:.3f}.{noise} Verdict: {verdict}")
-    text += {"above": f": the whole interval is above {GINI_UNEQUAL}, so a few pixels carry the model's evidence "
-                      "and a small, targeted perturbation of them is enough to change its answer.",
+    text += {"above": f": the whole interval is above {GINI_UNEQUAL}, so a few pixels carry most of the model's "
+                      "attribution (IGD's failure mode); the noise comparison says whether perturbing exactly those "
+                      "pixels breaks it more often than perturbing random ones.",
              "below": f": the whole interval is below {GINI_UNEQUAL}; the evidence is spread over many pixels.",
              "straddles": f": the interval contains {GINI_UNEQUAL}; more images would settle it."}[side]
     return _verdict("saliency", verdict, side == "above", text)
