@@ -119,6 +119,8 @@ def run_audit(
     start and its evaluation's own progress. Bad input is a one-line ValueError/UserError raised before any attack.
     """
     b = get_budget(budget)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     x, y = _images(x, y)
     norm = parse_norm(norm)
     check_distance(eps, norm, "eps")
@@ -126,7 +128,8 @@ def run_audit(
     model = model.to(dev)
     x, y = x.to(dev), y.to(dev)
     store = SectionParts(parts) if parts is not None else None
-    common = {"model": model_digest(model), "images": tensor_digest([("x", x[:b.n]), ("y", y[:b.n])]),
+    used = max(b.n, b.diagnose_n, b.saliency_n, b.vulnerability_n, b.invariance_n)  # every image a section reads
+    common = {"model": model_digest(model), "images": tensor_digest([("x", x[:used]), ("y", y[:used])]),
               "budget": b.as_dict(), "eps": eps, "norm": norm, "seed": seed, "batch_size": batch_size,
               "device": dev.type}
     args = {"budget": b, "seed": seed, "batch_size": batch_size}
