@@ -29,15 +29,17 @@ def test_import_advtrain_exposes_exactly_all_and_stays_cheap() -> None:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     lines = run.stdout.splitlines()
     assert lines == [str(sorted(n for n in advtrain.__all__ if not n.startswith("_"))), "False"]
-    assert set(advtrain.__all__) == {"UserError", "__version__", "attacks", "evaluate", "fit", "methods", "models"}
+    assert set(advtrain.__all__) == {"UserError", "__version__", "attacks", "audit", "evaluate", "fit", "methods",
+                                    "models"}
 
 
 def test_public_names_resolve_and_others_do_not() -> None:
-    from advtrain import attacks, methods, models
+    from advtrain import attacks, methods, model_audit, models
     from advtrain.eval import public
 
     assert (advtrain.attacks, advtrain.methods, advtrain.models) == (attacks, methods, models)
     assert advtrain.evaluate is public.evaluate
+    assert advtrain.audit is model_audit.audit
     assert issubclass(advtrain.UserError, Exception) and isinstance(advtrain.__version__, str)
     with pytest.raises(AttributeError, match="no attribute 'trainer'"):
         advtrain.trainer  # noqa: B018

@@ -1,7 +1,7 @@
 """advtrain: adversarial training and robustness diagnosis of image classifiers.
 
-The public API is what ``__all__`` names: ``fit`` and ``evaluate``, the packages ``attacks`` (``pgd``, ``fgsm``,
-``autoattack``, ...), ``methods`` (``TRADES(beta=6.0)``, ``ARAT(...)``, ...) and ``models`` (``create``,
+The public API is what ``__all__`` names: ``fit``, ``evaluate`` and ``audit``, the packages ``attacks`` (``pgd``,
+``fgsm``, ``autoattack``, ...), ``methods`` (``TRADES(beta=6.0)``, ``ARAT(...)``, ...) and ``models`` (``create``,
 ``list_models``), and ``UserError``, the one-line error bad input raises. Everything else is internal.
 Names are imported on first use (PEP 562), so ``import advtrain`` does not import torch.
 """
@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 # public name → (module, attribute of it; None for the module itself)
 _LAZY: dict[str, tuple[str, str | None]] = {
     "attacks": ("advtrain.attacks", None),
+    "audit": ("advtrain.model_audit", "audit"),
     "evaluate": ("advtrain.eval.public", "evaluate"),
     "fit": ("advtrain.train.fit", "fit"),
     "methods": ("advtrain.methods", None),

@@ -1,5 +1,5 @@
-"""`advtrain train | eval | diagnose | bench | compare | report | quickstart | configs`: parse arguments, call one
-function, turn bad input into exit 2."""
+"""`advtrain train | eval | diagnose | audit | bench | compare | report | quickstart | configs`: parse arguments, call
+one function, turn bad input into exit 2."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from advtrain.cli.audit_command import audit_command
 from advtrain.errors import UserError
 
 if TYPE_CHECKING:  # the CLI imports its commands' modules lazily, to start fast
@@ -334,4 +335,5 @@ def _configs(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"train": _train, "eval": _eval, "diagnose": _diagnose, "bench": _bench, "compare": _compare,
-            "report": _report, "quickstart": _quickstart, "configs": _configs}
+            "report": _report, "quickstart": _quickstart, "configs": _configs,
+            "audit": audit_command}

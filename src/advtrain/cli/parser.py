@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from advtrain.cli.audit_command import add_audit_parser
 from advtrain.errors import UserError
 
 DEVICE_HELP = "auto (CUDA when available), cpu, cuda or cuda:N (default auto)"
@@ -209,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs per run (default 15, half of configs/digits.yaml's; the LR decays at the same "
                    "fractions)")
+
+    add_audit_parser(sub, [debug], DEVICE_HELP, SEED_HELP, _number)
 
     sub.add_parser("configs", parents=[debug], help="list the bundled configs that `train --config NAME` takes")
     return parser
