@@ -135,17 +135,30 @@ def test_the_standard_resnet18_card_shows_no_robustness_and_renders_in_chromium(
     assert pixels.std() > 0.05 and (pixels < 0.9).any(axis=-1).mean() > 0.01  # text, tables and figures
 
 
+def _card_renders(browser: str, card: Path, tmp_path: Path) -> str:
+    """The card's text, once headless Chromium has shown it without a console error, every figure loaded."""
+    dom, console = _probed_dom(browser, card, tmp_path)
+    assert console == [] and dom.body.get("data-probed") == "yes"
+    assert dom.images and all(img.get("data-loaded") == "yes" for img in dom.images)
+    return card.read_text()
+
+
 @pytest.mark.slow
-def test_fgsm_at_overfit_to_masking_is_flagged_and_pgd_at_is_not():
-    fgsm = _digits_audit(_digits_model("fgsm", FGSM_EPS, FGSM_EPOCHS), eps=FGSM_EPS)
+def test_fgsm_at_overfit_to_masking_is_flagged_and_pgd_at_is_not(chromium, tmp_path):  # noqa: F811 (fixture)
+    _, _, x, y = digits_tensors()
+    fgsm = advtrain.audit(_digits_model("fgsm", FGSM_EPS, FGSM_EPOCHS), x, y, eps=FGSM_EPS, budget=TINY,
+                          out=tmp_path / "fgsm", device="cpu")
     assert fgsm.verdict("masking") == "gradient masking", fgsm.verdicts["masking"]["paragraph"]
     assert "fgsm_pgd_gap" in fgsm.sections["masking"]["warnings"]
-    pgd = _digits_audit(_digits_model("pgd_at", PGD_EPS, PGD_EPOCHS), eps=PGD_EPS)
+    assert "gradient masking" in _card_renders(chromium, tmp_path / "fgsm" / "audit.html", tmp_path)
+    pgd = advtrain.audit(_digits_model("pgd_at", PGD_EPS, PGD_EPOCHS), x, y, eps=PGD_EPS, budget=TINY,
+                         out=tmp_path / "pgd", device="cpu")
     # Not flagged: no check warns (here), or at most the restarts check, which alone is inconclusive (its
     # threshold is set for more restarts and images than this budget; which seeds cross it depends on the CPU).
     assert not pgd.verdicts["masking"]["flagged"], pgd.verdicts["masking"]["paragraph"]
     assert set(pgd.sections["masking"]["warnings"]) <= {"restarts"}
     assert pgd.sections["robustness"]["robust"]["accuracy"] > 0.3
+    _card_renders(chromium, tmp_path / "pgd" / "audit.html", tmp_path)
 
 
 class _ConvOnly(nn.Module):
