@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -160,6 +161,18 @@ def test_pgd_steps_is_flat_on_a_linear_model_and_warns_when_small_steps_get_trap
     assert one < 0.4 < ten and twenty > 0.4  # one 2.5ε step jumps the wall, small steps stay in the trap
     assert trap.value == pytest.approx(max(ten, twenty) - one)
     assert trap.verdict == WARN
+
+
+def test_one_step_pgd_above_eps_0_4_caps_its_step_at_1_and_reaches_the_same_corner(linear):
+    """PGD-1's 2.5·ε step is above 1 (refused as 0..255 units) for ε > 0.4: capped at 1, which still lands on the
+    corner a 2.5·ε step reaches, so the check runs and the linear model's accuracy is the 1-step one."""
+    model, x, y, _, _, _, _ = linear
+    assert pgd_spec(0.45, 1).step_size == 1.0 and pgd_spec(0.3, 1).step_size == pytest.approx(0.75)
+    probe = Probe(model, x, y)
+    capped = probe.accuracy(pgd_spec(0.45, 1))
+    uncapped = probe.accuracy(replace(pgd_spec(0.45, 1), step_size=0.9))  # 2ε: the corner too
+    assert capped == uncapped
+    assert check_pgd_steps(probe, 0.45, steps=(1, 3)).details["steps"] == [1, 3]
 
 
 def test_pgd_eps_reaches_zero_on_a_linear_model_and_warns_when_gradients_lead_away(linear):

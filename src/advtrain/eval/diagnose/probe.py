@@ -75,8 +75,10 @@ class Probe:
 
 
 def pgd_spec(eps: float, steps: int = WHITE_BOX_STEPS, restarts: int = 1) -> AttackSpec:
-    """L∞ PGD on CE, random start, step 2.5·ε/steps (the `advtrain eval` default)."""
-    return AttackSpec("pgd", float(eps), "linf", steps, restarts, default_step_size(float(eps), steps))
+    """L∞ PGD on CE, random start, step 2.5·ε/steps (the `advtrain eval` default), at most 1: a step is in [0, 1]
+    pixel units, and for ε ≤ 0.5 any sign step ≥ 2ε lands on the same corner of the ε-ball once projected, so
+    capping 2.5·ε (PGD-1 above ε = 0.4) at 1 changes no result there."""
+    return AttackSpec("pgd", float(eps), "linf", steps, restarts, min(default_step_size(float(eps), steps), 1.0))
 
 
 def fgsm_spec(eps: float) -> AttackSpec:
