@@ -16,12 +16,20 @@ import torch
 from torch import Tensor
 
 from advtrain.attacks.threat import check_images
-from advtrain.data import DeviceBatcher, augment_batch, to_float
+from advtrain.data import DeviceBatcher, augment_batch, split_validation, to_float
 from advtrain.distributed import Processes
 from advtrain.errors import UserError
 from advtrain.train.averaging import shuffled_passes
 
 ONE_PROCESS = Processes()  # frozen, so one shared default is safe
+
+
+def run_split(labels: Tensor, val_size: float, val_max: int | None, seed: int) -> tuple[Tensor, Tensor]:
+    """(training indices, validation indices) of a run: `data.val_size` (a fraction < 1 or a count) held out from the
+    training set, stratified by `labels` and seeded; the run validates on at most `train.val_max` of them."""
+    train_idx, val_idx = split_validation(len(labels), int(val_size) if val_size >= 1 else val_size, seed,
+                                          labels=labels)
+    return train_idx, val_idx[:val_max]  # None keeps all
 
 
 class TrainSource(Protocol):

@@ -16,14 +16,14 @@ import torch
 from torch import Tensor
 
 from advtrain.config import RunConfig
-from advtrain.data import FolderDataset, split_validation, to_float
+from advtrain.data import FolderDataset, to_float
 from advtrain.data.batcher import check_epoch_start, epoch_order
 from advtrain.data.folders import FileList, Key, decoded_batches, load_images
 from advtrain.data.images import ImageTransform
 from advtrain.distributed import Processes
 from advtrain.errors import UserError
 from advtrain.runtime import derive_seed
-from advtrain.train.sources import ONE_PROCESS
+from advtrain.train.sources import ONE_PROCESS, run_split
 
 SEED_RANGE = 2**62  # per-image seeds drawn from a method's generator (sample, shuffled_batches)
 
@@ -107,9 +107,7 @@ def folder_training_data(config: RunConfig, data: FolderDataset, device: torch.d
                         "none and augment with data.flip and data.options.random_resized_crop")
     if d.crop_padding and data.random_resized_crop:
         raise UserError("data.crop_padding and data.options.random_resized_crop are two crops: set one of them")
-    train_idx, val_idx = split_validation(len(data.train), int(d.val_size) if d.val_size >= 1 else d.val_size,
-                                          config.seed, labels=data.y_train)
-    val_idx = val_idx[: t.val_max]  # None keeps all
+    train_idx, val_idx = run_split(data.y_train, d.val_size, t.val_max, config.seed)
     x_val, y_val = load_images(data.train, data.eval_transform, [(i, None) for i in val_idx.tolist()], data.workers)
     source = StreamSource(data.train.subset(train_idx), data.train_transform(d.crop_padding, d.flip),
                           data.eval_transform, batch_size=t.batch_size, seed=config.seed, device=device,

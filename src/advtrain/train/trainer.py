@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 import advtrain
 from advtrain.config import RunConfig, dump_yaml
-from advtrain.data import Augment, Dataset, DeviceBatcher, FolderDataset, load_dataset, split_validation, to_float
+from advtrain.data import Augment, Dataset, DeviceBatcher, FolderDataset, load_dataset, to_float
 from advtrain.distributed import Processes, local_device, processes
 from advtrain.errors import UserError
 from advtrain.fileio import atomic_write_text
@@ -51,7 +51,7 @@ from advtrain.train.checkpointing import Checkpointer, read_resumable_state
 from advtrain.train.loop import Loop, Training
 from advtrain.train.monitor import CollapseMonitor
 from advtrain.train.schedule import LRSchedule, build_optimizer
-from advtrain.train.sources import TensorSource
+from advtrain.train.sources import TensorSource, run_split
 from advtrain.train.step import compile_for_training, graph_captured_attack
 from advtrain.train.stream import folder_training_data
 from advtrain.train.validation import Validator
@@ -261,16 +261,12 @@ def _tensor_data(config: RunConfig, data: Dataset, device: torch.device, procs: 
                  ) -> tuple[TensorSource, int, Tensor, Tensor]:
     """The on-device training source, its number of images, and the validation split (at most train.val_max
     images) of an in-memory dataset."""
-    val_size = config.data.val_size
-    train_idx, val_idx = split_validation(
-        len(data.y_train), int(val_size) if val_size >= 1 else val_size, config.seed, labels=data.y_train
-    )
+    train_idx, val_idx = run_split(data.y_train, config.data.val_size, config.train.val_max, config.seed)
     augment = Augment(crop_padding=config.data.crop_padding, flip=config.data.flip, idbh=config.data.idbh)
     batcher = DeviceBatcher(
         data.x_train[train_idx], data.y_train[train_idx], batch_size=config.train.batch_size,
         pixel_max=data.pixel_max, device=device, seed=config.seed, augment=augment,
     )
-    val_idx = val_idx[: config.train.val_max]  # None keeps all
     x_val, y_val = to_float(data.x_train[val_idx], data.pixel_max), data.y_train[val_idx]
     return TensorSource(batcher, procs), len(train_idx), x_val.to(device), y_val.to(device)
 
