@@ -316,3 +316,28 @@ def test_everything_runs_in_eval_mode_and_restores_the_mode() -> None:
     for color in in_eval["occlusion"]:
         assert torch.equal(in_eval["occlusion"][color], in_train["occlusion"][color])
     assert error_rate(model, x[:0], y[:0]) != error_rate(model, x[:0], y[:0])  # NaN for no images
+
+
+def test_evaluate_inequality_uses_the_options_rho_grids_on_the_commonly_correct_images() -> None:
+    from advtrain.eval.inequality import InequalityOptions, evaluate_inequality
+
+    model = trained_digits_cnn()
+    _, _, x, y = digits_tensors()
+    x, y = x[:80], y[:80]
+    options = InequalityOptions(inductive_rhos=(0.05, 0.2), random_rhos=(0.1,), noise_modes=("add",))
+    out = evaluate_inequality({"cnn": model}, x, y, evals=["inductive_noise", "random_noise"], seed=3,
+                              options=options)
+    keep = commonly_correct([model], x, y)
+    assert out["inductive_noise"]["cnn"]["add"] == {
+        f"{rho:g}": err for rho, err in inductive_noise_sweep(model, x[keep], y[keep], (0.05, 0.2), "add", 3).items()}
+    random = random_noise_sweep(model, x[keep], y[keep], (0.1,), "add", 3)
+    assert out["random_noise"]["cnn"]["add"] == {"0.1": random[0.1]}
+    assert out["inductive_noise"]["cnn"]["add"]["0.2"] > 0  # 12 of 64 values: the CNN makes mistakes
+
+
+@pytest.mark.parametrize("rhos", [(), (0.1, 1.5), (-0.1,)])
+def test_inequality_options_refuse_a_rho_grid_outside_0_1(rhos: tuple[float, ...]) -> None:
+    from advtrain.eval.inequality import InequalityOptions
+
+    with pytest.raises(ValueError, match="inductive_rhos must be a non-empty list of fractions in"):
+        InequalityOptions(inductive_rhos=rhos)

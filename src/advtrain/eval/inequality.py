@@ -73,10 +73,18 @@ class InequalityOptions:
     noise_modes: tuple[str, ...] = NOISE_MODES
     occlusion_n: int = 10  # centres (docs/methods.md §7.3: n ≤ 10)
     occlusion_r: int = 20  # square half-side (r ≤ 20)
+    # Fractions ρ of the C·H·W input values perturbed: the paper's grids are for 32×32 RGB; on 8×8 digits ρ = 2%
+    # of 64 values is one value, so small inputs need a coarser grid.
+    inductive_rhos: tuple[float, ...] = INDUCTIVE_RHOS
+    random_rhos: tuple[float, ...] = RANDOM_RHOS
 
     def __post_init__(self) -> None:
         if self.attribution not in ATTRIBUTIONS:
             raise ValueError(f"attribution must be one of {tuple(ATTRIBUTIONS)}, got {self.attribution!r}")
+        for name in ("inductive_rhos", "random_rhos"):
+            rhos = getattr(self, name)
+            if not rhos or not all(0 <= rho <= 1 for rho in rhos):
+                raise ValueError(f"{name} must be a non-empty list of fractions in [0, 1], got {rhos!r}")
 
 
 def options_for_data(options: InequalityOptions | None, data: Dataset | FolderDataset, n: int
@@ -146,10 +154,10 @@ def evaluate_inequality(
                 }
             elif name == "inductive_noise":
                 per_model[label] = {mode: _by_rho(inductive_noise_sweep(
-                    model, xc, yc, INDUCTIVE_RHOS, mode, seed=seed, batch_size=batch_size)) for mode in o.noise_modes}
+                    model, xc, yc, o.inductive_rhos, mode, seed=seed, batch_size=batch_size)) for mode in o.noise_modes}
             elif name == "random_noise":
                 per_model[label] = {mode: _by_rho(random_noise_sweep(
-                    model, xc, yc, RANDOM_RHOS, mode, seed=seed, batch_size=batch_size)) for mode in o.noise_modes}
+                    model, xc, yc, o.random_rhos, mode, seed=seed, batch_size=batch_size)) for mode in o.noise_modes}
             elif name == "inductive_occlusion":
                 broken = inductive_occlusion(model, xc, yc, OCCLUSION_COLORS, o.occlusion_n, o.occlusion_r, batch_size)
                 per_model[label] = {
