@@ -30,13 +30,18 @@
 #   nothing else untracked in the checkout. The tarball (no weights) is all the report script needs:
 #   tar xzf gpu_evidence.tgz && python benchmarks/gpu_evidence_report.py ev
 set -euo pipefail
-out=${1:?usage: gpu_evidence.sh OUT_DIR [CIFAR_NPZ]}
+[ $# -ge 1 ] || { echo "usage: gpu_evidence.sh OUT_DIR [CIFAR_NPZ]" >&2; exit 2; }
+out=$1
 npz=${2:-${ADVTRAIN_CIFAR_NPZ:-.gpu/cifar10_subset.npz}}
 py=${PYTHON:-python}
-[ -f "$npz" ] || { echo "gpu_evidence.sh: no CIFAR-10 subset at $npz: pass its path as the second argument" >&2; exit 2; }
-teacher=$("$py" -c 'import pathlib, pyautoattack; print(pathlib.Path(pyautoattack.__file__).parent / "examples" / "model_test.pt")') ||
-  { echo "gpu_evidence.sh: pyautoattack is not importable by $py: install its wheel (see this script's header)" >&2; exit 2; }
-[ -f "$teacher" ] || { echo "gpu_evidence.sh: IGD's teacher $teacher is missing: install the PyPI wheel of pyautoattack 0.2.0" >&2; exit 2; }
+[ -f "$npz" ] ||
+  { echo "gpu_evidence.sh: no CIFAR-10 subset at $npz: pass its path as the second argument" >&2; exit 2; }
+# IGD's teacher: the standard-trained CIFAR ResNet-18 the reference AutoAttack package ships as its example.
+teacher=$("$py" -c 'import pathlib, pyautoattack
+print(pathlib.Path(pyautoattack.__file__).parent / "examples" / "model_test.pt")' 2> /dev/null) ||
+  { echo "gpu_evidence.sh: $py cannot import pyautoattack: install its wheel (this script's header)" >&2; exit 2; }
+[ -f "$teacher" ] ||
+  { echo "gpu_evidence.sh: IGD's teacher $teacher is missing: install pyautoattack 0.2.0's PyPI wheel" >&2; exit 2; }
 mkdir -p "$out/logs"
 advtrain() { "$py" -m advtrain "$@"; }
 
@@ -53,9 +58,11 @@ if [ "${TINY:-0}" = 1 ]; then
   tiny=$out/tiny.npz
   [ -f "$tiny" ] || "$py" -c 'import sys, numpy as np; d = np.load(sys.argv[1]); np.savez(sys.argv[2],
 x_train=d["x_train"][:96], y_train=d["y_train"][:96], x_test=d["x_test"][:24], y_test=d["y_test"][:24])' "$npz" "$tiny"
-  npz=$tiny device=cpu model=small_cnn epochs=1 val_size=32 batch=32 vulnerability_n=32
+  npz=$tiny device=cpu model=small_cnn epochs=1 val_size=32 batch=32 vulnerability_n=32 eval_batch=256
 else
-  device=cuda model=resnet18 epochs=16 val_size=500 batch=128 vulnerability_n=1000
+  # eval_batch: all 846 test images (and the 1,000 training images of `vulnerability`) in one batch, a few GiB
+  # for ResNet-18 in fp32, set rather than sized by `--batch-size auto`, whose CUDA path no GPU has run yet.
+  device=cuda model=resnet18 epochs=16 val_size=500 batch=128 vulnerability_n=1000 eval_batch=1024
 fi
 # The papers' schedules scaled from their lengths to 16 epochs (0-based milestones: the first epoch at the lower
 # LR; TINY's one epoch reaches none). Rice et al.'s PGD-AT (200 epochs, ×0.1 at 100 and 150) also serves ISEAT
@@ -86,18 +93,18 @@ declare -A recipe=(
 methods=(standard pgd_at trades igd iseat arat fgsm_rs sat_r1 sat_r2)
 failed=()
 
-# step NAME COMMAND...: runs COMMAND with its output also in logs/NAME.log and its wall seconds appended to
-# steps.tsv; a failure is recorded in `failed` instead of stopping the script.
+# step NAME COMMAND...: runs COMMAND with its output also in logs/NAME.log and appends NAME, its wall seconds and
+# ok or failed to steps.tsv; a failure is recorded in `failed` instead of stopping the script.
 step() {
-  local name=$1 begin
+  local name=$1 begin status=ok
   shift
   begin=$(date +%s)
-  if "$@" 2>&1 | tee "$out/logs/$name.log"; then
-    printf '%s\t%s\n' "$name" "$(( $(date +%s) - begin ))" >> "$out/steps.tsv"
-  else
+  if ! "$@" 2>&1 | tee "$out/logs/$name.log"; then
+    status=failed
     echo "gpu_evidence.sh: step $name failed; its log: $out/logs/$name.log" >&2
     failed+=("$name")
   fi
+  printf '%s\t%s\t%s\n' "$name" "$(( $(date +%s) - begin ))" "$status" >> "$out/steps.tsv"
 }
 
 train() {
@@ -113,23 +120,24 @@ train() {
   advtrain train "${common[@]}" "${sets[@]}" --out "$out/$m"
 }
 
-# compare NAME ATTACKS CHECKPOINT RUN... [-- EXTRA OPTIONS]: one `eval --compare` into compare_NAME.json, skipped
-# while that file is newer than every run's eval.json; runs that did not finish are left out.
+# compare NAME ATTACKS CHECKPOINT RUN... [-- EXTRA OPTIONS]: one `eval --compare` into compare_NAME.json of the
+# runs that finished. An earlier file is kept only when every run named finished before it was written.
 compare() {
   local name=$1 attacks=$2 checkpoint=$3 json=$out/compare_$1.json runs=() fresh=1
   shift 3
   while [ $# -gt 0 ] && [ "$1" != -- ]; do
-    if [ -f "$out/$1/eval.json" ]; then runs+=("$out/$1"); [ "$json" -nt "$out/$1/eval.json" ] || fresh=0; fi
+    if [ -f "$out/$1/eval.json" ]; then runs+=("$out/$1"); [ "$json" -nt "$out/$1/eval.json" ] || fresh=0
+    else fresh=0; fi
     shift
   done
   [ $# -gt 0 ] && shift
+  if [ "$fresh" = 1 ]; then echo "compare_$name: kept from an earlier run"; return; fi
+  rm -f "$json"  # a failed evaluation must not leave an older file to be reported
   if [ "${#runs[@]}" -lt 2 ]; then
     echo "gpu_evidence.sh: compare_$name needs two finished runs, has ${#runs[@]}" >&2; failed+=("compare_$name")
-  elif [ -f "$json" ] && [ "$fresh" = 1 ]; then
-    echo "compare_$name: kept from an earlier run"
   else
     step "compare_$name" advtrain eval --compare "${runs[@]}" --checkpoint "$checkpoint" --attacks "$attacks" \
-      --eps 8/255 --steps 20 --device "$device" --quiet --out "$json" "$@"
+      --eps 8/255 --steps 20 --device "$device" --batch-size "$eval_batch" --quiet --out "$json" "$@"
   fi
 }
 
@@ -141,7 +149,10 @@ import torch
 
 out, device, tiny, epochs, model = sys.argv[1:6]
 cuda = device == "cuda" and torch.cuda.is_available()
-commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
+try:  # the device machine's copy of the tree may come without .git, or without git
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
+except OSError:
+    commit = None
 json.dump({"device": torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine(),
            "torch_version": torch.__version__, "cuda_version": torch.version.cuda if cuda else None,
            "python_version": platform.python_version(), "commit": commit, "tiny": tiny == "1",
@@ -155,7 +166,8 @@ compare last clean,pgd last "${methods[@]}"
 compare igd clean,gini,inductive_noise best pgd_at igd
 compare iseat vulnerability best pgd_at iseat -- --split train --n "$vulnerability_n"
 compare arat clean,invariance best pgd_at arat
-printf 'script\t%s\n' "$(( $(date +%s) - start ))" >> "$out/steps.tsv"
+printf 'script\t%s\t%s\n' "$(( $(date +%s) - start ))" "$([ "${#failed[@]}" = 0 ] && echo ok || echo failed)" \
+  >> "$out/steps.tsv"
 "$py" benchmarks/gpu_evidence_report.py "$out" > "$out/report.md" || failed+=("report")
 cat "$out/report.md"
 if [ "${#failed[@]}" -gt 0 ]; then

@@ -32,15 +32,16 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def read_steps(out: Path) -> dict[str, float]:
-    """steps.tsv as {step: wall seconds}; a step run again by a later invocation counts with its latest time."""
+def read_steps(out: Path) -> dict[str, tuple[float, str]]:
+    """steps.tsv as {step: (wall seconds, "ok" or "failed")}; a step run again by a later invocation of the script
+    counts with its latest run."""
     path = out / "steps.tsv"
     if not path.is_file():
         return {}
     steps = {}
     for line in path.read_text().splitlines():
-        name, seconds = line.split("\t")
-        steps[name] = float(seconds)
+        name, seconds, status = line.split("\t")
+        steps[name] = (float(seconds), status)
     return steps
 
 
@@ -54,19 +55,18 @@ def accuracy(compare: Mapping[str, Any] | None, method: str, attack: str) -> flo
 
 def training_summary(run_dir: Path) -> dict[str, Any] | None:
     """Epochs run, best epoch and the metric that chose it, seconds (training and validation, summed over epochs)
-    and the median over epochs of the training images/s (validation excluded); None for a run that never ended
-    an epoch."""
-    metrics = run_dir / "metrics.jsonl"
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line] if metrics.is_file() else []
-    if not rows:
+    and the median over epochs of the training images/s (validation excluded); None for a run that did not finish
+    (no eval.json: a stopped or failed run's metrics are not reported)."""
+    if not (run_dir / "eval.json").is_file():
         return None
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     best = read_json(run_dir / "checkpoints" / "best.json") or {}
     return {"epochs": rows[-1]["epoch"], "best_epoch": best.get("epoch"), "metric": best.get("metric"),
             "seconds": sum(r["seconds"] for r in rows),
             "images_per_s": statistics.median(r["images_per_s"] for r in rows)}
 
 
-def setting_lines(out: Path, steps: Mapping[str, float]) -> list[str]:
+def setting_lines(out: Path, steps: Mapping[str, tuple[float, str]]) -> list[str]:
     env = read_json(out / "environment.json")
     if env is None:
         return [f"No environment.json in {out}: the script did not start there."]
@@ -74,27 +74,30 @@ def setting_lines(out: Path, steps: Mapping[str, float]) -> list[str]:
              f"Python {env['python_version']}; commit {env['commit'] or 'unknown'}.",
              f"- Model {env['model']}, {env['epochs']} epochs, one seed (0)."
              + (" **TINY run: a check of the script on the CPU, its numbers mean nothing.**" if env["tiny"] else "")]
-    done = [name for name in steps if name != "script"]
+    done = {name: seconds for name, (seconds, _) in steps.items() if name != "script"}
     if done:
-        lines.append(f"- Wall seconds: {sum(steps[n] for n in done):.0f} over the {len(done)} steps recorded "
-                     f"(training {sum(steps[n] for n in done if n.startswith('train_')):.0f}, evaluation "
-                     f"{sum(steps[n] for n in done if n.startswith('compare_')):.0f})"
-                     + (f"; the script's last invocation took {steps['script']:.0f}." if "script" in steps else "."))
+        lines.append(f"- Wall seconds: {sum(done.values()):.0f} over the {len(done)} steps recorded (training "
+                     f"{sum(v for n, v in done.items() if n.startswith('train_')):.0f}, evaluation "
+                     f"{sum(v for n, v in done.items() if n.startswith('compare_')):.0f})"
+                     + (f"; the script's last invocation took {steps['script'][0]:.0f}." if "script" in steps else "."))
+    failed = [name for name, (_, status) in steps.items() if status == "failed" and name != "script"]
+    if failed:
+        lines.append(f"- **Failed in their latest run:** {', '.join(failed)} (their logs: logs/STEP.log).")
     return lines
 
 
-def main_table(out: Path, steps: Mapping[str, float]) -> str:
+def main_table(out: Path, steps: Mapping[str, tuple[float, str]]) -> str:
     best, last = read_json(out / "compare_best.json"), read_json(out / "compare_last.json")
     rows = []
     for method in METHODS:
         run = training_summary(out / method)
         if run is None:
-            rows.append([method, "not trained", *[None] * 9])
+            rows.append([method, "did not finish", *[None] * 9])
             continue
         rows.append([method, f"{run['best_epoch']} / {run['epochs']}", run["metric"],
                      *(fmt_acc(accuracy(best, method, a)) for a in ("clean", "pgd", "autoattack")),
                      *(fmt_acc(accuracy(last, method, a)) for a in ("clean", "pgd")),
-                     f"{run['seconds']:.0f}", f"{run['images_per_s']:.0f}", steps.get(f"train_{method}")])
+                     f"{run['seconds']:.0f}", f"{run['images_per_s']:.0f}", steps.get(f"train_{method}", (None,))[0]])
     n = (best or last or {}).get("n")
     notes = [f"Test images: {n}." if n else "No compare_best.json or compare_last.json: no test accuracies."]
     if best is None and last is not None:
