@@ -84,7 +84,8 @@ declare -A recipe=(
   [trades]="method.name=trades method.beta=6 method.steps=10 method.step_size=2/255 method.bn_mode=eval"
   [igd]="method.name=igd method.lam=1 method.base.steps=10 method.base.step_size=2/255 method.teacher_model=resnet18"
   [iseat]="method.name=iseat method.gamma=0.007 method.lam=0.1 method.lam_before_decay=0 method.steps=10"
-  [arat]="method.name=arat method.gamma=30 method.steps=10 method.step_size=2/255 method.official_noise=true"
+  # AR-AT with PGD noise within ε (official_noise=false), so every method trains at the same radius.
+  [arat]="method.name=arat method.gamma=30 method.steps=10 method.step_size=2/255 method.official_noise=false"
   # Wong et al.'s cyclic LR 0 → 0.2 → 0 is FGSM-RS's own schedule (15 epochs in the paper).
   [fgsm_rs]="method.name=fgsm_rs method.alpha_factor=1.25 optim.lr=0.2 schedule.name=cyclic"
   [sat_r1]="method.name=sat_r1 method.lam=0.2 method.iter_steps=3"
