@@ -2,7 +2,8 @@
 # The digits IGD experiment of docs/experiments/igd.md: per seed (0..2) a standard-trained teacher, PGD-AT and IGD
 # with λ ∈ {0.1, 0.3, 1}, all with configs/digits.yaml (small CNN, ε = 0.2, 30 epochs); PGD-AT and IGD's base attack
 # craft x' in eval mode, the IGD paper's setting. Then benchmarks/igd_digits_eval.py evaluates the best and the last
-# checkpoints and benchmarks/igd_digits_report.py prints the tables and draws the figures.
+# checkpoints (the standard AutoAttack on the best ones, its APGD-CE + APGD-T preset on the last ones) and
+# benchmarks/igd_digits_report.py prints the tables and draws the figures.
 # Usage: bash benchmarks/igd_digits.sh OUT_DIR [SEEDS]   (one training at a time, one thread; SEEDS "0 1 2")
 set -euo pipefail
 out=${1:?usage: igd_digits.sh OUT_DIR [SEEDS]}
@@ -21,7 +22,12 @@ for seed in $seeds; do
       --set method.teacher="$out/standard-s$seed"
   done
 done
-for checkpoint in best last; do
-  OMP_NUM_THREADS=1 python benchmarks/igd_digits_eval.py "$out" "$checkpoint" --seeds "$seeds"
-done
+eval_seeds() {  # CHECKPOINT AUTOATTACK: one process per seed, one thread each
+  for seed in $seeds; do
+    OMP_NUM_THREADS=1 python benchmarks/igd_digits_eval.py "$out" "$1" --seeds "$seed" --autoattack "$2" &
+  done
+  wait
+}
+eval_seeds best aa     # the standard AutoAttack on the checkpoints model selection picks
+eval_seeds last apgd   # the APGD-CE + APGD-T preset, for time
 python benchmarks/igd_digits_report.py "$out" docs/experiments/igd
