@@ -92,7 +92,7 @@ def figures(runs: dict[int, dict], which: str, folder: Path) -> None:
             ax.plot(ks, ys, marker="o", label=NAMES[m])
         ax.set_title(f"{kind.replace('_', ' ')} (add N(0, 1)), {which} checkpoint")
         ax.set_xlabel("perturbed values k (of 64)")
-    axes[0].set_ylabel("error % on the commonly correct images (mean of seeds)")
+    axes[0].set_ylabel("error % (commonly correct, seed mean)")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(folder / f"digits_noise_{which}.png", dpi=110)
