@@ -5,11 +5,7 @@
 # Usage: bash benchmarks/iseat_compare.sh OUT_DIR   (one training at a time, one thread)
 set -euo pipefail
 out=${1:?usage: iseat_compare.sh OUT_DIR}
-advtrain() { OMP_NUM_THREADS=1 python -m advtrain "$@"; }
-common=(--config configs/digits.yaml --set train.epochs=40 --set "schedule.milestones=[20, 30]"
-        --set vulnerability.every_epochs=2 --set vulnerability.size=500 --set "eval.attacks=[clean, pgd, aa]"
-        --quiet --overwrite)
-run() { local dir=$1; shift; [ -f "$dir/eval.json" ] || advtrain train "${common[@]}" "$@" --out "$dir"; }
+EVAL_ATTACKS="clean, pgd, aa" source "$(dirname "$0")/iseat_recipe.sh"
 run "$out/pgd_at" --set method.name=pgd_at
 run "$out/iseat" --set method.name=iseat
 run "$out/awp" --set method.name=awp

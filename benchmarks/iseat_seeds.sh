@@ -5,11 +5,7 @@
 # Usage: bash benchmarks/iseat_seeds.sh OUT_DIR
 set -euo pipefail
 out=${1:?usage: iseat_seeds.sh OUT_DIR}
-advtrain() { OMP_NUM_THREADS=1 python -m advtrain "$@"; }
-common=(--config configs/digits.yaml --set train.epochs=40 --set "schedule.milestones=[20, 30]"
-        --set vulnerability.every_epochs=2 --set vulnerability.size=500 --set "eval.attacks=[clean, pgd]"
-        --quiet --overwrite)
-run() { local dir=$1; shift; [ -f "$dir/eval.json" ] || advtrain train "${common[@]}" "$@" --out "$dir"; }
+EVAL_ATTACKS="clean, pgd" source "$(dirname "$0")/iseat_recipe.sh"
 for seed in 0 1 2; do
   run "$out/pgd_at-s$seed" --set seed="$seed" --set method.name=pgd_at &
   run "$out/iseat-s$seed" --set seed="$seed" --set method.name=iseat &
