@@ -182,6 +182,10 @@ def processes(device: torch.device, role: str, intact: str) -> Iterator[Processe
     procs, started = start_processes(device)
     try:
         yield procs
+        if started:
+            # Every process past its last collective before any tears the group down: a gloo peer destroyed while
+            # another is still inside a collective can abort that process (SIGABRT) instead of raising.
+            dist.barrier()
     except RuntimeError as e:
         if not procs.active:
             raise
