@@ -12,10 +12,7 @@ Figures are drawn with `matplotlib.figure.Figure` directly (the Agg canvas, neve
 
 from __future__ import annotations
 
-import base64
 import datetime
-import html
-import io
 from collections.abc import Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -37,6 +34,7 @@ from advtrain.report.grid import (
     summary_rows,
     validation_robust_key,
 )
+from advtrain.report.html_parts import CSS, escape, figure_uri, html_figure, html_section, html_table, png_uri
 from advtrain.report.tables import MISSING, fmt_eps, fmt_float
 
 if TYPE_CHECKING:
@@ -45,60 +43,6 @@ if TYPE_CHECKING:
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Line style per checkpoint in the ε curves; in the scatter "last" is filled and every other checkpoint hollow.
 _LINESTYLES = {"last": "-", "best": "--"}
-
-_CSS = """
-body { font: 15px/1.45 system-ui, sans-serif; color: #1a1a1a; max-width: 1240px; margin: 2em auto; padding: 0 1em; }
-h1 { margin-bottom: 0.2em; }
-h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 2em; }
-.meta { color: #555; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 14px; }
-caption { caption-side: top; text-align: left; color: #444; padding-bottom: 0.4em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; vertical-align: top; }
-th { background: #f2f2f2; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.warn { background: #fde2e1; }
-figure { display: inline-block; margin: 0.5em 1em 1em 0; vertical-align: top; }
-figure img { max-width: 100%; border: 1px solid #eee; }
-figcaption { color: #444; font-size: 13px; max-width: 60em; }
-"""
-
-
-def _e(text: object) -> str:
-    return html.escape(str(text))
-
-
-def _png_uri(data: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
-def _figure_uri(fig: Figure) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return _png_uri(buffer.getvalue())
-
-
-def _figure(uri: str, caption: str) -> str:
-    return f'<figure><img src="{uri}" alt="{_e(caption)}"><figcaption>{_e(caption)}</figcaption></figure>'
-
-
-def _section(title: str, *parts: str) -> str:
-    return f"<section><h2>{_e(title)}</h2>\n" + "\n".join(parts) + "\n</section>"
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[object]], caption: str, table_id: str = "") -> str:
-    """An HTML table; the first column is a row header, the others are right-aligned numbers. Cells given as
-    (text, css class) pairs get that class (e.g. "warn")."""
-
-    def cell(value: object) -> str:
-        text, css = value if isinstance(value, tuple) else (value, "")
-        return f'<td class="num {css}">{_e(text)}</td>'
-
-    head = "".join(f'<th scope="col">{_e(h)}</th>' for h in headers)
-    body = "".join(f'<tr><th scope="row">{_e(r[0])}</th>{"".join(cell(v) for v in r[1:])}</tr>\n' for r in rows)
-    attr = f' id="{_e(table_id)}"' if table_id else ""
-    return (f"<table{attr}><caption>{_e(caption)}</caption><thead><tr>{head}</tr></thead>\n"
-            f"<tbody>\n{body}</tbody></table>")
-
 
 def _colour(i: int) -> tuple[float, ...]:
     # tab20: a grid of every method has up to 15 rows, beyond the 10 colours of the default cycle.
@@ -226,23 +170,23 @@ def _header(summary: Summary, title: str, notes: Sequence[str]) -> str:
         "the one selected on the validation split, never on the test set. Accuracies are on the test set.",
         *notes,
     ]
-    body = "\n".join(f'<p class="meta">{_e(paragraphs[0])}</p>' if i == 0 else f"<p>{_e(text)}</p>"
+    body = "\n".join(f'<p class="meta">{escape(paragraphs[0])}</p>' if i == 0 else f"<p>{escape(text)}</p>"
                      for i, text in enumerate(paragraphs))
-    return f"<header><h1>{_e(title)}</h1>\n{body}\n</header>"
+    return f"<header><h1>{escape(title)}</h1>\n{body}\n</header>"
 
 
 def _runs(groups: Mapping[str, Sequence[Cell]]) -> str:
-    items = "".join(f"<li><b>{_e(label)}</b>: " + "; ".join(f"seed {_e(c.seed)} <code>{_e(c.run_dir)}</code>"
-                                                             for c in cells) + "</li>\n"
+    items = "".join(f"<li><b>{escape(label)}</b>: "
+                    + "; ".join(f"seed {escape(c.seed)} <code>{escape(c.run_dir)}</code>" for c in cells) + "</li>\n"
                     for label, cells in groups.items())
-    return _section("Runs", f"<ul>\n{items}</ul>")
+    return html_section("Runs", f"<ul>\n{items}</ul>")
 
 
 def _summary_section(summary: Summary) -> str:
     headers, rows = summary_rows(summary)
     caption = ("Test accuracy (%), mean ± sample standard deviation over n seeds (the mean alone when n=1); "
                "one row per method, columns per attack, ε and checkpoint.")
-    return _section("Summary", _table(headers, rows, caption, table_id="summary"))
+    return html_section("Summary", html_table(headers, rows, caption, table_id="summary"))
 
 
 def _scatter_section(summary: Summary, groups: Mapping[str, Sequence[Cell]]) -> str:
@@ -253,7 +197,7 @@ def _scatter_section(summary: Summary, groups: Mapping[str, Sequence[Cell]]) -> 
     how = "AutoAttack" if robust.attack == "autoattack" else "the attack with the lowest accuracy at the largest ε"
     caption = (f"Clean against robust test accuracy, one point per run: robust = {robust.name} ({how}). "
                "Filled: last checkpoint; hollow: best.")
-    return _section("Clean vs robust accuracy", _figure(_figure_uri(fig), caption))
+    return html_section("Clean vs robust accuracy", html_figure(figure_uri(fig), caption))
 
 
 def _eps_section(summary: Summary) -> str:
@@ -261,13 +205,13 @@ def _eps_section(summary: Summary) -> str:
     if fig is None:
         return ""
     caption = "Test accuracy against ε per attack: mean ± std over seeds; solid: last checkpoint, dashed: best."
-    return _section("Robust accuracy vs ε", _figure(_figure_uri(fig), caption))
+    return html_section("Robust accuracy vs ε", html_figure(figure_uri(fig), caption))
 
 
 def _curves_section(groups: Mapping[str, Sequence[Cell]]) -> str:
     caption = ("Per-epoch training loss and validation accuracies (clean; robust against the attack each method "
                "selects its best checkpoint on), mean over seeds.")
-    return _section("Training curves", _figure(_figure_uri(training_curves_by_group(groups)), caption))
+    return html_section("Training curves", html_figure(figure_uri(training_curves_by_group(groups)), caption))
 
 
 def _cost_section(summary: Summary) -> str:
@@ -278,7 +222,7 @@ def _cost_section(summary: Summary) -> str:
             for g in summary.groups]
     caption = ("Training cost per method, means over seeds: wall seconds per epoch (training and validation), "
                "training images per second, the largest peak memory recorded, and total training time.")
-    return _section("Cost per method", _table(headers, rows, caption))
+    return html_section("Cost per method", html_table(headers, rows, caption))
 
 
 def _read_png(path: Path) -> bytes | None:
@@ -290,7 +234,7 @@ def _read_png(path: Path) -> bytes | None:
 def _gallery(groups: Mapping[str, Sequence[Cell]], captions: Mapping[str, str]) -> str:
     """The PNGs named in `captions` ({file name in RUN_DIR/figures: what it shows}) of every cell that has them."""
     figures = [
-        _figure(_png_uri(data), f"{label}, seed {cell.seed}: {what}")
+        html_figure(png_uri(data), f"{label}, seed {cell.seed}: {what}")
         for label, cells in groups.items() for cell in cells for name, what in captions.items()
         if (data := _read_png(cell.run_dir / "figures" / name)) is not None
     ]
@@ -313,17 +257,17 @@ def _gini_rows(groups: Mapping[str, Sequence[Cell]]) -> tuple[list[str], list[li
 
 def _inequality_section(groups: Mapping[str, Sequence[Cell]]) -> str:
     headers, rows = _gini_rows(groups)
-    table = _table(headers, rows, "Gini coefficient of the saliency |∇ₓ z_y| (mean over all test images / over the "
+    table = html_table(headers, rows, "Gini coefficient of the saliency |∇ₓ z_y| (mean over all test images / over the "
                    "correctly classified ones; higher = more concentrated).") if rows else ""
     gallery = _gallery(groups, {"saliency.png": "saliency maps with their Gini",
                                 "noise.png": "error rate under inductive/random noise",
                                 "occlusion.png": "error rate under inductive occlusion"})
-    return _section("Saliency and noise", table, gallery) if table or gallery else ""
+    return html_section("Saliency and noise", table, gallery) if table or gallery else ""
 
 
 def _vulnerability_section(groups: Mapping[str, Sequence[Cell]]) -> str:
     gallery = _gallery(groups, {"vulnerability.png": "histogram of the adversarial vulnerability CE(x') − CE(x)"})
-    return _section("Adversarial vulnerability", gallery) if gallery else ""
+    return html_section("Adversarial vulnerability", gallery) if gallery else ""
 
 
 def _verdict(check: Mapping[str, Any]) -> tuple[str, str]:
@@ -347,8 +291,8 @@ def _diagnose_section(groups: Mapping[str, Sequence[Cell]]) -> str:
     gallery = _gallery(groups, {"diagnose_pgd_steps.png": "PGD accuracy vs steps",
                                 "diagnose_pgd_eps.png": "PGD accuracy vs ε",
                                 "diagnose_fgsm_direction.png": "loss along the FGSM direction"})
-    return _section("Gradient-masking diagnostics",
-                    _table(["run (checkpoint)", *names, "warnings"], rows, caption), gallery)
+    return html_section("Gradient-masking diagnostics",
+                    html_table(["run (checkpoint)", *names, "warnings"], rows, caption), gallery)
 
 
 def render_html_report(groups: Mapping[str, Sequence[Cell]], *, title: str, notes: Sequence[str] = ()) -> str:
@@ -367,8 +311,8 @@ def render_html_report(groups: Mapping[str, Sequence[Cell]], *, title: str, note
         _runs(groups),
     ]
     body = "\n".join(s for s in sections if s)
-    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_e(title)}</title>\n'
-            f"<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{escape(title)}</title>\n'
+            f"<style>{CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
 
 
 def write_html_report(
