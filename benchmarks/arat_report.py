@@ -19,7 +19,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from evidence_tables import accuracy, autoattack_label, by_method, markdown, mean_std, read
+from evidence_tables import accuracy, autoattack_label, by_method, mean_std, read
+
+from advtrain.report.tables import markdown_table
 
 ORDER = ["pgd_at", "trades", "arat", "arat_official_noise"]
 NAMES = {"pgd_at": "PGD-AT", "trades": "TRADES", "arat": "AR-AT (noise within ε)",
@@ -46,14 +48,14 @@ def tables(table: dict[str, dict[int, dict[str, float]]], aa: str) -> str:
         seeds = table[method].values()
         rows.append([NAMES[method], *(mean_std(s[k] for s in seeds) for k in ("clean", "pgd", "aa", "sum")),
                      mean_std((s["cos"] for s in seeds), 3)])
-    main = markdown(["method", "clean %", "PGD-20 %", f"{aa} %", "sum (clean + AA)", "feature cos"], rows)
+    main = markdown_table(["method", "clean %", "PGD-20 %", f"{aa} %", "sum (clean + AA)", "feature cos"], rows)
     seeds = sorted(table["pgd_at"])
     paired = []
     for method in ORDER[1:]:
         diffs = [table[method][s]["sum"] - table["pgd_at"][s]["sum"] for s in seeds]
         paired.append([NAMES[method], *(f"{d:+.1f}" for d in diffs), f"{statistics.mean(diffs):+.1f}"])
-    return (main + "\n\nSum minus PGD-AT's sum on the same seed (paired), per seed:\n\n"
-            + markdown(["method", *(f"seed {s}" for s in seeds), "mean"], paired))
+    return (main + "\nSum minus PGD-AT's sum on the same seed (paired), per seed:\n\n"
+            + markdown_table(["method", *(f"seed {s}" for s in seeds), "mean"], paired))
 
 
 def figure(table: dict[str, dict[int, dict[str, float]]], path: Path, title: str, aa: str) -> None:

@@ -1,5 +1,6 @@
-"""Shared pieces of the multi-seed experiment reports (arat_report.py, sat_r_report.py, igd_digits_report.py):
-reading `advtrain eval --compare` JSON whose runs are labelled METHOD-sSEED, and mean ± std cells."""
+"""Shared pieces of the multi-seed experiment reports (arat_report.py, sat_r_report.py, igd_digits_report.py,
+iseat_seeds_report.py): reading `advtrain eval --compare` JSON whose runs are labelled METHOD-sSEED, and mean ± std
+cells. Tables are `advtrain.report.tables.markdown_table`, run metrics `advtrain.report.run_report.read_metrics`."""
 
 from __future__ import annotations
 
@@ -45,13 +46,3 @@ def mean_std(values: Iterable[float], digits: int = 1) -> str:
     values = list(values)
     sd = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
-
-
-def markdown(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-
-
-def metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The epoch rows of a run's metrics.jsonl."""
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from advtrain.report.run_report import read_metrics
 from advtrain.report.tables import fmt_acc, fmt_eps, markdown_table
 
 METHODS = ("standard", "pgd_at", "trades", "igd", "iseat", "arat", "fgsm_rs", "sat_r1", "sat_r2")
@@ -59,7 +60,7 @@ def training_summary(run_dir: Path) -> dict[str, Any] | None:
     (no eval.json: a stopped or failed run's metrics are not reported)."""
     if not (run_dir / "eval.json").is_file():
         return None
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    rows = read_metrics(run_dir)
     best = read_json(run_dir / "checkpoints" / "best.json") or {}
     return {"epochs": rows[-1]["epoch"], "best_epoch": best.get("epoch"), "metric": best.get("metric"),
             "seconds": sum(r["seconds"] for r in rows),

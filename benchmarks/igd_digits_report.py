@@ -20,7 +20,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from evidence_tables import accuracy, autoattack_label, markdown, mean_std, read
+from evidence_tables import accuracy, autoattack_label, mean_std, read
+
+from advtrain.report.tables import markdown_table
 
 ORDER = ["standard", "pgd_at", "igd_lam0.1", "igd_lam0.3", "igd_lam1"]
 NAMES = {"standard": "standard (teacher)", "pgd_at": "PGD-AT", "igd_lam0.1": "IGD λ = 0.1",
@@ -49,7 +51,7 @@ def robustness_table(runs: dict[int, dict]) -> str:
                      " / ".join(f"{d:+.1f}" for d in aa_diff),
                      *(cell(runs, m, lambda c, label, k=k: c["inequality"]["gini"][label][k], 3)
                        for k in ("global_all", "regional_igd_all"))])
-    return markdown(["model", "clean %", "PGD-20 %", f"{aa} %", "AA − PGD-AT's, per seed (points)",
+    return markdown_table(["model", "clean %", "PGD-20 %", f"{aa} %", "AA − PGD-AT's, per seed (points)",
                      "saliency Gini, global", "Gini, regional 4×4 blocks"], rows)
 
 
@@ -67,7 +69,7 @@ def noise_table(runs: dict[int, dict]) -> str:
                *(lambda c, label, col=col: 100 * c["inequality"]["inductive_occlusion"][label][col]
                  for col in ("grey (0.5)", "white (1)"))]
     rows = [[NAMES[m], *(cell(runs, m, column) for column in columns)] for m in ORDER]
-    return f"Commonly correct images per seed: {common}.\n\n" + markdown(header, rows)
+    return f"Commonly correct images per seed: {common}.\n\n" + markdown_table(header, rows)
 
 
 def corruption_table(runs: dict[int, dict]) -> str:
@@ -77,7 +79,7 @@ def corruption_table(runs: dict[int, dict]) -> str:
     columns = [*(lambda c, label, n=n: 100 * statistics.mean(errors(c, label, n).values()) for n in CORRUPTIONS),
                *(lambda c, label, n=n: 100 * errors(c, label, n)["5"] for n in CORRUPTIONS)]
     rows = [[NAMES[m], *(cell(runs, m, column) for column in columns)] for m in ORDER]
-    return markdown(["model", *(f"{n.split('_')[0]} (mean 1–5)" for n in CORRUPTIONS),
+    return markdown_table(["model", *(f"{n.split('_')[0]} (mean 1–5)" for n in CORRUPTIONS),
                      *(f"{n.split('_')[0]} (s=5)" for n in CORRUPTIONS)], rows)
 
 

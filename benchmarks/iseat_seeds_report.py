@@ -14,9 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from evidence_tables import markdown, mean_std
+from evidence_tables import mean_std
 
 from advtrain.eval.vulnerability import vulnerability_history
+from advtrain.report.tables import markdown_table
 
 METHODS = ("pgd_at", "iseat")
 NAMES = {"pgd_at": "PGD-AT", "iseat": "ISEAT"}
@@ -39,12 +40,12 @@ def main(out: Path) -> None:
     digits = {"clean": 1, "pgd": 1}
     rows = [[NAMES[m], *(mean_std((table[m][s][k] for s in seeds), digits.get(k, 3)) for k in keys)]
             for m in METHODS]
-    print(markdown(["method", "best clean %", "best PGD-20 %", "AV mean (epoch 40)",
+    print(markdown_table(["method", "best clean %", "best PGD-20 %", "AV mean (epoch 40)",
                     f"AV std (last reading ≤ epoch {SWITCH})", "AV std (epoch 40)", "AV Gini (epoch 40)"], rows))
     print("\nISEAT minus PGD-AT on the same seed:\n")
     paired = [[k, *(f"{table['iseat'][s][k] - table['pgd_at'][s][k]:+.3f}" for s in seeds)]
               for k in ("std_before", "std", "gini", "mean")]
-    print(markdown(["quantity", *(f"seed {s}" for s in seeds)], paired))
+    print(markdown_table(["quantity", *(f"seed {s}" for s in seeds)], paired))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ import statistics
 import sys
 from pathlib import Path
 
-from evidence_tables import accuracy, autoattack_label, by_method, markdown, mean_std, metrics, read
+from evidence_tables import accuracy, autoattack_label, by_method, mean_std, read
+
+from advtrain.report.run_report import read_metrics
+from advtrain.report.tables import markdown_table
 
 ORDER = ["fgsm", "sat_r1", "sat_r2", "sat_r3", "sat_r3_per_sample", "fgsm_rs", "pgd_at"]
 NAMES = {"fgsm": "FGSM-AT", "sat_r1": "SAT-R1", "sat_r2": "SAT-R2", "sat_r3": "SAT-R3",
@@ -33,7 +36,7 @@ def accuracy_table(compare: dict) -> str:
         epochs = sorted(e["epoch"] for e in entries)
         rows.append([NAMES[method], ", ".join(map(str, epochs)), *(mean_std(cols[k]) for k in cols), mean_std(gap),
                      f"{sum(a < 10 for a in cols['autoattack'])} of {len(entries)}"])
-    return markdown(["method", "epochs", "clean %", "FGSM %", "PGD-50-10 %", f"{aa} %", "FGSM − PGD (points)",
+    return markdown_table(["method", "epochs", "clean %", "FGSM %", "PGD-50-10 %", f"{aa} %", "FGSM − PGD (points)",
                      "seeds < 10% AA"], rows)
 
 
@@ -42,25 +45,27 @@ def monitor_table(out: Path, seeds: list[int]) -> str:
     for method in ORDER:
         cells = []
         for seed in seeds:
-            epochs = metrics(out / f"{method}-s{seed}")
+            epochs = read_metrics(out / f"{method}-s{seed}")
             flagged = [e["epoch"] for e in epochs if e.get("co_collapse")]
             cells.append(f"epochs {', '.join(map(str, flagged))}" if flagged else "never")
-        largest = max(e.get("co_gap", 0.0) for seed in seeds for e in metrics(out / f"{method}-s{seed}"))
+        largest = max(e.get("co_gap", 0.0) for seed in seeds for e in read_metrics(out / f"{method}-s{seed}"))
         rows.append([NAMES[method], *cells, f"{largest:.3f}"])
-    return markdown(["method", *(f"seed {s}: collapse flagged" for s in seeds), "largest val FGSM − PGD gap"], rows)
+    return markdown_table(["method", *(f"seed {s}: collapse flagged" for s in seeds), "largest val FGSM − PGD gap"],
+                          rows)
 
 
 def penalty_table(out: Path, seeds: list[int]) -> str:
     rows = []
     for method in ("sat_r3", "sat_r3_per_sample"):
-        by_epoch = {e["epoch"]: [] for e in metrics(out / f"{method}-s{seeds[0]}")}
+        by_epoch = {e["epoch"]: [] for e in read_metrics(out / f"{method}-s{seeds[0]}")}
         for seed in seeds:
-            for e in metrics(out / f"{method}-s{seed}"):
+            for e in read_metrics(out / f"{method}-s{seed}"):
                 by_epoch[e["epoch"]].append(e["train_penalty"])
         zero = [sum(p == 0 for p in by_epoch[ep]) for ep in sorted(by_epoch)]
         rows.append([NAMES[method], *(f"{statistics.mean(by_epoch[ep]):.4f}" for ep in PENALTY_EPOCHS),
                      f"{sum(z == len(seeds) for z in zero)} of {len(zero)}"])
-    return markdown(["method", *(f"epoch {ep}" for ep in PENALTY_EPOCHS), "epochs with penalty 0 on every seed"], rows)
+    return markdown_table(["method", *(f"epoch {ep}" for ep in PENALTY_EPOCHS),
+                           "epochs with penalty 0 on every seed"], rows)
 
 
 def main() -> None:
