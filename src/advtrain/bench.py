@@ -33,11 +33,15 @@ from advtrain.attacks import ThreatModel, bn_policy, check_distance, pgd_uncheck
 from advtrain.config import RunConfig, load_config
 from advtrain.errors import UserError
 from advtrain.flops import forward_flops_per_image, peak_tflops, step_flops_per_image
-from advtrain.methods import Batch, StepContext, build_method, list_methods, method_class
+from advtrain.methods import Batch, build_method, list_methods, method_class
 from advtrain.models import build_model
 from advtrain.runtime import CompileMode, autocast_dtype, compile_checked, resolve_device, use_channels_last
-from advtrain.train.schedule import build_optimizer
-from advtrain.train.step import autocast_context, compile_for_training, graph_captured_attack, train_step
+from advtrain.train.step import (
+    autocast_context,
+    compile_for_training,
+    graph_captured_attack,
+    standalone_step,
+)
 
 
 @dataclass
@@ -171,32 +175,31 @@ def _bench_config(name: str, settings: BenchSettings) -> RunConfig:
     return load_config(None, overrides)
 
 
-def _training_contender(name: str, initial: nn.Module, settings: BenchSettings, batch: Batch,
+def _training_contender(name: str, config: RunConfig, initial: nn.Module, settings: BenchSettings, batch: Batch,
                         amp: torch.dtype | None, compiled: dict[str, bool], log: Callable[[str], None],
                         attack_graph: bool = False) -> Callable[[int], object]:
-    """One timed training step of method `name` as the trainer runs it, on its own copy of the model; whether
-    compiling worked goes into `compiled`. With `attack_graph`, its training attack is graph-captured."""
+    """One timed training step of method `name` (run config `config`) as the trainer runs it, on its own copy of
+    the model; whether compiling worked goes into `compiled`. With `attack_graph`, its training attack is
+    graph-captured."""
     device = batch.x.device
-    config = _bench_config(name, settings)
     method = build_method(config.method, ThreatModel(config.threat.norm, settings.eps))
     graph_attack = graph_captured_attack(method, device, "--attack-graph", log) if attack_graph else None
-    model = method.prepare_model(copy.deepcopy(initial), batch.x[:2])
-    if use_channels_last(settings.channels_last):
-        model = model.to(memory_format=torch.channels_last)
-    if settings.compile != "eager":
+
+    def compiled_if_asked(model: nn.Module) -> nn.Module:
+        if settings.compile == "eager":
+            return model
         model, reason = compile_for_training(model, method, settings.compile, batch,
                                              lambda: torch.Generator(device).manual_seed(settings.seed))
         compiled[name] = reason is None
         if reason is not None:
             log(f"{name}: {reason}; measured eagerly")
+        return model
+
+    step = standalone_step(method, initial, batch, config.optim, amp=amp, seed=settings.seed,
+                           channels_last=use_channels_last(settings.channels_last), adapt=compiled_if_asked)
     if graph_attack is not None:  # after the compile check, as the trainer does
         method.training_pgd = graph_attack
-    generator = torch.Generator(device).manual_seed(settings.seed)
-    params = [*model.parameters(), *(p for m in method.extra_modules().values() for p in m.parameters())]
-    optimizer = build_optimizer(params, config.optim)  # the trainer's optimizer (foreach kernel)
-    autocast = autocast_context(device, amp)
-    model.train()
-    return lambda i: train_step(method, model, optimizer, batch, StepContext(0, i, generator), autocast)
+    return step
 
 
 def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -234,15 +237,16 @@ def run_bench(settings: BenchSettings, log: Callable[[str], None] = print) -> di
     step_flops: dict[str, float] = {}  # contender → FLOPs per image of its training step (eager count)
     graph_names = []  # "<method> (graph)": the method with its training attack graph-captured (--attack-graph)
     for name in settings.methods:
-        contenders[name] = _training_contender(name, initial, settings, Batch(x_dev, y_dev), amp, compiled, log)
         config = _bench_config(name, settings)
+        contenders[name] = _training_contender(name, config, initial, settings, Batch(x_dev, y_dev), amp, compiled,
+                                               log)
         step_flops[name] = step_flops_per_image(config.method, ThreatModel(config.threat.norm, settings.eps), initial,
                                                 Batch(x_dev, y_dev), config.optim, channels_last=channels_last,
                                                 amp=amp, seed=settings.seed)
         if settings.attack_graph:
             graph_names.append(f"{name} (graph)")
-            contenders[graph_names[-1]] = _training_contender(name, initial, settings, Batch(x_dev, y_dev), amp,
-                                                              compiled, log, attack_graph=True)
+            contenders[graph_names[-1]] = _training_contender(name, config, initial, settings, Batch(x_dev, y_dev),
+                                                              amp, compiled, log, attack_graph=True)
             step_flops[graph_names[-1]] = step_flops[name]  # the same arithmetic, replayed from a graph
 
     # Evaluation attack: ours (eval mode, input gradients only, autocast) against the reference PGD eval.

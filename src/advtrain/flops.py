@@ -4,7 +4,6 @@ whose datasheets give one, for `advtrain bench`'s fraction of peak."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 
 import torch
@@ -13,9 +12,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from advtrain.attacks import ThreatModel
 from advtrain.config import OptimConfig
-from advtrain.methods import Batch, MethodConfig, StepContext, build_method
-from advtrain.train.schedule import build_optimizer
-from advtrain.train.step import autocast_context, train_step
+from advtrain.methods import Batch, MethodConfig, build_method
+from advtrain.train.step import standalone_step
 
 
 def forward_flops_per_image(model: nn.Module, shape: tuple[int, int, int], device: torch.device) -> float:
@@ -52,18 +50,12 @@ def step_flops_per_image(method_config: MethodConfig, threat: ThreatModel, initi
     input-backward (about 2F for a forward of F), and the update's backward skips the first layer's input
     gradient. Counted eagerly: the work the step needs, so a compiled step that does more (weight gradients
     inside the attack) gets no credit for the extra."""
-    method = build_method(method_config, threat)
-    model = method.prepare_model(copy.deepcopy(initial), batch.x[:2])
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    params = [*model.parameters(), *(p for m in method.extra_modules().values() for p in m.parameters())]
-    optimizer = build_optimizer(params, optimizer_config)
-    generator = torch.Generator(batch.x.device).manual_seed(seed)
+    step = standalone_step(build_method(method_config, threat), initial, batch, optimizer_config,
+                           channels_last=channels_last, amp=amp, seed=seed)
     counter = FlopCounterMode(display=False)
     counter.mod_tracker = _NoModuleTracking()  # type: ignore[assignment]
     with counter:
-        train_step(method, model, optimizer, batch, StepContext(0, 0, generator), autocast_context(batch.x.device, amp))
+        step(0)
     return counter.get_total_flops() / len(batch.y)
 
 

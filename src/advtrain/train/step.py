@@ -7,6 +7,7 @@ returned outputs stay on the device until the caller reads them.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 
@@ -15,9 +16,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from advtrain.attacks import StaticPGD
+from advtrain.config import OptimConfig
 from advtrain.errors import UserError
 from advtrain.methods import Batch, Method, StepContext, StepOutput
 from advtrain.runtime import CompileMode, compile_checked
+from advtrain.train.schedule import build_optimizer
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None) -> Callable[[], AbstractContextManager]:
@@ -112,6 +115,25 @@ def train_step(
     if out.after_step is not None:
         out.after_step()
     return out
+
+
+def standalone_step(method: Method, initial: nn.Module, batch: Batch, optim: OptimConfig, *, channels_last: bool,
+                    amp: torch.dtype | None, seed: int,
+                    adapt: Callable[[nn.Module], nn.Module] = lambda model: model) -> Callable[[int], StepOutput]:
+    """Step i of `method` training its own copy of `initial` on `batch`, set up as the trainer sets it up: the copy
+    prepared for the method, in channels_last when asked, then `adapt`ed (e.g. compiled), in train mode, with the
+    trainer's optimizer over it and the method's extra modules and one generator seeded `seed`. For measuring a
+    step (`advtrain bench`'s timings, `flops.step_flops_per_image`)."""
+    model = method.prepare_model(copy.deepcopy(initial), batch.x[:2])
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = adapt(model)
+    model.train()
+    params = [*model.parameters(), *(p for m in method.extra_modules().values() for p in m.parameters())]
+    optimizer = build_optimizer(params, optim)  # the trainer's optimizer (foreach kernel)
+    generator = torch.Generator(batch.x.device).manual_seed(seed)
+    autocast = autocast_context(batch.x.device, amp)
+    return lambda i: train_step(method, model, optimizer, batch, StepContext(0, i, generator), autocast)
 
 
 def check_every_parameter_reached(parallel: DistributedDataParallel) -> None:
