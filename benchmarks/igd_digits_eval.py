@@ -20,6 +20,7 @@ import torch
 from advtrain.eval.api import compare_runs, load_group
 from advtrain.eval.inequality import InequalityOptions
 from advtrain.eval.settings import EvalSettings
+from advtrain.fileio import atomic_write_text
 
 RUNS = ("standard", "pgd_at", "igd_lam0.1", "igd_lam0.3", "igd_lam1")
 # k = int(ρ·64) = 1, 3, 6, 12 perturbed values, for inductive and random noise alike (the paper's ρ ≤ 2% of 3,072
@@ -49,9 +50,7 @@ def main() -> None:
         result = compare_runs(models, data, settings, checkpoint=args.checkpoint)
         result["grid"] = {"inductive_rhos": GRID.inductive_rhos, "random_rhos": GRID.random_rhos,
                           "occlusion_n": GRID.occlusion_n, "occlusion_r": GRID.occlusion_r}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(path)
+        atomic_write_text(path, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
